@@ -1,0 +1,67 @@
+# ssm_distill: every command a user or CI needs. `make demo` and `make test` do all the set-up first.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
+# CPU torch on this machine kind lies on local disk; any other request pulls a multi-GB CUDA build.
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: setup demo test test-slow test-cuda export clean-nbs check-export check-clean readme gpu bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# install CPU torch first, only when no torch is present, so nothing pulls a CUDA build
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_CPU)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+## (1) the main job: the demo distillation on the built-in defaults
+demo: setup
+	$(BIN)/ssm-distill demo --out runs/demo
+
+## (2) the whole default test suite (what CI runs)
+test: setup check-export check-clean
+	$(BIN)/nbdev-test --n-workers 2 --timing
+	$(BIN)/python -m pytest tests/ -q
+
+test-slow: setup
+	$(BIN)/nbdev-test --n-workers 2 --flags slow
+	$(BIN)/python -m pytest tests/ -q -m slow
+
+test-cuda: setup
+	$(BIN)/nbdev-test --n-workers 1 --flags "cuda"
+	$(BIN)/python -m pytest tests/ -q -m cuda
+
+export: setup
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
+	$(BIN)/python tools/readme.py
+
+# notebooks are the source of truth: exporting must leave ssm_distill/ and README.md unchanged
+check-export: setup
+	$(BIN)/nbdev-export
+	$(BIN)/python tools/readme.py
+	@if [ -n "$$(git status --porcelain -- ssm_distill README.md)" ]; then \
+	  git status --porcelain -- ssm_distill README.md; \
+	  echo "ssm_distill/ or README.md differ from the notebooks: run 'make export' and commit."; exit 1; fi
+
+# notebooks are committed clean (no outputs, no execution counts, no widget state)
+check-clean: setup
+	$(BIN)/nbdev-clean
+	$(BIN)/python tools/check_outputs.py
+	@if [ -n "$$(git status --porcelain -- nbs)" ]; then \
+	  git status --porcelain -- nbs; \
+	  echo "notebooks are not clean: run 'make export' (it runs nbdev-clean) and commit."; exit 1; fi
+
+## GPU machines: fast kernels. Needs a CUDA build of torch already installed.
+gpu: setup
+	$(BIN)/python -m pip install "flash-linear-attention[cuda]"
+	$(BIN)/python -m pip install --no-build-isolation mamba-ssm causal-conv1d
+
+bench: setup
+	$(BIN)/python benchmarks/kernels.py
