@@ -1,0 +1,175 @@
+"Tests of ssm_distill.students beyond the notebook: every family, save/reload, recurrent generation, sizes, errors."
+import pytest, torch
+from transformers import AutoModelForCausalLM
+from ssm_distill.core import SsmDistillError
+from ssm_distill.teachers import tiny_teacher
+from ssm_distill.students import (STUDENT_GROUPS, StudentConfig, StudentForCausalLM, build_student,
+                                  build_student_from_config, causal_mask, mixing_error)
+
+FAMILIES = ['llama', 'phi', 'gpt2', 'gpt_neox']   # GQA + rotary, partial rotary, fused Conv1D + tied head, fused per-head qkv
+
+def batch(T=63, seed=0, vocab=64):
+    return torch.randint(0, vocab, (2, T), generator=torch.Generator().manual_seed(seed))
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    "Tiny tensors: one intra-op thread avoids OpenMP contention on a shared CPU (a depthwise conv took seconds with 2)."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+@pytest.fixture(scope='module')
+def teachers(tmp_path_factory):
+    "Tiny teachers of each family, saved and reloaded by path (as a user's checkpoint)."
+    root = tmp_path_factory.mktemp('teachers')
+    return {f: tiny_teacher(f, path=root/f) for f in FAMILIES + ['mistral']}
+
+def logits(model, ids, **kw):
+    with torch.no_grad(): return model(input_ids=ids, **kw).logits
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_softmax_twin_is_lossless(teachers, family):
+    t = teachers[family]
+    s = build_student(t, 'softmax_attention')
+    ids = batch()
+    torch.testing.assert_close(logits(s, ids), logits(t.model, ids), atol=1e-5, rtol=0)
+
+def test_softmax_twin_with_padding(teachers):
+    t = teachers['llama']
+    s = build_student(t, 'softmax_attention')
+    ids, mask = batch(), torch.ones(2, 63, dtype=torch.long)
+    mask[1, 50:] = 0
+    a, b = logits(s, ids, attention_mask=mask), logits(t.model, ids, attention_mask=mask)
+    torch.testing.assert_close(a[mask.bool()], b[mask.bool()], atol=1e-5, rtol=0)
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_linear_attention_matrix_is_the_unnormalised_scores(teachers, family):
+    t = teachers[family]
+    s = build_student(t, 'linear_attention', feature_map='identity', normalize=False, **({'rotary': True} if t.rotary_dim else {}))
+    ids = batch(31)
+    cap = t.capture(ids, what={'attn_in', 'q', 'k'})
+    rot = t.rotary(torch.arange(31))
+    for i in range(t.n_layers):
+        M = s.layer_mixing_matrix(i, cap.attn_in[i], rot)                                 # (B, H, T, T)
+        scores = torch.einsum('bthd,bshd->bhts', cap.q[i], cap.k[i]) * s.mixer(i).config.head_dim ** -0.5
+        torch.testing.assert_close(M, scores.tril(), atol=1e-4, rtol=1e-5)
+
+def test_one_layer_runs_match_the_teacher(teachers):
+    t = teachers['phi']
+    s = build_student(t, 'softmax_attention', attention_layers=[0])
+    cap = t.capture(batch(), what={'attn_in', 'attn_out', 'block_in', 'block_out'})
+    for i in range(2):
+        torch.testing.assert_close(s.run_block(i, cap.block_in[i]), cap.block_out[i], atol=1e-4, rtol=1e-5)
+        assert s.block_forward == s.run_block or s.block_forward(i, cap.block_in[i]).shape == cap.block_out[i].shape
+    torch.testing.assert_close(s.run_mixer(1, cap.attn_in[1]), cap.attn_out[1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(SsmDistillError, match='keeps the teacher'): s.run_mixer(0, cap.attn_in[0])
+
+@pytest.mark.parametrize('family', ['llama', 'gpt2'])
+@pytest.mark.parametrize('mixer,kept', [('mamba2', []), ('phi_mamba', [1])], ids=['pure-mamba2', 'hybrid-phi_mamba'])
+def test_save_and_reload_by_auto_class(teachers, tmp_path, family, mixer, kept):
+    s = build_student(teachers[family], mixer, attention_layers=kept)
+    s.save_pretrained(tmp_path)
+    assert (tmp_path/'model.safetensors').exists()
+    again = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(again, StudentForCausalLM) and isinstance(again.config, StudentConfig)
+    assert again.config.attention_layers == kept and again.config.mixer == mixer
+    ids = batch()
+    torch.testing.assert_close(logits(again, ids), logits(s, ids), atol=0, rtol=0)
+
+def greedy_parity(s, prompt, n):
+    out = s.generate(prompt, max_new_tokens=n)
+    assert out.shape == (prompt.shape[0], prompt.shape[1] + n)
+    path = logits(s, out)[:, prompt.shape[1] - 1:-1].argmax(-1)                          # (B, n)
+    assert torch.equal(out[:, prompt.shape[1]:], path)
+    assert torch.equal(out[:, :prompt.shape[1]], prompt)
+
+@pytest.mark.parametrize('family', ['llama', 'gpt_neox', 'gpt2'])
+@pytest.mark.parametrize('mixer,kept', [('mamba2', []), ('phi_mamba', []), ('gla', [0])], ids=['mamba2', 'phi_mamba', 'hybrid-gla'])
+def test_generate_equals_parallel_argmax(teachers, family, mixer, kept):
+    s = build_student(teachers[family], mixer, attention_layers=kept).double()
+    greedy_parity(s, batch(10), 12)
+
+def test_generate_hybrid_sliding_window(teachers):
+    "Mistral keeps attention with window 8: the step mask must close keys older than the window."
+    s = build_student(teachers['mistral'], 'mamba2', attention_layers=[1]).double()
+    greedy_parity(s, batch(10), 14)
+
+def test_generate_left_padded(teachers):
+    s = build_student(teachers['llama'], 'mamba2', attention_layers=[0]).double()
+    ids, mask = batch(10), torch.ones(2, 10, dtype=torch.long)
+    mask[1, :3] = 0
+    out = s.generate(ids, max_new_tokens=6, attention_mask=mask)
+    full = torch.cat([mask, torch.ones(2, 6, dtype=torch.long)], 1)
+    path = logits(s, out, attention_mask=full)[:, 9:-1].argmax(-1)
+    assert torch.equal(out[:, 10:], path)
+
+def test_generate_eos_and_sampling(teachers):
+    s = build_student(teachers['llama'], 'mamba2')
+    prompt = batch(8)
+    first = s.generate(prompt, max_new_tokens=1)[:, -1]
+    out = s.generate(prompt, max_new_tokens=6, eos_token_id=int(first[0]))
+    assert (out[0, 8:] == first[0]).all()                                               # row 0 stopped at once
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    a = s.generate(prompt, 5, do_sample=True, temperature=0.7, top_k=3, generator=g1)
+    b = s.generate(prompt, 5, do_sample=True, temperature=0.7, top_k=3, generator=g2)
+    assert torch.equal(a, b)
+    with pytest.raises(SsmDistillError, match='temperature'): s.generate(prompt, 2, do_sample=True, temperature=0)
+
+def test_mixing_init_reduces_the_matrix_error(teachers):
+    t = teachers['llama']
+    ids = batch(32)
+    s = build_student(t, 'mamba2', init='mixing', calibration=ids, mixing_steps=15)
+    ref = build_student(t, 'mamba2', init='qkv_copy')
+    cap = t.capture(ids, what={'attn_in', 'attn_probs'})
+    for i in range(t.n_layers):
+        r = s.init_report[i]
+        assert r['after'] < r['before']
+        with torch.no_grad():
+            torch.testing.assert_close(mixing_error(s.layer_mixing_matrix(i, cap.attn_in[i]), cap.attn_probs[i]).item(), r['after'], rtol=1e-4, atol=1e-5)
+        # the QKV-copied rows stayed as copied
+        p = s.mixer(i).in_proj
+        for part in ('x', 'B', 'C'): torch.testing.assert_close(p.weight[p.slice(part)], ref.mixer(i).in_proj.weight[p.slice(part)])
+
+def test_param_groups_by_module(teachers):
+    s = build_student(teachers['gpt_neox'], 'mamba2', attention_layers=[1], freeze=('mlp', 'embeddings'))
+    g = s.param_groups()
+    head = [n for n, p in s.named_parameters() if p is s.get_output_embeddings().weight]
+    assert g['head'] == head and g['embeddings'] == ['lm.gpt_neox.embed_in.weight']
+    assert all('.mixer.' in n for n in g['mixers']) and all('.attention.' in n for n in g['attention'])
+    assert not any(p.requires_grad for n, p in s.named_parameters() if n in g['mlp'] + g['embeddings'])
+    assert set(s.trainable(['mixers'])) == set(g['mixers'])
+    s2 = build_student(teachers['gpt2'], 'mamba2')
+    assert 'lm.transformer.wpe.weight' in s2.param_groups()['embeddings']
+    with pytest.raises(SsmDistillError, match='no parameters'): s2.trainable(['attention'])
+    with pytest.raises(SsmDistillError, match='choose one of'): s2.trainable(['mlpz'])
+
+def test_students_of_another_size(teachers):
+    t6 = tiny_teacher('llama', num_hidden_layers=6)
+    small = build_student_from_config(t6, n_layers=3, hidden_size=16, mixer='gla')
+    assert small.n_layers == 3 and small.config.base_config['hidden_size'] == 16 and small.config.init == 'random'
+    assert logits(small, batch(16)).shape == (2, 16, 64)
+    thin = build_student_from_config(t6, n_layers=3, mixer='softmax_attention', attention_layers=[2])
+    assert thin.config.teacher_layers == [1, 3, 5]
+    cap = t6.capture(batch(16), what={'block_in', 'block_out'})
+    for j, i in enumerate([1, 3, 5]):
+        torch.testing.assert_close(thin.run_block(j, cap.block_in[i]), cap.block_out[i], atol=1e-4, rtol=1e-5)
+    for fam in ['gpt2', 'gpt_neox', 'phi']:
+        s = build_student_from_config(tiny_teacher(fam, num_hidden_layers=4), n_layers=2, hidden_size=16)
+        assert s.n_layers == 2 and logits(s, batch(8)).shape == (2, 8, 64)
+
+def test_bad_input(teachers):
+    t = teachers['llama']
+    with pytest.raises(SsmDistillError, match=r"unknown mixer 'mamba3'; choose one of: .*mamba2"): build_student(t, 'mamba3')
+    with pytest.raises(SsmDistillError, match='out of range'): build_student(t, attention_layers=[2])
+    with pytest.raises(SsmDistillError, match='head_dim=16.*d_state = head_dim'): build_student(t, 'mamba2', d_state=8)
+    with pytest.raises(SsmDistillError, match='expand=1'): build_student(t, 'mamba', expand=2)
+    with pytest.raises(SsmDistillError, match='come from the teacher'): build_student(t, 'gla', head_dim=8)
+    with pytest.raises(SsmDistillError, match='unknown student init'): build_student(t, init='zeros')
+    with pytest.raises(SsmDistillError, match='no rotary'): build_student(teachers['gpt2'], 'gla', rotary=True)
+    with pytest.raises(SsmDistillError, match='encoder'): build_student(tiny_teacher('bert'))
+    with pytest.raises(SsmDistillError, match='n_heads'): build_student_from_config(t, hidden_size=33)
+
+def test_causal_mask():
+    m = causal_mask(4, torch.tensor([[0, 1, 1, 1]]))
+    assert m.shape == (1, 1, 4, 4) and (m[0, 0, 1:, 0] < -1e30).all() and (m[0, 0, 0] == 0).all()
