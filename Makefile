@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/ssm-distill demo --out runs/demo
 
+# many tiny ops on 2 cores: one thread per test process avoids oversubscription (nbdev-test runs 2 in parallel)
+test test-slow test-cuda: export OMP_NUM_THREADS = 1
+
 ## (2) the whole default test suite (what CI runs)
 test: setup check-export check-clean
 	$(BIN)/nbdev-test --n-workers 2 --timing

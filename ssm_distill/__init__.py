@@ -1,2 +1,9 @@
-"A notebook-first workbench for distilling Transformers into subquadratic students."
+"""A notebook-first workbench for distilling pretrained Transformers into subquadratic students (Mamba, Mamba-2/SSD, GLA, RetNet, DeltaNet, HGRN2, mLSTM, ...).
+
+Modules:
+
+- `ssm_distill.kernels`: Softmax attention, linear attention, RetNet, simple GLA / Mamba-2 SSD, GLA and an LTI (S4D-like) mixer, each as a mixing matrix, a chunked parallel form and a recurrent form, plus the shared machinery.
+- `ssm_distill.kernels_delta`: The mixers whose mixing matrix is not a plain decayed `Q K^T`: DeltaNet, Gated DeltaNet, xLSTM's mLSTM and Mamba-1's selective scan. Each in a quadratic, a chunked and a recurrent form, plus its mixing matrix.
+- `ssm_distill.students`: The teacher's own skeleton with its attention swapped for a subquadratic mixer: a Hugging Face model that saves, reloads, runs layer by layer for MOHAWK's stages, and generates in constant memory per mixer layer."""
+
 __version__ = "0.1.0"

@@ -1,0 +1,93 @@
+"Tests of the `ssm-distill` command line: help, the example config, errors, distill/eval/demo wiring on a tiny teacher."
+import json, subprocess, sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ssm_distill.cli import EXAMPLE_CONFIG, build_parser, main, run_demo
+from ssm_distill.train import load_config, save_tiny_teacher, tiny_run_config
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory):
+    return save_tiny_teacher(tmp_path_factory.mktemp('teacher'))
+
+
+@pytest.mark.parametrize('argv', [[], ['demo'], ['distill'], ['teacher', 'train'], ['eval'], ['config']])
+def test_help_explains_with_examples(argv, capsys):
+    with pytest.raises(SystemExit) as e: main(argv + ['--help'])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert 'usage: ssm-distill' in out and (argv == ['teacher', 'train'] or 'example' in out)
+
+
+def test_example_config_is_valid_and_printed(capsys):
+    assert main(['config', '--example']) == 0
+    printed = capsys.readouterr().out
+    cfg = load_config(yaml.safe_load(printed))
+    assert [s.kind for s in cfg.stages] == ['matrix_orientation', 'hidden_state_alignment', 'kd']
+    assert printed.strip() == EXAMPLE_CONFIG.strip()
+
+
+def test_config_error_is_one_line_exit_2(tmp_path, capsys):
+    p = tmp_path/'run.yaml'
+    p.write_text('total_tokens: 100000\nstages:\n  - kind: kd\n  - kind: kd\n    learning_rate: 0.1\n')
+    assert main(['distill', '--config', str(p), '--out', str(tmp_path/'run')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'stages[1].learning_rate: unknown key' in err and 'Traceback' not in err
+    assert not (tmp_path/'run').exists()   # validated before any work
+
+
+def test_entry_point_has_no_traceback(tmp_path):
+    p = tmp_path/'run.yaml'; p.write_text('teacher: builtin\nstudent: {mixer: mamba3}\ntotal_tokens: 1000000\n')
+    exe = Path(sys.executable).parent/'ssm-distill'
+    cmd = [str(exe)] if exe.exists() else [sys.executable, '-m', 'ssm_distill.cli']
+    r = subprocess.run(cmd + ['distill', '--config', str(p)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and "unknown mixer 'mamba3'" in r.stderr
+
+
+def test_distill_then_eval(teacher_dir, tmp_path, capsys):
+    cfg = tiny_run_config(teacher_dir, stages=[dict(kind='matrix_orientation', tokens=256, lr=1e-2), dict(kind='kd', tokens=512)])
+    from dataclasses import asdict
+    d = asdict(cfg); d.pop('out')
+    (tmp_path/'run.yaml').write_text(yaml.safe_dump(d))
+    out = tmp_path/'run'
+    assert main(['distill', '--config', str(tmp_path/'run.yaml'), '--out', str(out), '--no-progress']) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary['run_folder'] == str(out) and summary['status'] == 'finished'
+    for f in ('metrics.jsonl', 'report.json', 'student/config.json'): assert (out/f).exists(), f
+    # --resume of a finished run only re-writes the report
+    assert main(['distill', '--config', str(tmp_path/'run.yaml'), '--out', str(out), '--resume', '--no-progress']) == 0
+    capsys.readouterr()
+    assert main(['eval', '--student', str(out/'student'), '--teacher', str(teacher_dir), '--seq-len', '32',
+                 '--max-blocks', '2', '--out', str(tmp_path/'ev')]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res['student_perplexity'] > 1 and res['teacher_perplexity'] > 1 and 0 <= res['student_teacher_agreement'] <= 1
+    assert (tmp_path/'ev'/'eval.json').exists()
+
+
+def test_eval_missing_student_is_a_clean_error(tmp_path, capsys):
+    assert main(['eval', '--student', str(tmp_path/'nope'), '--out', str(tmp_path/'ev')]) == 2
+    assert 'no config.json there' in capsys.readouterr().err
+
+
+@pytest.mark.slow   # two tiny runs plus two report.html pages: over a minute on 2 shared cores
+def test_demo_wiring_on_a_tiny_teacher(teacher_dir, tmp_path):
+    "The demo's wiring (MOHAWK run, report.html, the KD-only comparison) on a tiny teacher and budget."
+    rep = run_demo(tmp_path/'demo', total_tokens=1280, compare_kd_only=True, progress=False, teacher=str(teacher_dir),
+                   seq_len=16, batch_size=2, max_tokens=10_000)
+    out = tmp_path/'demo'
+    assert [s['kind'] for s in rep['stages']] == ['matrix_orientation', 'hidden_state_alignment', 'kd']
+    assert abs(rep['kd_only']['total_tokens'] - 1280) < 3 * 32 and 'student_perplexity' in rep['kd_only']
+    for f in ('metrics.jsonl', 'report.json', 'student/config.json', 'kd_only/report.json'): assert (out/f).exists(), f
+    try: import ssm_distill.viz  # noqa: F401
+    except ImportError: return
+    html = (out/'report.html').read_text()
+    assert 'plotly' in html.lower() and 'mixing matrices' in html
+
+
+@pytest.mark.slow
+def test_teacher_train_tiny(tmp_path, capsys):
+    assert main(['teacher', 'train', '--tiny', '--steps', '2', '--no-progress', '--out', str(tmp_path/'t')]) == 0
+    assert (tmp_path/'t'/'config.json').exists()

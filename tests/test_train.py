@@ -1,0 +1,219 @@
+"Tests of ssm_distill.train beyond the notebook: config errors, a full tiny run, exact resume, NaN, 2 processes."
+import json, os, shutil, subprocess, sys, textwrap, time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ssm_distill.core import SsmDistillError
+from ssm_distill.train import (Callback, Distiller, NonFiniteLossError, StopAfter, latest_checkpoint, load_config,
+                               load_student_weights, read_checkpoint_state, save_tiny_teacher, stage_steps, tiny_run_config,
+                               validate_for_teacher)
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory):
+    return save_tiny_teacher(tmp_path_factory.mktemp('teacher'))
+
+
+@pytest.fixture(scope='module')
+def full_run(teacher_dir, tmp_path_factory):
+    "One uninterrupted 3-stage tiny run, shared by the tests that compare against it."
+    out = tmp_path_factory.mktemp('full')
+    cfg = tiny_run_config(teacher_dir, out)
+    return cfg, Distiller(cfg, progress=False).run(), out
+
+
+def _weights(out):
+    return load_file(str(Path(out)/'student'/'model.safetensors'))
+
+
+# ---- config validation: every error names the key path
+@pytest.mark.parametrize('cfg, where', [
+    ({'total_tokens': 10**6, 'stages': [{'kind': 'kd'}, {'kind': 'kd', 'lr': 'fast'}]}, 'stages[1].lr'),
+    ({'total_tokens': 10**6, 'stages': [{'kind': 'kd', 'lr': -1.0}]}, 'stages[0].lr'),
+    ({'total_tokens': 10**6, 'stages': [{'kind': 'kd', 'temprature': 2.0}]}, "did you mean 'temperature'"),
+    ({'total_tokens': 10**6, 'stages': [{'kind': 'matrix_orientaton'}]}, 'stages[0]: unknown stage kind'),
+    ({'total_tokens': 10**6, 'student': {'mixer': 'mamba3'}}, "unknown mixer 'mamba3'"),
+    ({'total_tokens': 10**6, 'studnet': {}}, "studnet: unknown key; did you mean 'student'"),
+    ({'total_tokens': 10**6, 'data': {'seq_len': 'long'}}, 'data.seq_len: expected int'),
+    ({'total_tokens': 10**6, 'data': {'batch_size': 0}}, 'data.batch_size=0'),
+    ({'stages': [{'kind': 'kd', 'tokens': 100}]}, 'stages[0].tokens: the budget of stage 0 (kd) is 100 tokens'),
+    ({'stages': [{'kind': 'kd'}]}, 'stages[0].tokens: stage 0 (kd) has no token budget'),
+    ({'total_tokens': 10**6, 'stages': [{'kind': 'kd', 'trainable': ['mixer']}]}, "unknown parameter group 'mixer'"),
+    ({'total_tokens': 10**6, 'stages': [{'kind': 'kd', 'layers': [0]}]}, 'stages[0].layers=[0] applies to'),
+    ({'total_tokens': 10**6, 'stages': [{'kind': 'hs', 'layer_map': 'zigzag'}]}, 'stages[0].layer_map'),
+    ({'total_tokens': 10**6, 'device': 'cpu', 'mixed_precision': 'fp16'}, "mixed_precision='fp16' needs a CUDA"),
+    ({'total_tokens': 10**6, 'log_with': ['mlflow']}, "log_with: unknown tracker 'mlflow'"),
+])
+def test_config_errors_name_the_key(cfg, where):
+    with pytest.raises(SsmDistillError, match=None) as e: load_config(cfg)
+    assert where in str(e.value), str(e.value)
+
+
+def test_config_errors_that_need_the_teacher():
+    cfg = load_config({'total_tokens': 10**6, 'student': {'attention_layers': [1, 7]}})
+    with pytest.raises(SsmDistillError, match=r'student.attention_layers: \[7\] out of range; the teacher has 4 layers'):
+        validate_for_teacher(cfg, 4)
+    cfg = load_config({'total_tokens': 10**6, 'student': {'attention_layers': [1]},
+                       'stages': [{'kind': 'matrix_orientation', 'layers': [1]}, {'kind': 'kd'}]})
+    with pytest.raises(SsmDistillError, match=r'stages\[0\].layers: \[1\] are not mixer layers'):
+        validate_for_teacher(cfg, 4)
+
+
+def test_config_from_yaml_file(tmp_path):
+    p = tmp_path/'run.yaml'
+    p.write_text('teacher: builtin\ntotal_tokens: 3000000\ndata:\n  seq_len: 100\n  batch_size: 10\n')
+    cfg = load_config(p)
+    assert [s.kind for s in cfg.stages] == ['matrix_orientation', 'hidden_state_alignment', 'kd']
+    assert stage_steps(cfg) == [80, 160, 2760]   # MOHAWK's 80M / 160M / 2.76B split
+    p.write_text('stages:\n  - kind: kd\n    tokens: 1000000\n    lr: [1]\n')
+    with pytest.raises(SsmDistillError, match=r'stages\[0\].lr: expected float'): load_config(p)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(SsmDistillError, match='config file .*nope.yaml does not exist'): load_config(tmp_path/'nope.yaml')
+    with pytest.raises(SsmDistillError, match='config file .*nope.yaml does not exist'): load_config(str(tmp_path/'nope.yaml'))
+
+
+def test_config_errors_before_any_work(teacher_dir, tmp_path):
+    "A bad config fails in Distiller(...) at once, before the teacher or the data are touched."
+    t0 = time.time()
+    with pytest.raises(SsmDistillError, match=r'stages\[2\].grad_accum'):
+        Distiller({**_tiny_dict(teacher_dir, tmp_path), 'stages': [{'kind': 'kd', 'tokens': 512}] * 2 + [{'kind': 'kd', 'grad_accum': 0}]})
+    assert time.time() - t0 < 2 and not (tmp_path/'run'/'metrics.jsonl').exists()
+
+
+def _tiny_dict(teacher_dir, tmp_path):
+    from dataclasses import asdict
+    return asdict(tiny_run_config(teacher_dir, tmp_path/'run'))
+
+
+# ---- a full 3-stage run
+def test_three_stage_run_writes_everything(full_run):
+    cfg, rep, out = full_run
+    assert rep['status'] == 'finished'
+    assert [s['kind'] for s in rep['stages']] == ['matrix_orientation', 'hidden_state_alignment', 'kd']
+    for k in ('teacher_perplexity', 'student_perplexity', 'teacher_agreement', 'wall_s', 'tokens_per_s'):
+        assert isinstance(rep[k], float) and rep[k] >= 0, k
+    assert list(rep['tokens_per_stage'].values()) == [512, 512, 2048]
+    saved = json.loads((out/'report.json').read_text())
+    assert saved['final_losses'] == rep['final_losses']
+    recs = [json.loads(l) for l in (out/'metrics.jsonl').read_text().splitlines()]
+    steps = [r for r in recs if r['event'] == 'step']
+    assert len(steps) == sum(stage_steps(cfg)) and [r['global_step'] for r in steps] == list(range(1, len(steps) + 1))
+    assert {'loss', 'lr', 'tokens', 'tokens_per_s', 'stage', 'kind'} <= set(steps[0])
+    assert sum(r['event'] == 'eval' for r in recs) == 3
+    assert all(torch.isfinite(torch.tensor(r['loss'])) for r in steps)
+    ck = latest_checkpoint(out)
+    state, _ = read_checkpoint_state(ck)
+    assert state.stage == 3 and state.global_step == len(steps)
+    import ssm_distill.students  # noqa: F401  (registers the student with the Auto classes)
+    from transformers import AutoModelForCausalLM
+    st = AutoModelForCausalLM.from_pretrained(out/'student')
+    w = _weights(out)
+    assert all(torch.equal(st.state_dict()[k], w[k]) for k in w)
+
+
+def test_stage_one_trains_mixers_only(full_run, teacher_dir):
+    "After stage 1, only mixer parameters differ from the freshly built student."
+    cfg, _, out = full_run
+    from ssm_distill.students import build_student
+    from ssm_distill.train import load_run_teacher
+    from ssm_distill.students import STUDENT_GROUPS
+    teacher, _ = load_run_teacher(str(teacher_dir))
+    torch.manual_seed(cfg.seed)
+    fresh = build_student(teacher, mixer=cfg.student.mixer, init=cfg.student.init)
+    mixers = {n for n, p in fresh.named_parameters() if id(p) in STUDENT_GROUPS['mixers'](fresh)}
+    d = Distiller(tiny_run_config(teacher_dir, out.parent/'s1', stages=[dict(kind='matrix_orientation', tokens=512, lr=1e-2)]), progress=False)
+    d.run()
+    after = d.student.state_dict(); before = fresh.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and changed <= mixers
+
+
+# ---- exact resume
+def test_resume_equals_uninterrupted(full_run, teacher_dir, tmp_path):
+    cfg, rep, out = full_run
+    cfg2 = tiny_run_config(teacher_dir, tmp_path/'run')
+    stopped = Distiller(cfg2, progress=False).run(max_steps=6)      # stops inside stage 2
+    assert stopped['status'] == 'stopped' and stopped['state']['stage'] == 1 and stopped['state']['step'] == 2
+    stopped = Distiller(cfg2, [StopAfter(12)], progress=False).run(resume=True)   # and inside stage 3
+    assert stopped['status'] == 'stopped' and stopped['state']['stage'] == 2 and stopped['state']['step'] == 4
+    rep2 = Distiller(cfg2, progress=False).run(resume=True)
+    a, b = _weights(out), _weights(tmp_path/'run')
+    assert sorted(a) == sorted(b) and [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert rep2['final_losses'] == rep['final_losses']
+    steps = [json.loads(l) for l in (tmp_path/'run'/'metrics.jsonl').read_text().splitlines()]
+    steps = [r for r in steps if r['event'] == 'step']
+    assert [r['global_step'] for r in steps] == list(range(1, sum(stage_steps(cfg)) + 1))   # no step logged twice
+
+
+def test_resume_with_another_config_is_refused(full_run, teacher_dir):
+    _, _, out = full_run
+    other = tiny_run_config(teacher_dir, out, stages=[dict(kind='kd', lr=1e-4)])
+    with pytest.raises(SsmDistillError, match='different run config'): Distiller(other, progress=False).run(resume=True)
+
+
+# ---- NaN
+class _Poison(Callback):
+    def __init__(self, at): self.at = at
+    def on_step_end(self, d, m):
+        if m['global_step'] == self.at:
+            with torch.no_grad():
+                for p in d.student.parameters():
+                    if p.requires_grad: p.fill_(float('nan'))
+
+
+def test_nan_stops_and_keeps_the_last_good_checkpoint(teacher_dir, tmp_path):
+    cfg = tiny_run_config(teacher_dir, tmp_path/'run', checkpoint_every=1)
+    with pytest.raises(NonFiniteLossError, match=r'became nan in stage 3 \(kd\) at step 3.*last good checkpoint is .*ckpt-00000010'):
+        Distiller(cfg, [_Poison(10)], progress=False).run()
+    ck = latest_checkpoint(tmp_path/'run')
+    assert ck.name.startswith('ckpt-00000010')
+    assert not list((tmp_path/'run'/'checkpoints').glob('.tmp-*'))
+    w = load_file(str(ck/'model.safetensors'))
+    assert all(torch.isfinite(v).all() for v in w.values())
+    # ... and the run resumes from it (finishing, since the poison is gone)
+    rep = Distiller(cfg, progress=False).run(resume=True)
+    assert rep['status'] == 'finished'
+
+
+def test_interrupted_checkpoint_write_is_ignored(full_run, tmp_path):
+    "A half-written checkpoint (a crash before the rename) is never picked up."
+    _, _, out = full_run
+    good = latest_checkpoint(out)
+    half = out/'checkpoints'/'.tmp-ckpt-99999999-s0'
+    half.mkdir(); (half/'model.safetensors').write_bytes(b'garbage')
+    try: assert latest_checkpoint(out) == good
+    finally: shutil.rmtree(half)
+
+
+# ---- two processes (gloo, CPU) agree with one
+SCRIPT = textwrap.dedent("""
+    import sys, json
+    from ssm_distill.train import Distiller, tiny_run_config
+    teacher, out = sys.argv[1:3]
+    cfg = tiny_run_config(teacher, out, stages=[dict(kind='matrix_orientation', tokens=512, lr=1e-2), dict(kind='kd', lr=3e-3, tokens=1536)])
+    rep = Distiller(cfg, progress=False).run()
+    if rep['processes'] and __import__('accelerate').PartialState().is_main_process:
+        json.dump(dict(processes=rep['processes'], final_losses=rep['final_losses']), open(out + '/summary.json', 'w'))
+""")
+
+
+def test_two_processes_agree_with_one(teacher_dir, tmp_path):
+    script = tmp_path/'run.py'; script.write_text(SCRIPT)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path/f'p{n}'
+        cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_machines', '1', '--mixed_precision', 'no',
+               '--dynamo_backend', 'no', '--num_processes', str(n)] + (['--multi_gpu'] if n > 1 else ['--cpu'])
+        r = subprocess.run(cmd + [str(script), str(teacher_dir), str(out)], capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[n] = json.loads((out/'summary.json').read_text()), _weights(out)
+    assert runs[1][0]['processes'] == 1 and runs[2][0]['processes'] == 2
+    for k, v in runs[1][0]['final_losses'].items(): assert abs(v - runs[2][0]['final_losses'][k]) < 1e-4 * max(1, abs(v))
+    w1, w2 = runs[1][1], runs[2][1]
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-3
