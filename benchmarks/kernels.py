@@ -10,7 +10,7 @@ just that one call. Writes benchmarks/results/kernels-<device>.json and prints t
     python benchmarks/kernels.py --lengths 256 1024 --families gla ssd
 """
 from __future__ import annotations
-import argparse, json, os, platform, resource, statistics, subprocess, sys, time
+import argparse, json, os, platform, statistics, subprocess, sys, time
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from ssm_distill.kernels import FAMILIES
 
 RESULTS = Path(__file__).resolve().parent/'results'
 NAIVE_BYTES_CAP = 2 * 2**30  # skip a quadratic form whose [B, H, T, T, K] intermediate would pass this
+MAX_CALL_S = 60.  # a form slower than this per call is timed once; one expected to pass it at a longer T is skipped
 
 
 def _sync(device):
@@ -27,13 +28,21 @@ def _sync(device):
 
 
 def _time(fn, device, repeats):
-    "Median wall time of `fn()` in seconds after one warm-up call."
+    "`dict(seconds=, calls=)`: the median wall time of `repeats` calls after a warm-up call, or the warm-up alone\n\n    when that one took more than `MAX_CALL_S` (then `calls` is 1 and `seconds` includes any warm-up cost)."
     with torch.no_grad():
-        fn(); _sync(device)
+        t0 = time.perf_counter(); fn(); _sync(device); first = time.perf_counter() - t0
+        if first > MAX_CALL_S: return dict(seconds=first, calls=1)
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter(); fn(); _sync(device); times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return dict(seconds=statistics.median(times), calls=repeats)
+
+
+def _too_slow(prev, T):
+    "Why to skip a form at length `T` given its fastest `(T, seconds)` per step at shorter lengths, or None.\n\n    The fastest rate seen, times T (linear growth at least): on a shared machine one slow, noisy timing must not\n    skip a form that would fit."
+    if prev is None or prev[1] * T / prev[0] <= MAX_CALL_S: return None
+    return (f'{prev[1]:.0f} s per call at T={prev[0]}: at least {prev[1] * T / prev[0]:.0f} s expected at T={T}, '
+            f'over the {MAX_CALL_S:.0f} s budget per call')
 
 
 def _cpu_peak_bytes(family, form, T, B, H, K, chunk_size, dtype):
@@ -44,14 +53,26 @@ def _cpu_peak_bytes(family, form, T, B, H, K, chunk_size, dtype):
     return int(out.stdout.strip().splitlines()[-1])
 
 
+def _rss_kib(field):
+    "A field of /proc/self/status in KiB: 'VmRSS' (resident now) or 'VmHWM' (the resident peak)."
+    for line in open('/proc/self/status'):
+        if line.startswith(field + ':'): return int(line.split()[1])
+    raise KeyError(field)
+
+
 def _measure_here(family, form, T, B, H, K, chunk_size, dtype):
-    "The child side of `_cpu_peak_bytes`: print the peak RSS growth of one call."
+    """The child side of `_cpu_peak_bytes`: print the peak RSS growth of one call.
+
+    Not `ru_maxrss`: Linux keeps it across `execve`, so a child of a parent that once held 4 GiB reports 4 GiB
+    whatever it does. The child resets its own high-water mark (`/proc/self/clear_refs`, Linux >= 4.0) once the
+    inputs exist, then reports VmHWM - VmRSS around the call."""
     fam = FAMILIES[family]
     args = fam.inputs(B, T, H, K, K, dtype=dtype)
     fn = forms(fam, args, torch.device('cpu'), chunk_size)[form]
-    start = int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+    with open('/proc/self/clear_refs', 'w') as f: f.write('5')  # VmHWM := VmRSS
+    start = _rss_kib('VmRSS')
     with torch.no_grad(): fn()
-    print(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start, 0))
+    print(max(_rss_kib('VmHWM') - start, 0) * 1024)
 
 
 def _cuda_peak_bytes(fn):
@@ -73,8 +94,8 @@ def forms(fam, args, device, chunk_size):
 
 
 def bench(device, lengths, families, B, H, K, repeats, chunk_size, dtype):
-    rows = []
-    todo = [(n, T) for n in families for T in lengths]
+    rows, last = [], {}  # last: (family, form) -> (T, seconds) of its fastest time per step so far
+    todo = [(n, T) for n in families for T in sorted(lengths)]
     for name, T in tqdm(todo, desc='kernels', mininterval=0.5):
         fam = FAMILIES[name]
         args = {k: v.to(device) if torch.is_tensor(v) else v
@@ -83,15 +104,22 @@ def bench(device, lengths, families, B, H, K, repeats, chunk_size, dtype):
         for form, fn in forms(fam, args, device, chunk_size).items():
             if form == 'naive' and B * H * T * T * K * dtype.itemsize > NAIVE_BYTES_CAP:
                 row[form] = dict(skipped=f'quadratic intermediate over {NAIVE_BYTES_CAP / 2**30:.0f} GiB'); continue
+            if why := _too_slow(last.get((name, form)), T):
+                row[form] = dict(skipped=why); continue
             try:
                 reps = 1 if form == 'recurrent' and T >= 4096 and device.type == 'cpu' else repeats
-                row[form] = dict(seconds=_time(fn, device, reps))
+                row[form] = _time(fn, device, reps)
+                prev = last.get((name, form))
+                if prev is None or row[form]['seconds'] / T < prev[1] / prev[0]: last[name, form] = (T, row[form]['seconds'])
                 if device.type == 'cuda': row[form]['peak_bytes'] = _cuda_peak_bytes(fn)
+                elif form in ('chunk', 'naive') and row[form]['seconds'] > MAX_CALL_S:
+                    row[form]['peak_bytes_skipped'] = f'one call takes over {MAX_CALL_S:.0f} s; not run again for memory'
                 elif form in ('chunk', 'naive'):
                     row[form]['peak_bytes'] = _cpu_peak_bytes(name, form, T, B, H, K, chunk_size, dtype)
             except Exception as e:  # a backend that refuses these inputs is recorded, not fatal
                 row[form] = dict(skipped=f'{type(e).__name__}: {str(e)[:200]}')
         c = row['chunk'].get('seconds')
+        if c is None: rows.append(row); continue
         row['ratios'] = {f'{form}/chunk': round(v['seconds'] / c, 2)
                          for form, v in row.items() if isinstance(v, dict) and 'seconds' in v and form != 'chunk'}
         rows.append(row)
@@ -120,6 +148,7 @@ def main(argv=None):
     p.add_argument('--chunk-size', type=int, default=64)
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--dtype', default=None, help='float32 on CPU, bfloat16 on CUDA by default')
+    p.add_argument('--update', action='store_true', help='replace only the measured (family, T) rows of the results file')
     p.add_argument('--measure', nargs=3, metavar=('FAMILY', 'FORM', 'T'), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.measure:
@@ -128,17 +157,27 @@ def main(argv=None):
     device = torch.device(a.device)
     dtype = getattr(torch, a.dtype or ('bfloat16' if device.type == 'cuda' else 'float32'))
     torch.manual_seed(0)
+    load = os.getloadavg()  # the machine may be shared: timings are only as steady as its load
     rows = bench(device, a.lengths, a.families, a.batch, a.heads, a.dim, a.repeats, a.chunk_size, dtype)
     name = 'cuda' if device.type == 'cuda' else 'cpu'
     meta = dict(device=torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or platform.machine(),
-                threads=torch.get_num_threads(), torch=torch.__version__, python=sys.version.split()[0],
+                threads=torch.get_num_threads(), load_avg=dict(before=load, after=os.getloadavg()), torch=torch.__version__, python=sys.version.split()[0],
                 time=time.strftime('%Y-%m-%d %H:%M:%S'))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS/f'kernels-{name}.json'
+    if a.update and out.exists():  # keep the other rows, with the meta of the run that measured them
+        old = json.loads(out.read_text())
+        runs = old['meta'].get('runs', [old['meta']])
+        new = {(r['family'], r['T']) for r in rows}
+        rows = sorted([r for r in old['rows'] if (r['family'], r['T']) not in new] + rows, key=lambda r: (r['family'], r['T']))
+        for r in rows: r.setdefault('run', 0)
+        meta = dict(runs=runs + [dict(meta, families=sorted({f for f, _ in new}))])
+        for r in rows:
+            if (r['family'], r['T']) in new: r['run'] = len(runs)
     out.write_text(json.dumps(dict(meta=meta, rows=rows, memory_growth=memory_growth(rows)), indent=1))
     for r in rows:
         c = r['chunk']
-        tail = '  '.join(f'{k}={v:g}x' for k, v in r['ratios'].items())
+        tail = '  '.join(f'{k}={v:g}x' for k, v in r.get('ratios', {}).items()) or c.get('skipped', '')
         print(f"{r['family']:>18} T={r['T']:>5}  chunk {c.get('seconds', float('nan')) * 1e3:9.2f} ms  {tail}")
     print(f'wrote {out}')
 

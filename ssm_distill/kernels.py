@@ -20,16 +20,17 @@ from .core import SsmDistillError, Registry, check_shapes, log, optional_import,
 
 # %% auto #0
 __all__ = ['FAMILIES', 'FEATURE_MAPS', 'check_chunk_size', 'check_log_gate', 'default_scale', 'pad_time', 'to_chunks',
-           'from_chunks', 'segsum', 'mix', 'decayed_scores', 'gated_chunk_scan', 'gated_recurrent_scan', 'Family',
-           'FamilyRegistry', 'randn', 'run_fast', 'chunk_simple_gla', 'recurrent_simple_gla',
-           'simple_gla_mixing_matrix', 'naive_simple_gla', 'simple_gla', 'retnet_gammas', 'retention_log_gate',
-           'chunk_retention', 'recurrent_retention', 'retention_mixing_matrix', 'naive_retention', 'retention',
-           'chunk_ssd', 'recurrent_ssd', 'ssd_mixing_matrix', 'naive_ssd', 'ssd', 'chunk_gla', 'recurrent_gla',
-           'gla_mixing_matrix', 'naive_gla', 'gla', 'HedgehogFeatureMap', 'feature_map_fn', 'chunk_linear_attention',
-           'recurrent_linear_attention', 'linear_attention_mixing_matrix', 'naive_linear_attention', 'linear_attention',
-           'softmax_attention_mixing_matrix', 'naive_softmax_attention', 'chunk_softmax_attention',
-           'recurrent_softmax_attention', 'naive_softmax_attention_step', 'softmax_attention', 'lti_kernel',
-           'toeplitz_matrix', 'toeplitz_mixer', 'chunk_s4d', 'recurrent_s4d', 's4d_mixing_matrix', 'naive_s4d', 's4d']
+           'from_chunks', 'segsum', 'mix', 'decayed_scores', 'sub_chunk_size', 'factorised_limit', 'subchunk_scores',
+           'gated_chunk_scan', 'gated_recurrent_scan', 'Family', 'FamilyRegistry', 'randn', 'run_fast',
+           'chunk_simple_gla', 'recurrent_simple_gla', 'simple_gla_mixing_matrix', 'naive_simple_gla', 'simple_gla',
+           'retnet_gammas', 'retention_log_gate', 'chunk_retention', 'recurrent_retention', 'retention_mixing_matrix',
+           'naive_retention', 'retention', 'chunk_ssd', 'recurrent_ssd', 'ssd_mixing_matrix', 'naive_ssd', 'ssd',
+           'chunk_gla', 'recurrent_gla', 'gla_mixing_matrix', 'naive_gla', 'gla', 'HedgehogFeatureMap',
+           'feature_map_fn', 'chunk_linear_attention', 'recurrent_linear_attention', 'linear_attention_mixing_matrix',
+           'naive_linear_attention', 'linear_attention', 'softmax_attention_mixing_matrix', 'naive_softmax_attention',
+           'chunk_softmax_attention', 'recurrent_softmax_attention', 'naive_softmax_attention_step',
+           'softmax_attention', 'lti_kernel', 'toeplitz_matrix', 'toeplitz_mixer', 'chunk_s4d', 'recurrent_s4d',
+           's4d_mixing_matrix', 'naive_s4d', 's4d']
 
 # %% ../nbs/01_kernels.ipynb #12087d33
 def check_chunk_size(chunk_size:int) -> int:
@@ -105,19 +106,62 @@ def decayed_scores(q:torch.Tensor, # [..., T, H, K] (already scaled)
         return torch.einsum('...thk,...shk->...hts', q, k) * L[..., 0, :, :]
     return torch.einsum('...thk,...shk,...hkts->...hts', q, k, L)
 
+# %% ../nbs/01_kernels.ipynb #0218fe2b
+def sub_chunk_size(chunk_size:int, # C
+                   most:int=16, # the largest sub-chunk wanted
+                  ) -> int:
+    "The largest divisor of `chunk_size` that is at most `most` (16 for the usual power-of-two chunks)."
+    return max(d for d in range(1, min(chunk_size, most) + 1) if chunk_size % d == 0)
+
+def factorised_limit(dtype:torch.dtype) -> float:
+    "The largest positive exponent the factorised scores may use in `dtype`: half of log(finfo.max)."
+    return math.log(torch.finfo(dtype).max) / 2
+
+def subchunk_scores(q:torch.Tensor, # [..., C, H, K] one chunk of queries (already scaled)
+                    k:torch.Tensor, # [..., C, H, K]
+                    g:torch.Tensor, # [..., C, H, K] per-channel log gates of the chunk (not accumulated)
+                    sub_chunk:int=16, # c, at most; the largest divisor of C up to this is used
+                   ) -> torch.Tensor: # [..., H, C, C], equal to `decayed_scores(q, k, g)`
+    "`decayed_scores` of per-channel gates by secondary chunking: matmuls, exact on too-strong diagonal blocks."
+    C = q.shape[-3]; c = sub_chunk_size(C, sub_chunk); NS = C // c
+    q, k, g = (rearrange(x, '... (i c) h k -> ... h i c k', c=c) for x in (q, k, g))  # (..., H, NS, c, K)
+    b = g.cumsum(-2)  # (..., H, NS, c, K): log-decay from the sub-chunk start to each step
+    beta = b[..., -1, :]  # (..., H, NS, K): log-decay across each sub-chunk
+    limit = factorised_limit(q.dtype)
+    # E[i, j] = beta[j+1] + ... + beta[i-1] below the diagonal (<= 0), -beta[i] on it, -inf above
+    E = segsum(rearrange(beta, '... i k -> ... k i'))  # (..., H, K, NS, NS): beta[j+1] + ... + beta[i]
+    E = torch.cat([torch.full_like(E[..., :1, :], -torch.inf), E[..., :-1, :]], -2)  # shift rows: ... + beta[i-1]
+    E = torch.diagonal_scatter(E, (-beta).clamp(max=limit).transpose(-1, -2), dim1=-2, dim2=-1)
+    q_in = q * b.exp()  # (..., H, NS, c, K): exponents <= 0
+    k_out = k * (beta[..., None, :] - b).exp()  # (..., H, NS, c, K): exponents <= 0
+    k_seen = rearrange(k_out[..., None, :, :, :] * rearrange(E.exp(), '... k i j -> ... i j 1 k'),
+                       '... i j s k -> ... i (j s) k')  # (..., H, NS, C, K): key s as sub-chunk i sees it
+    A = (q_in @ k_seen.transpose(-1, -2)).flatten(-3, -2)  # (..., H, C, C)
+    A = A.masked_fill(torch.ones(C, C, dtype=torch.bool, device=q.device).triu(1), 0)  # causal
+    too_strong = (-beta).amax(-1) > limit  # (..., H, NS): the diagonal block's factor would pass the limit
+    if too_strong.any():
+        idx = too_strong.nonzero(as_tuple=True)
+        exact = decayed_scores(*(x[idx][..., None, :] for x in (q, k, g)))[:, 0]  # (M, c, c)
+        blocks = rearrange(A, '... (i t) (j s) -> ... i j t s', t=c, s=c).index_put((*idx, idx[-1]), exact)
+        A = rearrange(blocks, '... i j t s -> ... (i t) (j s)')
+    return A
+
+# %% ../nbs/01_kernels.ipynb #f1bf9526
 def gated_chunk_scan(q:torch.Tensor, # [B, T, H, K] queries (already scaled)
                      k:torch.Tensor, # [B, T, H, K]
                      v:torch.Tensor, # [B, T, H, V]
                      g:torch.Tensor, # [B, T, H, 1] or [B, T, H, K] log gates
                      initial_state:torch.Tensor|None=None, # [B, H, K, V]
                      chunk_size:int=64, # C
+                     sub_chunk:int=16, # c, the secondary chunk for per-channel gates (see `subchunk_scores`)
                     ) -> tuple[torch.Tensor, torch.Tensor]: # o [B, T, H, V], final state [B, H, K, V]
     "The chunked form of `S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T`, `o_t = S_t^T q_t`."
     T = q.shape[1]
     q, k, v, g = (to_chunks(x, chunk_size) for x in (q, k, v, g))  # (B, NC, C, H, .)
     Gc = g.cumsum(2)  # (B, NC, C, H, Kg): log-decay since the chunk start
-    # 1. intra-chunk: the chunk's own mixing matrix
-    o = torch.einsum('bnhts,bnshv->bnthv', decayed_scores(q, k, g), v)  # (B, NC, C, H, V)
+    # 1. intra-chunk: the chunk's own mixing matrix (per-channel gates: by secondary chunking)
+    A = decayed_scores(q, k, g) if g.shape[-1] == 1 else subchunk_scores(q, k, g, sub_chunk)  # (B, NC, H, C, C)
+    o = torch.einsum('bnhts,bnshv->bnthv', A, v)  # (B, NC, C, H, V)
     # 2. what each chunk adds to the state by its end (exponents <= 0)
     k_end = k * (Gc[:, :, -1:] - Gc).exp()  # (B, NC, C, H, K)
     dS = torch.einsum('bnshk,bnshv->bnhkv', k_end, v)  # (B, NC, H, K, V)
@@ -435,7 +479,7 @@ def chunk_gla(q:torch.Tensor, # [B, T, H, K]
               output_final_state:bool=False, # also return the final state
               chunk_size:int=64, # C
              ) -> tuple[torch.Tensor, torch.Tensor|None]:
-    "GLA, chunked form (exact per-channel decay inside chunks, O(T·C·K) memory)."
+    "GLA, chunked form (secondary chunking inside chunks; O(T·K·C/16) memory)."
     _check_qkv(q, k, v, g, 'B T H K', initial_state); check_chunk_size(chunk_size)
     o, S = gated_chunk_scan(_scaled(q, scale), k, v, g, initial_state, chunk_size)
     return o, (S if output_final_state else None)

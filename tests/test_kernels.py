@@ -82,6 +82,55 @@ def test_t1_is_one_step():
             _close(o_t, o[:, t:t + 1])
 
 
+# --- per-channel gates: secondary chunking, factorised and exact paths ------------------------------------------
+
+def _strong(g, where, value):
+    "`g` with the steps `where` set to a log gate `value` (very strong decays force the exact diagonal blocks)."
+    g = g.clone(); g[:, where] = value
+    return g
+
+@SETTINGS
+@given(s=shapes, sub=st.sampled_from([1, 2, 4, 16]), strength=st.sampled_from([1., 30., 400.]), mixed=st.booleans())
+def test_subchunk_scan_matches_recurrent(s, sub, strength, mixed):
+    "`gated_chunk_scan` with per-channel gates == the recurrent scan, float64 atol 1e-8, ordinary, strong and mixed gates."
+    args = _inputs('gla', s['B'], s['T'], s['H'], s['Kd'], s['V'], s['seed'])
+    g = args['g'] * strength
+    if mixed: g = _strong(args['g'], slice(s['T'] // 3, 2 * s['T'] // 3), -strength)  # a strong stretch in the middle
+    S0 = torch.randn(s['B'], s['H'], s['Kd'], s['V'], dtype=torch.float64)
+    o, S = K.gated_chunk_scan(args['q'], args['k'], args['v'], g, S0, chunk_size=s['C'], sub_chunk=sub)
+    o_r, S_r = K.gated_recurrent_scan(args['q'], args['k'], args['v'], g, S0)
+    assert o.isfinite().all()
+    _close(o, o_r); _close(S, S_r)
+
+@pytest.mark.parametrize('strong', [False, True], ids=['factorised', 'exact'])
+def test_subchunk_scores_path(strong):
+    "Both paths of `subchunk_scores` equal `decayed_scores`; the exact one is taken only past `factorised_limit`."
+    args = _inputs('gla', 2, 64, 2, 8, 4)
+    g = _strong(args['g'], slice(16, 32), -400.) if strong else args['g']
+    beta = -g[:, 16:32].sum(1)  # (B, H, K): the decay across sub-chunk 1
+    assert bool((beta.amax(-1) > K.factorised_limit(torch.float64)).all()) == strong
+    _close(K.subchunk_scores(args['q'], args['k'], g), K.decayed_scores(args['q'], args['k'], g), atol=1e-12)
+
+@pytest.mark.parametrize('T', [63, 64, 130])
+def test_gla_strong_decay_float32(T):
+    "A log gate of -30 at every step (float32): finite, and equal to the recurrent form."
+    args = _f32(_inputs('gla', 2, T, 2, 16, 16))
+    for g in (torch.full_like(args['g'], -30.), _strong(args['g'], slice(T // 2, None), -30.)):
+        o, S = K.chunk_gla(**{**args, 'g': g}, output_final_state=True)
+        o_r, S_r = K.recurrent_gla(**{**args, 'g': g}, output_final_state=True)
+        assert o.isfinite().all() and S.isfinite().all()
+        _close(o, o_r, atol=1e-4, rtol=1e-4); _close(S, S_r, atol=1e-4, rtol=1e-4)
+
+@pytest.mark.parametrize('strong', [False, True], ids=['factorised', 'exact'])
+def test_gradcheck_subchunk(strong):
+    "Gradients through the secondary chunking (chunks of 4 in sub-chunks of 2), both paths."
+    args = _inputs('gla', 1, 9, 1, 2, 2, seed=4)
+    g = _strong(args['g'], slice(2, 4), -400.) if strong else args['g']
+    xs = tuple(x.clone().requires_grad_() for x in (args['q'], args['k'], args['v'], g))
+    f = lambda q, k, v, g: K.gated_chunk_scan(q, k, v, g, chunk_size=4, sub_chunk=2)[0]
+    assert torch.autograd.gradcheck(f, xs, eps=1e-6, atol=1e-6)
+
+
 # --- gradients -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('name', OURS)
