@@ -217,3 +217,21 @@ def test_two_processes_agree_with_one(teacher_dir, tmp_path):
     for k, v in runs[1][0]['final_losses'].items(): assert abs(v - runs[2][0]['final_losses'][k]) < 1e-4 * max(1, abs(v))
     w1, w2 = runs[1][1], runs[2][1]
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-3
+
+
+# ---- task-agnostic transfers (Udagawa et al. 2023) run end to end
+@pytest.mark.parametrize('stage', [
+    {'kind': 'od', 'temperature': 2.0},
+    {'kind': 'hs', 'layer_map': 'uniform_consecutive'},
+    {'kind': 'mha', 'relation_heads': 4},
+    {'kind': 'direct_minilm'},
+])
+def test_task_agnostic_stage_runs(stage, teacher_dir, tmp_path):
+    "Each task-agnostic stage trains a few steps with a finite loss and writes a reloadable student."
+    cfg = {**_tiny_dict(teacher_dir, tmp_path), 'stages': [{**stage, 'tokens': 512}]}
+    rep = Distiller(cfg, progress=False).run()
+    assert rep['status'] == 'finished' and [s['kind'] for s in rep['stages']] == [stage['kind']]
+    losses = [json.loads(l)['loss'] for l in (tmp_path/'run'/'metrics.jsonl').read_text().splitlines()
+              if json.loads(l)['event'] == 'step']
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    assert (tmp_path/'run'/'student'/'model.safetensors').exists()
