@@ -91,3 +91,12 @@ def test_demo_wiring_on_a_tiny_teacher(teacher_dir, tmp_path):
 def test_teacher_train_tiny(tmp_path, capsys):
     assert main(['teacher', 'train', '--tiny', '--steps', '2', '--no-progress', '--out', str(tmp_path/'t')]) == 0
     assert (tmp_path/'t'/'config.json').exists()
+
+
+def test_distill_check_prints_the_validated_config(tmp_path, capsys):
+    "`distill --check` validates and prints the resolved config as YAML, without training."
+    p = tmp_path/'run.yaml'; p.write_text(EXAMPLE_CONFIG)
+    assert main(['distill', '--config', str(p), '--check', '--out', str(tmp_path/'run')]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed['teacher'] == 'builtin' and [s['kind'] for s in printed['stages']]
+    assert not (tmp_path/'run'/'metrics.jsonl').exists()
