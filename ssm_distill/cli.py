@@ -16,7 +16,7 @@ import torch
 from .core import SsmDistillError, log, require
 from .data import DataConfig
 from .train import (Distiller, RunConfig, StageConfig, StudentBuildConfig, evaluate, load_config,
-                               mohawk_stages, validate_config)
+                               validate_config)
 
 # %% auto #0
 __all__ = ['EXAMPLE_CONFIG', 'DEMO_TOKENS', 'COMMANDS', 'run_dir', 'demo_config', 'mixing_figures', 'write_html_report',
@@ -36,9 +36,11 @@ EXAMPLE_CONFIG = """\
 teacher: builtin          # 'builtin' (the packaged small Llama), a local folder, or a hub name
 student:
   mixer: phi_mamba        # mamba2, phi_mamba, mamba, gla, retnet, deltanet, gated_deltanet, hgrn2, mlstm, ...
-  attention_layers: []    # teacher layers that keep attention (hybrid student), 0-based
-  init: qkv_copy          # qkv_copy: Q->C, K->B, V->x, O->out_proj from the teacher; or random
+  attention_layers: []    # student layers that keep the teacher's attention (hybrid student), 0-based
+  init: qkv_copy          # qkv_copy: Q->C, K->B, V->x, O->out_proj from the teacher; mixing; or random
   options: {}             # extra mixer arguments (its <Name>Config fields), e.g. {conv_size: 4}
+  # n_layers: 2           # a student of another size (null: the teacher's): n_layers, hidden_size, n_heads,
+  # teacher_layers: [1, 3]  #   intermediate_size; teacher_layers maps each student layer to a teacher layer
 data:
   source: builtin         # builtin (stdlib docstrings, offline), files (path: ...), hub (name: ...)
   seq_len: 128            # tokens per block

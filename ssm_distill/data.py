@@ -7,14 +7,14 @@ Docs: https://ssm-distill.github.io/ssm_distill/data.html.md"""
 # %% ../nbs/05_data.ipynb #37371e12
 from __future__ import annotations
 import contextlib, glob, hashlib, importlib, inspect, io, json, math, os, pkgutil, re, subprocess, sys, time, warnings
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .core import SsmDistillError, Registry, log, optional_import, require
+from .core import Registry, log, optional_import, require
 
 # %% auto #0
 __all__ = ['STDLIB_SKIP', 'STDLIB_SKIP_PARTS', 'CORPUS_VERSION', 'SOURCES', 'FILE_READERS', 'cache_dir', 'wanted_stdlib_module',

@@ -8,7 +8,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/kernels.html.md"""
 # %% ../nbs/01_kernels.ipynb #17164d6d
 from __future__ import annotations
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from .core import SsmDistillError, Registry, check_shapes, log, optional_import, pick_backend, require
+from .core import Registry, check_shapes, optional_import, pick_backend, require
 
 # %% auto #0
 __all__ = ['FAMILIES', 'FEATURE_MAPS', 'check_chunk_size', 'check_log_gate', 'default_scale', 'pad_time', 'to_chunks',

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from .core import require, check_shapes, pick_backend, optional_import, _say_once
-from .kernels import (FAMILIES, Family, gated_chunk_scan, pad_time, segsum, mix, check_log_gate, check_chunk_size,
+from .kernels import (FAMILIES, Family, pad_time, segsum, mix, check_log_gate, check_chunk_size,
                                  default_scale, randn)
 
 # %% auto #0
@@ -302,30 +302,54 @@ def _finish_selective(y, u, D, z, dtype):
     if z is not None: y = y * F.silu(z.to(y.dtype))
     return y.to(dtype)
 
+def _shared(x:torch.Tensor) -> torch.Tensor:
+    "B and C come expanded over the channels [b, d, n, T] with stride 0: keep one copy [b, 1, n, T] (broadcasts back)."
+    return x[:, :1] if x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 0 else x
+
+def _time_major(x:torch.Tensor) -> torch.Tensor:
+    "[b, d|1, ..., T] -> contiguous [T, b, d|1, ...]: each step reads one contiguous slice."
+    return _shared(x).movedim(-1, 0).contiguous()
+
+def _scan_steps(h, dA, Bx, C=None):
+    "Run `h = dA[s] * h + Bx[s]` over the leading axis; with `C`, also read `y[s] = sum_n C[s] h` (n is axis -2 of h)."
+    ys = []
+    for s in range(dA.shape[0]):
+        h = dA[s] * h + Bx[s]
+        if C is not None: ys.append((C[s] * h).sum(-2))
+    return h, ys
+
 def _selective_chunk_scan(u, delta, A, B, C, x0, Cz):
     "Chunked per-channel scan: u, delta [b, d, T]; A [d, n]; B, C [b, d, n, T]; x0 [b, d, n] or None."
-    # Each channel d is a GLA head with key dim n and value dim 1: q = C_t, k = B_t, v = delta_t u_t and the
-    # per-key-channel log gate g = delta_t A[d]. So the scan reuses the GLA chunked form (secondary chunking:
-    # no [.., C, C, n] decay tensor), which keeps memory linear in T.
-    acc = delta.dtype
-    q, k = (rearrange(t.to(acc), 'b d n t -> b t d n') for t in (C, B))     # (b, T, d, n)
-    v = rearrange(delta * u.to(acc), 'b d t -> b t d 1')                    # (b, T, d, 1)
-    g = torch.einsum('bdt,dn->btdn', delta, A.to(acc))                      # (b, T, d, n) log decay per step
-    S0 = None if x0 is None else x0.to(acc)[..., None]                      # (b, d, n, 1)
-    o, S = gated_chunk_scan(q, k, v, g, S0, Cz)
-    return rearrange(o, 'b t d 1 -> b d t'), S[..., 0]                     # (b, d, T), (b, d, n)
+    # Pad to whole chunks with delta = 0 (decay 1, nothing written: the state passes through unchanged), then
+    # put the step inside the chunk first and the chunk index last: [Cz, b, d, (n,) NC].
+    acc, T = delta.dtype, u.shape[-1]
+    pad = (-T) % Cz
+    steps = lambda x: rearrange(F.pad(_shared(x), (0, pad)), '... (c s) -> s ... c', s=Cz).contiguous()
+    dl = steps(delta)                                                        # (Cz, b, d, NC)
+    dA = torch.einsum('sbdc,dn->sbdnc', dl, A.to(acc)).exp()                # (Cz, b, d, n, NC) decay per step
+    Bx = steps(B.to(acc)) * steps(delta * u.to(acc))[:, :, :, None]          # (Cz, b, d, n, NC) what each step writes
+    Cs = steps(C.to(acc))                                                    # (Cz, b, d|1, n, NC)
+    b, d, n, NC = Bx.shape[1:]
+    # 1. every chunk at once, from a zero state: what each chunk leaves behind
+    h_end, _ = _scan_steps(Bx.new_zeros(b, d, n, NC), dA, Bx)               # (b, d, n, NC)
+    # 2. pass the state along the chunks: the state each chunk really starts from
+    decay = torch.einsum('bdc,dn->bdnc', dl.sum(0), A.to(acc)).exp()        # (b, d, n, NC) whole-chunk decay
+    S, starts = (Bx.new_zeros(b, d, n) if x0 is None else x0.to(acc)), []
+    for c in range(NC):
+        starts.append(S); S = decay[..., c] * S + h_end[..., c]              # (b, d, n)
+    # 3. every chunk at once again, from its true start, reading the outputs
+    _, ys = _scan_steps(torch.stack(starts, -1), dA, Bx, Cs)                # Cz x (b, d, NC)
+    y = rearrange(torch.stack(ys), 's b d c -> b d (c s)')[..., :T]         # (b, d, T)
+    return y, S
 
 def _selective_recurrence(u, delta, A, B, C, x0):
     "Step-by-step per-channel scan; shapes as `_selective_chunk_scan`."
     acc = delta.dtype
+    dA = _time_major(torch.einsum('bdt,dn->bdnt', delta, A.to(acc)).exp())   # (T, b, d, n)
+    Bx = _time_major(B.to(acc)) * _time_major(delta * u.to(acc))[..., None]  # (T, b, d, n)
     x = u.new_zeros(*u.shape[:2], A.shape[1], dtype=acc) if x0 is None else x0.to(acc)   # (b, d, n)
-    dA = torch.einsum('bdt,dn->bdnt', delta, A.to(acc)).exp()                # (b, d, n, T)
-    xu = delta * u.to(acc)                                                    # (b, d, T)
-    ys = []
-    for t in range(u.shape[-1]):
-        x = dA[..., t] * x + B[..., t] * xu[:, :, None, t]                    # (b, d, n)
-        ys.append(torch.einsum('bdn,bdn->bd', C[..., t], x))
-    return torch.stack(ys, -1), x                                             # (b, d, T)
+    x, ys = _scan_steps(x[..., None], dA[..., None], Bx[..., None], _time_major(C.to(acc))[..., None])
+    return rearrange(torch.stack(ys), 't b d 1 -> b d t'), x[..., 0]         # (b, d, T), (b, d, n)
 
 # %% ../nbs/01a_kernels_delta.ipynb #9fce35a6
 def chunk_selective_scan(u:torch.Tensor, # input [B, Dch, T]

@@ -16,14 +16,17 @@ import torch.nn.functional as F
 from .core import Registry, SsmDistillError, require, check_shapes, _say_once
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'MIXERS', 'AttentionWeights', 'rotate_half', 'apply_rotary', 'rotary_cos_sin', 'silu_inverse',
-           'FusedProjection', 'ShortConv', 'GatedNorm', 'MixerConfig', 'expand_kv', 'call_with', 'Mixer',
-           'SoftmaxAttentionConfig', 'SoftmaxAttention', 'mixer_from_attention', 'dt_bias_init', 'Mamba2Config',
-           'Mamba2', 'PhiMambaConfig', 'PhiMamba', 'MambaConfig', 'Mamba', 'GLAConfig', 'GLA', 'RetNetConfig', 'RetNet',
-           'HGRN2Config', 'HGRN2', 'DeltaNetConfig', 'DeltaNet', 'GatedDeltaNetConfig', 'GatedDeltaNet', 'MLSTMConfig',
-           'MLSTM', 'LinearAttentionConfig', 'LinearAttention', 'HedgehogConfig', 'Hedgehog']
+__all__ = ['QK_NORMS', 'ACTIVATIONS', 'MIXERS', 'AttentionWeights', 'rotate_half', 'apply_rotary', 'rotary_cos_sin',
+           'silu_inverse', 'FusedProjection', 'ShortConv', 'GatedNorm', 'MixerConfig', 'expand_kv', 'call_with',
+           'Mixer', 'SoftmaxAttentionConfig', 'SoftmaxAttention', 'mixer_from_attention', 'dt_bias_init',
+           'Mamba2Config', 'Mamba2', 'PhiMambaConfig', 'PhiMamba', 'MambaConfig', 'Mamba', 'GLAConfig', 'GLA',
+           'RetNetConfig', 'RetNet', 'HGRN2Config', 'HGRN2', 'DeltaNetConfig', 'DeltaNet', 'GatedDeltaNetConfig',
+           'GatedDeltaNet', 'MLSTMConfig', 'MLSTM', 'LinearAttentionConfig', 'LinearAttention', 'HedgehogConfig',
+           'Hedgehog']
 
 # %% ../nbs/02_mixers.ipynb #dc8ed565
+QK_NORMS = {'rms': nn.RMSNorm, 'layer': nn.LayerNorm}  # per-head q/k norms that teachers use (Qwen3 / OLMo-2, Phi)
+
 @dataclass
 class AttentionWeights:
     "A teacher attention layer's weights and geometry, in `nn.Linear` layout."
@@ -41,6 +44,10 @@ class AttentionWeights:
     rotary_dim: int = 0             # dims of q/k that rotary rotates (0 = no rotary)
     rope_theta: float = 10000.0     # rotary base
     scale: float|None = None        # softmax scale; None = head_dim**-0.5
+    qk_norm: str|None = None        # per-head norm of q and k before rotary: 'rms' (Qwen3), 'layer' (Phi's qk_layernorm), None
+    q_norm: dict|None = None        # its state dict for q ({'weight': [Dh]}, and 'bias' for 'layer')
+    k_norm: dict|None = None        # and for k
+    qk_norm_eps: float = 1e-6       # its eps
 
     def __post_init__(self):
         if self.n_kv_heads is None: self.n_kv_heads = self.n_heads
@@ -53,6 +60,9 @@ class AttentionWeights:
             got = tuple(getattr(self, name).shape)
             require(got == want, f"AttentionWeights.{name} has shape {got} but n_heads={H}, n_kv_heads={Hkv}, "
                     f"head_dim={Dh}, d_model={D} need {want} (nn.Linear layout [out, in])")
+        require(self.qk_norm in QK_NORMS or self.qk_norm is None, f"qk_norm={self.qk_norm!r}: use one of {list(QK_NORMS)} or None")
+        require((self.qk_norm is None) == (self.q_norm is None) == (self.k_norm is None),
+                "qk_norm, q_norm and k_norm come together: give the norm's kind and both state dicts, or none of them")
         require(0 <= self.rotary_dim <= Dh and self.rotary_dim % 2 == 0,
                 f"rotary_dim={self.rotary_dim} must be even and between 0 and head_dim={Dh}")
 
@@ -217,6 +227,8 @@ class MixerConfig:
     chunk_size: int = 64          # chunk of the chunked kernels
     backend: str = 'auto'         # kernel backend: 'auto', 'torch', or a fast one
     norm_eps: float = 1e-5        # eps of the output norm
+    qk_norm: str|None = None      # the teacher's per-head q/k norm, on the parts copied from q and k: 'rms', 'layer' or None
+    qk_norm_eps: float = 1e-6     # its eps
 
     def __post_init__(self):
         require(self.d_model > 0 and self.n_heads > 0, f"d_model={self.d_model} and n_heads={self.n_heads} must be positive")
@@ -229,6 +241,7 @@ class MixerConfig:
         require(self.n_heads % self.n_kv_heads == 0,
                 f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; pass the teacher's key/value head count")
         require(self.conv_size >= 0, f"conv_size={self.conv_size}: use 0 (no conv) or a width such as 4")
+        require(self.qk_norm is None or self.qk_norm in QK_NORMS, f"qk_norm={self.qk_norm!r}: use one of {list(QK_NORMS)} or None")
 
     @property
     def inner(self) -> int:
@@ -281,6 +294,9 @@ class Mixer(nn.Module):
         self.config = self.config_cls(d_model, n_heads, head_dim, n_kv_heads, **kw)
         self.convs = nn.ModuleDict()
         self.build(self.config)
+        c = self.config   # the teacher's per-head q/k norms, on the parts that the QKV copy fills from q and k
+        self.qk_norms = nn.ModuleDict({t: QK_NORMS[c.qk_norm](self.qk_dim, eps=c.qk_norm_eps)
+                                       for t in 'qk' if c.qk_norm and t in self.qkv_parts})
 
     # --- what a layer defines
     def build(self, c): raise NotImplementedError
@@ -318,8 +334,19 @@ class Mixer(nn.Module):
         x = self.conv(conv_name, torch.cat([p[n] for n in names], -1), conv, new_conv)
         return [t.unflatten(-1, (self.config.n_heads, -1)) for t in x.split([p[n].shape[-1] for n in names], -1)]
 
+    @property
+    def qk_dim(self) -> int:
+        "The per-head width of the parts copied from the teacher's q and k (what a q/k norm normalises)."
+        return self.config.head_dim
+
+    def norm_qk(self, q:torch.Tensor, k:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "The teacher's per-head q/k norms (`qk_norm`), where this layer has them: `[B, T, H, K]` each."
+        n = self.qk_norms
+        return (n['q'](q) if 'q' in n else q), (n['k'](k) if 'k' in n else k)
+
     def rotate(self, q:torch.Tensor, k:torch.Tensor, rotary) -> tuple[torch.Tensor, torch.Tensor]:
-        "Apply rotary to `q, k: [B, T, H, K]` when the config asks for it."
+        "`q, k: [B, T, H, K]` as the teacher positions them: its per-head norms (if any), then rotary (if the config asks)."
+        q, k = self.norm_qk(q, k)
         if not self.config.rotary: return q, k
         require(rotary is not None, f"{type(self).__name__} was built with rotary=True but got no rotary=(cos, sin); "
                 "pass the teacher's position embeddings or build it with rotary=False")
@@ -381,6 +408,13 @@ class Mixer(nn.Module):
                 f"{type(self).__name__} has d_model={c.d_model}, n_heads={c.n_heads}, head_dim={c.head_dim}; "
                 f"build it with MIXERS[name](w.d_model, w.n_heads, head_dim=w.head_dim)")
 
+    def load_qk_norms(self, w:AttentionWeights):
+        "The teacher's per-head q/k norms -> `qk_norms`; a layer built without them refuses a teacher that has them."
+        c = self.config
+        require(w.qk_norm == c.qk_norm, f"the teacher's per-head q/k norm is {w.qk_norm!r} but {type(self).__name__} was built with "
+                f"qk_norm={c.qk_norm!r}; build it with qk_norm={w.qk_norm!r}, qk_norm_eps={w.qk_norm_eps} (mixer_from_attention does)")
+        for t, m in self.qk_norms.items(): m.load_state_dict(getattr(w, f'{t}_norm'))
+
     def load_out_proj(self, w:AttentionWeights):
         "O -> `out_proj` (weight and bias)."
         self.out_proj.weight.copy_(w.wo)
@@ -399,6 +433,7 @@ class Mixer(nn.Module):
         if len(self.qkv_parts) < 3:
             _say_once(f"{type(self).__name__}: the QKV copy fills only {dict(self.qkv_parts)} (and O); "
                       f"the other projections have no counterpart in attention and keep their initialisation")
+        self.load_qk_norms(w)
         self.load_out_proj(w)
 
 # %% ../nbs/02_mixers.ipynb #97ca0362
@@ -425,6 +460,7 @@ class SoftmaxAttention(Mixer):
         p = self.in_proj(x)
         q = p['q'].unflatten(-1, (c.n_heads, c.head_dim))                       # (B, T, H, Dh)
         k, v = (p[n].unflatten(-1, (c.n_kv_heads, c.head_dim)) for n in 'kv')  # (B, T, Hkv, Dh)
+        q, k = self.norm_qk(q, k)
         if c.rotary and rotary is not None: q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         return q, k, v
 
@@ -470,6 +506,7 @@ class SoftmaxAttention(Mixer):
                 f"the teacher has n_kv_heads={w.n_kv_heads}, head_dim={w.head_dim} but this layer has "
                 f"n_kv_heads={c.n_kv_heads}, head_dim={c.head_dim}; build it with the teacher's geometry")
         for name in 'qkv': self.in_proj.load(name, getattr(w, 'w' + name), getattr(w, 'b' + name))
+        self.load_qk_norms(w)
         self.load_out_proj(w)
         self.scale = self.config.scale = w.scale
 
@@ -479,7 +516,8 @@ def mixer_from_attention(name:str, # a key of MIXERS
                          init:bool=True, # copy the weights (False: only the geometry)
                          **kw) -> Mixer:
     "Build `MIXERS[name]` sized like the teacher layer `w`, with its weights copied (QKV copy)."
-    kw = dict(bias=any(b is not None for b in (w.bq, w.bk, w.bv)), out_bias=w.bo is not None) | kw
+    kw = dict(bias=any(b is not None for b in (w.bq, w.bk, w.bv)), out_bias=w.bo is not None,
+              qk_norm=w.qk_norm, qk_norm_eps=w.qk_norm_eps) | kw
     m = MIXERS[name](w.d_model, w.n_heads, head_dim=w.head_dim, n_kv_heads=w.n_kv_heads, **kw).to(w.wq.dtype)
     if init: m.init_from_attention(w)
     return m
@@ -538,6 +576,9 @@ class Mamba2(Mixer):
     def output(self, o, extra):
         y = o + self.D[:, None] * extra['x']                                    # (B, T, H, P)
         return self.out_proj(self.norm(y.flatten(2), extra['z']))              # (B, T, D)
+
+    @property
+    def qk_dim(self) -> int: return self.config.d_state   # C and B are d_state wide per group
 
     def init_ssm_state(self, batch_size, device, dtype):
         c = self.config   # SSD's state [B, H, N, P]

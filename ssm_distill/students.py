@@ -8,8 +8,8 @@ Docs: https://ssm-distill.github.io/ssm_distill/students.html.md"""
 # %% ../nbs/04_students.ipynb #ec1a9f4b
 from __future__ import annotations
 import dataclasses, inspect, math
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from .teachers import ADAPTERS, Teacher, load_teacher
 __all__ = ['QKV_ARGS', 'STUDENT_GROUPS', 'STUDENT_INITS', 'KVCache', 'StudentContext', 'MixerAttention', 'StudentConfig',
            'StudentForCausalLM', 'causal_mask', 'set_trainable_groups', 'qkv_copy_init', 'random_init', 'mixing_error',
            'fit_mixing_matrix', 'calibration_batch', 'mixing_init', 'build_student', 'copy_teacher_weights',
-           'next_token', 'generate_recurrent', 'resized_config', 'build_student_from_config']
+           'next_token', 'generate_recurrent', 'resized_config', 'uniform_teacher_layers', 'build_student_from_config']
 
 # %% ../nbs/04_students.ipynb #f8defdaf
 class KVCache:
@@ -603,6 +603,14 @@ def _copy_outside_blocks(dst:Teacher, src:Teacher):
             if k in mine and not k.startswith(blocks) and mine[k].shape == v.shape}
     dst.model.load_state_dict(same, strict=False)
 
+def uniform_teacher_layers(n_student:int, # student depth L_S
+                           n_teacher:int, # teacher depth L_T
+                          ) -> list[int]:
+    "The teacher layer for each student layer, spread uniformly and ending at the teacher's last: `(j + 1) L_T / L_S - 1`."
+    require(1 <= n_student <= n_teacher, f"a student of {n_student} layers from a teacher of {n_teacher}: the uniform map needs "
+            f"1 <= student layers <= teacher layers; give teacher_layers explicitly (one teacher layer per student layer)")
+    return [(j + 1) * n_teacher // n_student - 1 for j in range(n_student)]
+
 def build_student_from_config(teacher, # a `Teacher` or anything `load_teacher` takes
                               n_layers:int|None=None, hidden_size:int|None=None, n_heads:int|None=None,
                               n_kv_heads:int|None=None, intermediate_size:int|None=None, # the student's size (None: the teacher's)
@@ -615,7 +623,7 @@ def build_student_from_config(teacher, # a `Teacher` or anything `load_teacher` 
     teacher = load_teacher(teacher)
     cfg = resized_config(teacher.config, n_layers, hidden_size, n_heads, n_kv_heads, intermediate_size)
     L_s, L_t = cfg.num_hidden_layers, teacher.n_layers
-    src = teacher_layers if teacher_layers is not None else [(j + 1) * L_t // L_s - 1 for j in range(L_s)]
+    src = teacher_layers if teacher_layers is not None else uniform_teacher_layers(L_s, L_t)
     require(len(src) == L_s and all(0 <= i < L_t for i in src),
             f"teacher_layers={src}: give one teacher layer (0..{L_t - 1}) per student layer ({L_s})")
     with torch.random.fork_rng():

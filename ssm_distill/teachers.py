@@ -269,9 +269,10 @@ class Teacher:
         "Layer `i`'s attention as `AttentionWeights` (detached copies, `nn.Linear` layout)."
         (wq, bq), (wk, bk), (wv, bv) = self.adapter.projections(self.attention(i), self.n_heads)
         wo, bo = self.adapter.output_projection(self.layers[i])
-        if any(n is not None for n in self.qk_norms(i)):
-            log.warning(f"layer {i} of this {self.config.model_type} teacher normalises q and k per head; "
-                        f"AttentionWeights has no field for those norms, so a QKV copy of it is not exact")
+        qn, kn = self.qk_norms(i)
+        norms = {} if qn is None else dict(   # Qwen3's RMSNorm / Phi's LayerNorm on each head of q and k
+            qk_norm='layer' if isinstance(qn, nn.LayerNorm) else 'rms', qk_norm_eps=float(getattr(qn, 'eps', None) or qn.variance_epsilon),
+            q_norm={k: v.detach().clone() for k, v in qn.state_dict().items()}, k_norm={k: v.detach().clone() for k, v in kn.state_dict().items()})
         rope = getattr(self.config, 'rope_parameters', None) or {}
         if self.rotary_dim and rope.get('rope_type', 'default') != 'default':
             log.warning(f"this teacher's rotary is {rope['rope_type']!r}, which rope_theta alone does not describe; "
@@ -280,7 +281,7 @@ class Teacher:
         return AttentionWeights(c(wq), c(wk), c(wv), c(wo), c(bq), c(bk), c(bv), c(bo), n_heads=self.n_heads,
                                 n_kv_heads=self.n_kv_heads, head_dim=self.head_dim, rotary_dim=self.rotary_dim,
                                 rope_theta=float(rope.get('rope_theta', getattr(self.config, 'rope_theta', 10000.0))),
-                                scale=float(self.scale(i)))
+                                scale=float(self.scale(i)), **norms)
 
     def freeze(self) -> Teacher:
         "Eval mode and no gradients for any parameter; returns self."

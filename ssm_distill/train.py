@@ -6,7 +6,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #57ab217f
 from __future__ import annotations
-import contextlib, dataclasses, difflib, json, math, os, random, shutil, time, types, typing
+import contextlib, dataclasses, difflib, itertools, json, math, os, random, shutil, time, types, typing
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -18,21 +18,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .core import SsmDistillError, Registry, get_device, log, require, seed_everything, supports_bf16
-from .data import DataConfig, PackedData, PackedDataset, ResumableBatchSampler, build_data
+from .data import DataConfig, PackedDataset, ResumableBatchSampler, build_data
 from .mixers import MIXERS
-from .students import STUDENT_GROUPS, build_student, set_trainable_groups
+from .students import STUDENT_GROUPS, build_student, build_student_from_config, set_trainable_groups, uniform_teacher_layers
 
 # %% auto #0
 __all__ = ['STAGES', 'MOHAWK_TOKENS', 'SCHEDULES', 'LIST_ITEM_TYPES', 'MIXED_PRECISION', 'TRACKERS', 'StageKind',
            'StudentBuildConfig', 'StageConfig', 'mohawk_stages', 'RunConfig', 'config_from_dict', 'stage_budgets',
            'stage_batch_size', 'tokens_per_step', 'stage_steps', 'can_materialize', 'resolve_mixed_precision',
-           'validate_config', 'validate_for_teacher', 'load_config', 'lr_factor', 'make_optimizer', 'make_scheduler',
-           'evaluate', 'Callback', 'JSONLLogger', 'ProgressBar', 'TrackerLogger', 'StopAfter', 'RunState', 'rng_state',
-           'set_rng_state', 'checkpoints', 'latest_checkpoint', 'save_checkpoint', 'read_checkpoint_state',
-           'load_student_weights', 'NonFiniteLossError', 'teacher_rotary', 'mo_targets', 'mo_loss', 'hsa_targets',
-           'hsa_loss', 'logits_targets', 'kd_stage_loss', 'od_stage_loss', 'hs_targets', 'hs_stage_loss', 'qkv_targets',
-           'mha_stage_loss', 'direct_minilm_stage_loss', 'StageModule', 'StageStream', 'load_run_teacher',
-           'default_callbacks', 'Distiller', 'distill', 'save_tiny_teacher', 'tiny_run_config']
+           'validate_config', 'student_teacher_layers', 'validate_for_teacher', 'load_config', 'lr_factor',
+           'make_optimizer', 'make_scheduler', 'evaluate', 'Callback', 'JSONLLogger', 'ProgressBar', 'TrackerLogger',
+           'StopAfter', 'RunState', 'rng_state', 'set_rng_state', 'checkpoints', 'latest_checkpoint', 'save_checkpoint',
+           'read_checkpoint_state', 'load_student_weights', 'NonFiniteLossError', 'teacher_rotary', 'mo_targets',
+           'mo_loss', 'hsa_targets', 'hsa_loss', 'logits_targets', 'kd_stage_loss', 'od_stage_loss', 'hs_targets',
+           'hs_stage_loss', 'hs_aux', 'qkv_targets', 'mha_stage_loss', 'direct_minilm_stage_loss', 'qkv_aux',
+           'StageModule', 'StageStream', 'load_run_teacher', 'default_callbacks', 'Distiller', 'distill',
+           'save_tiny_teacher', 'tiny_run_config']
 
 # %% ../nbs/07_train.ipynb #8f5b6463
 @dataclass
@@ -45,6 +46,7 @@ class StageKind:
     loss:Callable|None = None # (student, input_ids, targets, stage, layers) -> (loss, logs)
     needs_materialize:bool = False # the student's mixers must produce their mixing matrix
     layerwise:bool = False # the loss is per mixer layer (stages 1 and 2): `layers` applies
+    aux:Callable|None = None # (student, teacher, stage, input_ids) -> nn.Module of the loss's own learned parameters, or None
     doc:str = ''
 
 STAGES = Registry('stage kind', hint='MOHAWK is matrix_orientation -> hidden_state_alignment -> kd.')
@@ -69,13 +71,31 @@ for _k, _doc in [('od', 'task-agnostic: output distribution (Udagawa et al. 2023
 # %% ../nbs/07_train.ipynb #7263de12
 @dataclass
 class StudentBuildConfig:
-    "How the student is built from the teacher (the arguments of `students.build_student`)."
+    "How the student is built from the teacher (`students.build_student`, or `build_student_from_config` for another size)."
     mixer:str = 'phi_mamba' # a key of mixers.MIXERS
-    attention_layers:list = field(default_factory=list) # layers that keep the teacher's attention (0-based)
-    init:str = 'qkv_copy' # 'qkv_copy' or 'random'
+    attention_layers:list = field(default_factory=list) # layers that keep the teacher's attention (0-based, student layers)
+    init:str = 'qkv_copy' # 'qkv_copy', 'mixing' or 'random' (another width: 'random' only)
     options:dict = field(default_factory=dict) # mixer keyword arguments
+    n_layers:int|None = None # student depth (None: the teacher's); a shallower student copies a subset of the teacher's blocks
+    hidden_size:int|None = None # student width (None: the teacher's); another width starts from random blocks
+    n_heads:int|None = None # student heads (None: the teacher's, or keep the teacher's head dim at another width)
+    intermediate_size:int|None = None # MLP width (None: the teacher's, or 4 x hidden_size at another width)
+    teacher_layers:list|None = None # the teacher layer each student layer copies and is aligned to (None: uniform, ending at the last)
+
+    @property
+    def resized(self) -> bool:
+        "Whether the student differs from the teacher in size (built by `build_student_from_config`)."
+        return any(getattr(self, k) is not None for k in ('n_layers', 'hidden_size', 'n_heads', 'intermediate_size', 'teacher_layers'))
 
     def __post_init__(self):
+        for k in ('n_layers', 'hidden_size', 'n_heads', 'intermediate_size'):
+            v = getattr(self, k)
+            require(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), f"{k}={v!r}: use a positive integer or null (the teacher's)")
+        tl = self.teacher_layers
+        require(tl is None or (isinstance(tl, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in tl)),
+                f"teacher_layers={tl!r}: use a list of teacher layer indices, one per student layer, such as [1, 3]")
+        require(tl is None or self.n_layers is None or len(tl) == self.n_layers,
+                f"teacher_layers has {len(tl or [])} entries but n_layers={self.n_layers}; give one teacher layer per student layer")
         require(all(isinstance(i, int) and not isinstance(i, bool) for i in self.attention_layers),
                 f"attention_layers={self.attention_layers!r}: use a list of layer indices such as [0, 3]")
         require(len(set(self.attention_layers)) == len(self.attention_layers), f"attention_layers={self.attention_layers!r} repeats a layer")
@@ -292,15 +312,39 @@ def validate_config(cfg:RunConfig) -> RunConfig:
             except SsmDistillError as e: _fail(f"{p}.layer_map", str(e))
     return cfg
 
-def validate_for_teacher(cfg:RunConfig, n_layers:int) -> RunConfig:
-    "Checks that need the teacher's depth `n_layers`: attention_layers and stage layers in range."
-    bad = [i for i in cfg.student.attention_layers if not 0 <= i < n_layers]
-    require(not bad, f"student.attention_layers: {bad} out of range; the teacher has {n_layers} layers (0..{n_layers - 1})")
-    mixer_layers = [i for i in range(n_layers) if i not in cfg.student.attention_layers]
+def student_teacher_layers(cfg:RunConfig, n_layers:int) -> list[int]:
+    "The teacher layer each student layer copies and is aligned to: `student.teacher_layers`, else spread uniformly."
+    st = cfg.student
+    if st.teacher_layers is not None: return list(st.teacher_layers)
+    return uniform_teacher_layers(st.n_layers or n_layers, n_layers)
+
+def validate_for_teacher(cfg:RunConfig, # the run config
+                         n_layers:int, # the teacher's depth
+                         sizes:dict|None=None, # the teacher's `hidden_size`, `n_heads`, `intermediate_size` (None: not checked)
+                        ) -> RunConfig:
+    "Checks that need the teacher's size: layer indices in range; copying and layer-wise stages only at the teacher's width."
+    st = cfg.student
+    try: src = student_teacher_layers(cfg, n_layers)
+    except SsmDistillError as e: _fail('student.n_layers', str(e))
+    bad = [i for i in src if not 0 <= i < n_layers]
+    require(not bad, f"student.teacher_layers: {bad} out of range; the teacher has {n_layers} layers (0..{n_layers - 1})")
+    L = len(src)
+    bad = [i for i in st.attention_layers if not 0 <= i < L]
+    require(not bad, f"student.attention_layers: {bad} out of range; the student has {L} layers "
+            f"(0..{L - 1}: the teacher's depth unless student.n_layers or student.teacher_layers says otherwise)")
+    other = {k: v for k, v in (sizes or {}).items() if getattr(st, k) not in (None, v)}   # sizes that differ from the teacher's
+    require(not other or st.init == 'random',
+            f"student.init={st.init!r} copies the teacher's attention into the mixers, which needs the teacher's "
+            f"{', '.join(f'{k}={v}' for k, v in (sizes or {}).items() if k in other)}; use init: random for this student")
+    mixer_layers = [i for i in range(L) if i not in st.attention_layers]
     for i, s in enumerate(cfg.stages):
         require(-n_layers <= s.teacher_layer < n_layers, f"stages[{i}].teacher_layer={s.teacher_layer}: the teacher has {n_layers} layers "
                 f"(0..{n_layers - 1}, or negative from the end)")
         if not STAGES[s.kind].layerwise: continue
+        require(not other, f"stages[{i}]: {s.kind} aligns each student layer with a teacher layer, which needs the teacher's "
+                f"sizes, but the student's {', '.join(sorted(other))} differ; use kd, od, hs or mha stages for this student")
+        require(len(set(src)) == len(src), f"student.teacher_layers={src} repeats a teacher layer; {s.kind} (stages[{i}]) aligns "
+                f"each student layer with its own teacher layer")
         require(mixer_layers, f"stages[{i}]: {s.kind} aligns mixer layers, but every layer keeps attention "
                 f"(student.attention_layers); keep attention in fewer layers or drop this stage")
         bad = [l for l in s.layers or [] if l not in mixer_layers]
@@ -333,10 +377,10 @@ def lr_factor(step:int, total:int, warmup:float, schedule:str='cosine', min_rati
     p = (step - n_warm) / max(1, total - n_warm - 1)
     return SCHEDULES[schedule](min(p, 1.0), min_ratio)
 
-def make_optimizer(student, stage:StageConfig) -> torch.optim.Optimizer:
-    "AdamW over the trainable parameters; no weight decay on 1-D parameters (biases, norm gains)."
+def make_optimizer(student, stage:StageConfig, extra:nn.Module|None=None) -> torch.optim.Optimizer:
+    "AdamW over the trainable parameters (and those of `extra`, a stage loss's projections); no weight decay on 1-D ones."
     decay, no_decay = [], []
-    for n, p in student.named_parameters():
+    for n, p in itertools.chain(student.named_parameters(), extra.named_parameters() if extra is not None else ()):
         if p.requires_grad: (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [dict(params=decay, weight_decay=stage.weight_decay), dict(params=no_decay, weight_decay=0.0)]
     return torch.optim.AdamW([g for g in groups if g['params']], lr=stage.lr, betas=tuple(stage.betas))
@@ -496,6 +540,8 @@ def save_checkpoint(distiller, optimizer=None, scheduler=None) -> Path:
         save_model(acc.unwrap_model(distiller.student), str(tmp/'model.safetensors'))
         if optimizer is not None: torch.save(optimizer.state_dict(), tmp/'optimizer.pt')
         if scheduler is not None: torch.save(scheduler.state_dict(), tmp/'scheduler.pt')
+        aux = getattr(distiller, 'stage_aux', None)   # mid-stage: the stage loss's learned projections train too
+        if optimizer is not None and aux is not None: save_model(aux, str(tmp/'stage_aux.safetensors'))
     acc.wait_for_everyone()
     torch.save(rng_state(), tmp/f'rng-{acc.process_index}.pt')
     acc.wait_for_everyone()
@@ -590,11 +636,22 @@ def od_stage_loss(student, ids, t, stage, layers):
 def hs_targets(teacher, ids, stage, layers):
     return dict(hidden=_lm(teacher)(input_ids=ids, output_hidden_states=True).hidden_states)
 
-def hs_stage_loss(student, ids, t, stage, layers):
+def _map_kw(stage): return dict(k=stage.last_k) if stage.layer_map == 'last_k' else {}
+
+def hs_stage_loss(student, ids, t, stage, layers, aux=None):
     from ssm_distill.losses import hs_loss
     hidden = student(input_ids=ids, output_hidden_states=True).hidden_states    # L+1 x (B, T, D)
-    kw = dict(k=stage.last_k) if stage.layer_map == 'last_k' else {}
-    return hs_loss(list(hidden), list(t['hidden']), mapping=stage.layer_map, **kw)
+    return hs_loss(list(hidden), list(t['hidden']), mapping=stage.layer_map, projections=aux, **_map_kw(stage))
+
+@torch.no_grad()
+def hs_aux(student, teacher, stage, ids):
+    "HS across widths: a learned linear map per mapped student layer, on the student side only (None at equal widths)."
+    from ssm_distill.losses import hidden_projectors, resolve_mapping
+    hs = student(input_ids=ids, output_hidden_states=True).hidden_states
+    ht = _lm(teacher)(input_ids=ids, output_hidden_states=True).hidden_states
+    d_s, d_t = hs[0].shape[-1], ht[0].shape[-1]
+    if d_s == d_t: return None
+    return hidden_projectors(resolve_mapping(stage.layer_map, len(hs) - 1, len(ht) - 1, **_map_kw(stage)), d_s, d_t)
 
 def qkv_targets(teacher, ids, stage, layers):
     l = stage.teacher_layer % teacher.n_layers
@@ -611,22 +668,32 @@ def mha_stage_loss(student, ids, t, stage, layers):
     q, k, v = _student_qkv(student, ids)
     return minilm_relation_loss((q, k, v), (t['q'], t['k'], t['v']), n_relation_heads=stage.relation_heads, causal=True)
 
-def direct_minilm_stage_loss(student, ids, t, stage, layers):
+def direct_minilm_stage_loss(student, ids, t, stage, layers, aux=None):
     from ssm_distill.losses import direct_minilm_loss
     q, k, v = _student_qkv(student, ids)
-    return direct_minilm_loss((q, k, v), (t['q'], t['k'], t['v']))
+    return direct_minilm_loss((q, k, v), (t['q'], t['k'], t['v']), projections=aux)
+
+@torch.no_grad()
+def qkv_aux(student, teacher, stage, ids):
+    "DirectMiniLM across widths: learned student -> teacher maps of Q, K and V (None at equal widths)."
+    from ssm_distill.losses import QKVProjector
+    d_s, d_t = _student_qkv(student, ids)[0].flatten(2).shape[-1], qkv_targets(teacher, ids, stage, None)['q'].flatten(2).shape[-1]
+    return None if d_s == d_t else QKVProjector(d_s, d_t)
 
 for _k, _t, _l in [('matrix_orientation', mo_targets, mo_loss), ('hidden_state_alignment', hsa_targets, hsa_loss),
                    ('kd', logits_targets, kd_stage_loss), ('od', logits_targets, od_stage_loss), ('hs', hs_targets, hs_stage_loss),
                    ('mha', qkv_targets, mha_stage_loss), ('direct_minilm', qkv_targets, direct_minilm_stage_loss)]:
     STAGES[_k].targets, STAGES[_k].loss = _t, _l
+STAGES['hs'].aux, STAGES['direct_minilm'].aux = hs_aux, qkv_aux
 
 class StageModule(nn.Module):
     "The student and one stage's loss as one module, so Accelerate/DDP wraps a single forward per micro-batch."
-    def __init__(self, student, stage:StageConfig, layers:list[int]):
+    def __init__(self, student, stage:StageConfig, layers:list[int], aux:nn.Module|None=None):
         super().__init__()
-        self.student, self.stage, self.layers, self.kind = student, stage, layers, STAGES[stage.kind]
-    def forward(self, input_ids, targets): return self.kind.loss(self.student, input_ids, targets, self.stage, self.layers)
+        self.student, self.stage, self.layers, self.kind, self.aux = student, stage, layers, STAGES[stage.kind], aux
+    def forward(self, input_ids, targets):
+        extra = {} if self.aux is None else dict(aux=self.aux)   # the loss's own learned parameters (projections)
+        return self.kind.loss(self.student, input_ids, targets, self.stage, self.layers, **extra)
 
 # %% ../nbs/07_train.ipynb #7b02e31a
 class StageStream(Dataset):
@@ -703,12 +770,19 @@ class Distiller:
                     f"{self.accelerator.num_processes} processes; use a multiple of {self.accelerator.num_processes}")
         seed_everything(cfg.seed)
         self.teacher, self.tokenizer = self._teacher_in or load_run_teacher(cfg.teacher, self.accelerator.device)
-        validate_for_teacher(cfg, self.teacher.n_layers)
+        tc = self.teacher.config
+        validate_for_teacher(cfg, self.teacher.n_layers, dict(hidden_size=tc.hidden_size, n_heads=self.teacher.n_heads,
+                                                              intermediate_size=getattr(tc, 'intermediate_size', None) or getattr(tc, 'n_inner', None)))
         _lm(self.teacher).to(self.accelerator.device).eval().requires_grad_(False)
         self.data = build_data(cfg.data, self.tokenizer)
         require(len(self.data.eval) > 0, "data: no held-out blocks to evaluate on; raise data.eval_fraction")
-        self.student = build_student(self.teacher, mixer=cfg.student.mixer, attention_layers=tuple(cfg.student.attention_layers),
-                                     init=cfg.student.init, **cfg.student.options).to(self.accelerator.device)
+        st = cfg.student
+        build = dict(mixer=st.mixer, attention_layers=tuple(st.attention_layers), init=st.init, **st.options)
+        self.layer_map = dict(enumerate(student_teacher_layers(cfg, self.teacher.n_layers)))  # student layer -> teacher layer
+        self.student = (build_student_from_config(self.teacher, n_layers=st.n_layers, hidden_size=st.hidden_size, n_heads=st.n_heads,
+                                                  intermediate_size=st.intermediate_size, teacher_layers=list(self.layer_map.values()),
+                                                  seed=cfg.seed, **build)
+                        if st.resized else build_student(self.teacher, **build)).to(self.accelerator.device)
         if cfg.log_with: self.accelerator.init_trackers('ssm_distill', config=_flat(self.config_dict()))
 
     def _resume(self):
@@ -736,6 +810,27 @@ class Distiller:
                     teacher_perplexity=self._teacher_eval['perplexity'])
 
     # ---- one stage
+    def _targets(self, kind:StageKind, ids:torch.Tensor, stage:StageConfig, layers:list[int]) -> dict:
+        "The teacher's targets for student `layers`: layer-wise ones come from the teacher layer each student layer maps to."
+        if not kind.layerwise: return kind.targets(self.teacher, ids, stage, layers)
+        to_student = {self.layer_map[l]: l for l in layers}
+        t = kind.targets(self.teacher, ids, stage, list(to_student))
+        return {k: ({to_student[l]: x for l, x in v.items()} if isinstance(v, dict) else v) for k, v in t.items()}
+
+    def _stage_aux(self, si:int, ckpt:Path|None) -> nn.Module|None:
+        "Stage `si`'s loss parameters (projections across widths): seeded by the run seed and the stage, restored from `ckpt` mid-stage."
+        stage = self.cfg.stages[si]; kind = STAGES[stage.kind]
+        if kind.aux is None: return None
+        with torch.random.fork_rng(devices=[]):   # the same initial maps whatever the global RNG went through (resume reads data again)
+            torch.manual_seed(self.cfg.seed + si)
+            aux = kind.aux(self.student, self.teacher, stage, self.data.train[:1].to(self.accelerator.device))
+        if aux is None: return None
+        aux = aux.to(self.accelerator.device)
+        if ckpt is not None:
+            from safetensors.torch import load_model
+            load_model(aux, str(ckpt/'stage_aux.safetensors'))
+        return aux
+
     def _run_stage(self, si:int, ckpt:Path|None) -> bool:
         "Run stage `si` from `self.state`; return False if stopped early."
         cfg, acc, st = self.cfg, self.accelerator, self.state
@@ -743,12 +838,14 @@ class Distiller:
         bs, ga = stage_batch_size(cfg, stage), stage.grad_accum
         set_trainable_groups(self.student, stage.groups())
         layers = _stage_layers(self.student, stage)
-        opt = make_optimizer(self.student, stage)
+        kind, name = STAGES[stage.kind], stage.name or f"{si + 1}-{stage.kind}"
+        self.stage_aux = aux = self._stage_aux(si, ckpt if st.step > 0 else None)
+        opt = make_optimizer(self.student, stage, aux)
         sched = make_scheduler(opt, stage, n_steps)
         stream = StageStream(self.data.train, bs, cfg.data.seed + si, start=st.data_step, n_batches=(n_steps - st.step) * ga)
         loader = DataLoader(stream, batch_size=bs, shuffle=False)
         acc.gradient_accumulation_steps = ga
-        module, opt, loader, sched = acc.prepare(StageModule(self.student, stage, layers), opt, loader, sched)
+        module, opt, loader, sched = acc.prepare(StageModule(self.student, stage, layers, aux), opt, loader, sched)
         if ckpt is not None and st.step > 0:
             opt.load_state_dict(torch.load(ckpt/'optimizer.pt', weights_only=False))
             sched.scheduler.load_state_dict(torch.load(ckpt/'scheduler.pt', weights_only=False))
@@ -756,15 +853,14 @@ class Distiller:
             rng = ckpt/f'rng-{acc.process_index}.pt'
             set_rng_state(torch.load(rng if rng.exists() else ckpt/'rng-0.pt', weights_only=False))
         acc.step = 0
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        kind, name = STAGES[stage.kind], stage.name or f"{si + 1}-{stage.kind}"
+        params = [p for p in module.parameters() if p.requires_grad]
         self._event('on_stage_start', si)
         t_session, wall0, stage_wall0 = time.time(), st.wall_s, st.stage_wall_s
         micro, losses = 0, []
         module.train()
         for ids in loader:
             with acc.accumulate(module):
-                with torch.no_grad(), acc.autocast(): targets = kind.targets(self.teacher, ids, stage, layers)
+                with torch.no_grad(), acc.autocast(): targets = self._targets(kind, ids, stage, layers)
                 with self._nan_guard(si), acc.autocast(): loss, logs = module(ids, targets)
                 loss_all = acc.reduce(loss.detach().float(), 'mean')
                 if not torch.isfinite(loss_all): self._nonfinite('loss', loss_all, si)

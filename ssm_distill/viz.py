@@ -14,7 +14,7 @@ import torch
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .core import SsmDistillError, require
+from .core import require
 
 # %% auto #0
 __all__ = ['matrix_heatmap', 'compare_matrices', 'matrix_gallery', 'read_metrics', 'loss_curves', 'write_report']

@@ -116,6 +116,20 @@ def test_qkv_copy_from_gqa_teacher(name):
     assert m(torch.randn(2, 5, 32, dtype=F64)).isfinite().all()
 
 
+@pytest.mark.parametrize('name', NAMES)
+def test_qk_norms_are_copied_and_required(name):
+    "A teacher with per-head q/k RMSNorm (Qwen3): the copy carries the norms onto the parts copied from q and k."
+    w = AttentionWeights.random(32, 4, dtype=F64)
+    w.qk_norm, w.qk_norm_eps = 'rms', 1e-6
+    w.q_norm, w.k_norm = {'weight': torch.rand(8, dtype=F64) + 0.5}, {'weight': torch.rand(8, dtype=F64) + 0.5}
+    m = mixer_from_attention(name, w)
+    for t, norm in m.qk_norms.items(): torch.testing.assert_close(norm.weight.detach(), getattr(w, f'{t}_norm')['weight'])
+    assert set(m.qk_norms) == {t for t in 'qk' if t in (dict(q=1, k=1) if name == 'softmax_attention' else m.qkv_parts)}
+    assert m(torch.randn(2, 5, 32, dtype=F64)).isfinite().all()
+    with pytest.raises(SsmDistillError, match="build it with qk_norm='rms'"):
+        mixer_from_attention(name, w, init=False, qk_norm=None).init_from_attention(w)
+
+
 def test_phi_mamba_without_decay_is_causal_qk():
     w = AttentionWeights.random(32, 4, n_kv_heads=2, dtype=F64)
     m = mixer_from_attention('phi_mamba', w, bias=True)

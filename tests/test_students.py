@@ -6,7 +6,7 @@ from ssm_distill.teachers import tiny_teacher
 from ssm_distill.students import (STUDENT_GROUPS, StudentConfig, StudentForCausalLM, build_student,
                                   build_student_from_config, causal_mask, mixing_error)
 
-FAMILIES = ['llama', 'phi', 'gpt2', 'gpt_neox']   # GQA + rotary, partial rotary, fused Conv1D + tied head, fused per-head qkv
+FAMILIES = ['llama', 'phi', 'gpt2', 'gpt_neox', 'qwen3']   # GQA + rotary, partial rotary, fused Conv1D + tied head, fused per-head qkv, q/k norms
 
 def batch(T=63, seed=0, vocab=64):
     return torch.randint(0, vocab, (2, T), generator=torch.Generator().manual_seed(seed))
@@ -173,3 +173,19 @@ def test_bad_input(teachers):
 def test_causal_mask():
     m = causal_mask(4, torch.tensor([[0, 1, 1, 1]]))
     assert m.shape == (1, 1, 4, 4) and (m[0, 0, 1:, 0] < -1e30).all() and (m[0, 0, 0] == 0).all()
+
+
+@pytest.mark.parametrize('family, kw', [('qwen3', {}), ('phi', dict(qk_layernorm=True))])
+def test_qk_norm_teachers_copy_exactly(tmp_path, family, kw):
+    "Teachers that normalise q and k per head (Qwen3's RMSNorm, Phi's qk_layernorm): the copy carries the norms."
+    t = tiny_teacher(family, path=tmp_path/family, **kw)
+    w = t.attention_weights(0)
+    assert w.qk_norm == ('layer' if family == 'phi' else 'rms') and set(w.q_norm) >= {'weight'}
+    s = build_student(t, 'softmax_attention')
+    ids = batch()
+    torch.testing.assert_close(logits(s, ids), logits(t.model, ids), atol=1e-5, rtol=0)
+    s.save_pretrained(tmp_path/'s')                                              # the norms are part of the saved student
+    s2 = AutoModelForCausalLM.from_pretrained(tmp_path/'s')
+    torch.testing.assert_close(logits(s2, ids), logits(s, ids), atol=0, rtol=0)
+    m = build_student(t, 'phi_mamba').mixer(0)
+    assert set(m.qk_norms) == {'q', 'k'} and torch.equal(m.qk_norms['q'].weight, w.q_norm['weight'])

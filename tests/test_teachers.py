@@ -152,15 +152,19 @@ def test_attention_weights_reproduce_capture(teachers, family, caplog):
         q = lin(w.wq, w.bq).unflatten(-1, (w.n_heads, w.head_dim))             # (B, T, H, Dh)
         k = lin(w.wk, w.bk).unflatten(-1, (w.n_kv_heads, w.head_dim))          # (B, T, Hkv, Dh)
         v = lin(w.wv, w.bv).unflatten(-1, (w.n_kv_heads, w.head_dim))
-        qn, kn = t.qk_norms(i)
-        if qn is not None: q, k = qn(q), kn(k)                                  # not part of AttentionWeights
+        if w.qk_norm is not None:                                               # Qwen3: per-head RMSNorm of q and k
+            from ssm_distill.mixers import QK_NORMS
+            for name in 'qk':
+                norm = QK_NORMS[w.qk_norm](w.head_dim, eps=w.qk_norm_eps); norm.load_state_dict(getattr(w, f'{name}_norm'))
+                if name == 'q': q = norm(q)
+                else: k = norm(k)
         if rot is not None: q, k = apply_rotary(q, *rot, rotary_dim=w.rotary_dim), apply_rotary(k, *rot, rotary_dim=w.rotary_dim)
         k, v = k.repeat_interleave(w.groups, 2), v.repeat_interleave(w.groups, 2)
         torch.testing.assert_close(q, cap.q[i]); torch.testing.assert_close(k, cap.k[i]); torch.testing.assert_close(v, cap.v[i])
         M = attention_probs(q, k, w.scale, allowed_keys(T, causal=t.causal, window=t.adapter.window(t.attention(i), t.config)))
         o = torch.einsum('bhts,bshd->bthd', M, v).flatten(2) @ w.wo.T + (0 if w.bo is None else w.bo)
         torch.testing.assert_close(o, cap.attn_out[i], atol=1e-5, rtol=1e-5)
-    assert ('normalises q and k' in caplog.text) == (family == 'qwen3')
+    assert (w.qk_norm is not None) == (family == 'qwen3')
 
 def test_rotary_is_the_models_own():
     t = tiny_teacher('llama')

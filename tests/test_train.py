@@ -54,7 +54,7 @@ def test_config_errors_name_the_key(cfg, where):
 
 def test_config_errors_that_need_the_teacher():
     cfg = load_config({'total_tokens': 10**6, 'student': {'attention_layers': [1, 7]}})
-    with pytest.raises(SsmDistillError, match=r'student.attention_layers: \[7\] out of range; the teacher has 4 layers'):
+    with pytest.raises(SsmDistillError, match=r'student.attention_layers: \[7\] out of range; the student has 4 layers'):
         validate_for_teacher(cfg, 4)
     cfg = load_config({'total_tokens': 10**6, 'student': {'attention_layers': [1]},
                        'stages': [{'kind': 'matrix_orientation', 'layers': [1]}, {'kind': 'kd'}]})
@@ -235,3 +235,60 @@ def test_task_agnostic_stage_runs(stage, teacher_dir, tmp_path):
               if json.loads(l)['event'] == 'step']
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     assert (tmp_path/'run'/'student'/'model.safetensors').exists()
+
+
+# ---- students of another size, from the run config
+def test_resized_student_config_errors():
+    base = {'total_tokens': 10**6}
+    for student, where in [({'n_layers': 0}, 'n_layers=0'), ({'n_layers': 2, 'teacher_layers': [0]}, 'teacher_layers has 1 entries'),
+                           ({'teacher_layers': 'last'}, 'teacher_layers'), ({'hidden_size': True}, 'hidden_size')]:
+        with pytest.raises(SsmDistillError) as e: load_config({**base, 'student': student})
+        assert where in str(e.value), str(e.value)
+    sizes = dict(hidden_size=32, n_heads=2, intermediate_size=64)
+    with pytest.raises(SsmDistillError, match=r"student.init='qkv_copy' copies .* hidden_size=32; use init: random"):
+        validate_for_teacher(load_config({**base, 'student': {'hidden_size': 16}}), 2, sizes)
+    with pytest.raises(SsmDistillError, match=r"stages\[0\]: matrix_orientation aligns each student layer .* hidden_size differ"):
+        validate_for_teacher(load_config({**base, 'student': {'hidden_size': 16, 'init': 'random'}}), 2, sizes)
+    with pytest.raises(SsmDistillError, match=r'student.n_layers: .*give teacher_layers explicitly'):
+        validate_for_teacher(load_config({**base, 'student': {'n_layers': 3}}), 2, sizes)
+    with pytest.raises(SsmDistillError, match=r'student.teacher_layers: \[5\] out of range'):
+        validate_for_teacher(load_config({**base, 'student': {'teacher_layers': [5]}}), 2, sizes)
+    with pytest.raises(SsmDistillError, match=r'repeats a teacher layer'):
+        validate_for_teacher(load_config({**base, 'student': {'teacher_layers': [1, 1]}}), 2, sizes)
+    # a deeper student with explicit teacher layers is fine for logit stages
+    validate_for_teacher(load_config({**base, 'student': {'teacher_layers': [0, 0, 1]}, 'stages': [{'kind': 'kd'}]}), 2, sizes)
+
+
+def test_shallower_student_aligns_with_its_teacher_layers(teacher_dir, tmp_path):
+    "A 1-layer student of the 2-layer teacher copies teacher layer 1 and stages 1-2 align it with teacher layer 1."
+    cfg = {**_tiny_dict(teacher_dir, tmp_path), 'student': {'mixer': 'phi_mamba', 'n_layers': 1}}
+    d = Distiller(cfg, progress=False); d._setup()
+    assert d.student.config.base_config['num_hidden_layers'] == 1 and d.student.config.teacher_layers == [1] and d.layer_map == {0: 1}
+    ids = d.data.train[:2]
+    from ssm_distill.train import STAGES
+    t = d._targets(STAGES['matrix_orientation'], ids, d.cfg.stages[0], [0])
+    cap = d.teacher.capture(ids, layers=[1], what={'attn_in', 'attn_probs'})
+    torch.testing.assert_close(t['M'][0], cap.attn_probs[1]); torch.testing.assert_close(t['x'][0], cap.attn_in[1])
+    rep = Distiller(cfg, progress=False).run()
+    assert rep['status'] == 'finished' and all(torch.isfinite(torch.tensor(s['final_loss'])) for s in rep['stages'])
+
+
+def test_narrower_student_runs_task_agnostic_stages(teacher_dir, tmp_path):
+    "Half the teacher's width, one layer, random init: OD, then HS and DirectMiniLM with learned projections; resume is exact."
+    cfg = {**_tiny_dict(teacher_dir, tmp_path), 'student': {'mixer': 'gla', 'n_layers': 1, 'hidden_size': 16, 'init': 'random'},
+           'stages': [{'kind': 'od', 'tokens': 512, 'temperature': 2.0}, {'kind': 'hs', 'tokens': 1024, 'layer_map': 'uniform_consecutive'},
+                      {'kind': 'direct_minilm', 'tokens': 512}]}
+    rep = Distiller(cfg, progress=False).run()
+    assert rep['status'] == 'finished' and [s['kind'] for s in rep['stages']] == ['od', 'hs', 'direct_minilm']
+    from transformers import AutoConfig
+    c = AutoConfig.from_pretrained(tmp_path/'run'/'student')
+    assert c.base_config['hidden_size'] == 16 and c.base_config['num_hidden_layers'] == 1
+    # stop inside the HS stage: its projections are checkpointed with the optimizer, and the resumed run ends where this one did
+    cfg2 = {**cfg, 'out': str(tmp_path/'run2')}
+    stopped = Distiller(cfg2, progress=False).run(max_steps=6)
+    assert stopped['status'] == 'stopped' and stopped['state']['stage'] == 1
+    assert (latest_checkpoint(tmp_path/'run2')/'stage_aux.safetensors').exists()
+    rep2 = Distiller(cfg2, progress=False).run(resume=True)
+    assert rep2['final_losses'] == rep['final_losses']
+    a, b = _weights(tmp_path/'run'), _weights(tmp_path/'run2')
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
