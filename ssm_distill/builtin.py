@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .core import SsmDistillError, get_device, log, require, seed_everything, supports_bf16
-from .data import DataConfig, build_data, corpus_stats, infinite_batches, load_builtin_corpus
+from .core import get_device, log, require, seed_everything, supports_bf16
+from .data import DataConfig, build_data, infinite_batches, load_builtin_corpus
 
 # %% auto #0
 __all__ = ['BOS', 'EOS', 'PAD', 'train_tokenizer', 'TeacherRecipeConfig', 'teacher_llama_config', 'head_scores', 'plant_repeats',
