@@ -772,7 +772,7 @@ class Distiller:
         self.teacher, self.tokenizer = self._teacher_in or load_run_teacher(cfg.teacher, self.accelerator.device)
         tc = self.teacher.config
         validate_for_teacher(cfg, self.teacher.n_layers, dict(hidden_size=tc.hidden_size, n_heads=self.teacher.n_heads,
-                                                              intermediate_size=getattr(tc, 'intermediate_size', None) or getattr(tc, 'n_inner', None)))
+                                                              intermediate_size=getattr(tc, 'intermediate_size', None) or getattr(tc, 'n_inner', None) or 4 * tc.hidden_size))
         _lm(self.teacher).to(self.accelerator.device).eval().requires_grad_(False)
         self.data = build_data(cfg.data, self.tokenizer)
         require(len(self.data.eval) > 0, "data: no held-out blocks to evaluate on; raise data.eval_fraction")
