@@ -94,19 +94,22 @@ def demo_config(out:str|Path|None=None, # the run folder
 # %% ../nbs/08_cli.ipynb #54ab5bb0
 @torch.no_grad()
 def mixing_figures(teacher, student, ids:torch.Tensor, # (1, T) one block
-                   layers=None, heads=(0, 1), max_layers:int=2) -> list:
-    "Plotly figures: teacher attention vs student mixing matrix for a few layers and heads."
+                   layers=None, heads=(0, 1), max_layers:int=2,
+                   layer_map:dict|None=None, # student layer -> teacher layer (a student of another depth); None: the same index
+                  ) -> list:
+    "Plotly figures: teacher attention vs student mixing matrix for a few (student) layers and heads."
     from ssm_distill.viz import compare_matrices
     from ssm_distill.train import _layer, teacher_rotary
     layers = list(layers if layers is not None else student.mixer_layers[:max_layers])
-    cap = teacher.capture(ids, layers=layers, what={'attn_in', 'attn_probs'})
+    tl = {l: (layer_map or {}).get(l, l) for l in layers}                      # the teacher layer of each
+    cap = teacher.capture(ids, layers=sorted(set(tl.values())), what={'attn_in', 'attn_probs'})
     figs = []
     for l in layers:
-        x = _layer(cap, 'attn_in', l)
+        x = _layer(cap, 'attn_in', tl[l])
         M_s = student.layer_mixing_matrix(l, x.to(next(student.parameters()).dtype), rotary=teacher_rotary(teacher, ids))  # (1, H, T, T)
-        M_t = _layer(cap, 'attn_probs', l)                                                                      # (1, H, T, T)
-        figs.append(compare_matrices({'teacher': M_t[0].float(), 'student': M_s[0].float()},
-                                     heads=[h for h in heads if h < M_t.shape[1]], title=f'layer {l}: mixing matrices'))
+        M_t = _layer(cap, 'attn_probs', tl[l])                                                                  # (1, H, T, T)
+        figs.append(compare_matrices({'teacher': M_t[0].float(), 'student': M_s[0].float()}, heads=[h for h in heads if h < M_t.shape[1]],
+                                     title=f'layer {l}: mixing matrices' + (f' (teacher layer {tl[l]})' if tl[l] != l else '')))
     return figs
 
 def write_html_report(distiller:Distiller, title:str='ssm_distill run report') -> Path|None:
@@ -117,7 +120,8 @@ def write_html_report(distiller:Distiller, title:str='ssm_distill run report') -
     recs = [r for r in viz.read_metrics(distiller.out/'metrics.jsonl') if r.get('event') == 'step']
     figs = [viz.loss_curves(recs, title='loss per stage'), viz.loss_curves(recs, x='tokens', title='loss per stage (tokens)')]
     student = distiller.accelerator.unwrap_model(distiller.student)
-    try: figs += mixing_figures(distiller.teacher, student, distiller.data.eval.blocks[:1].to(distiller.accelerator.device))
+    try: figs += mixing_figures(distiller.teacher, student, distiller.data.eval.blocks[:1].to(distiller.accelerator.device),
+                                layer_map=getattr(distiller, 'layer_map', None))
     except SsmDistillError as e: log.info(f"no mixing-matrix figures: {e}")
     write = getattr(viz, 'write_report', None) or getattr(viz, 'report_html')
     return write(distiller.out, figures=figs, title=title)
@@ -272,7 +276,9 @@ def cmd_distill(a) -> int:
         _out(yaml.safe_dump(asdict(cfg), sort_keys=False)); return 0
     d = Distiller(cfg, progress=not a.no_progress)
     rep = d.run(resume=a.resume)
-    if d.is_main: _out(dict(run_folder=str(d.out), **_summary(rep)))
+    if d.is_main:
+        write_html_report(d, title=f'ssm-distill distill: {a.config}')
+        _out(dict(run_folder=str(d.out), **_summary(rep)))
     return 0
 
 def cmd_teacher(a) -> int:

@@ -100,3 +100,16 @@ def test_distill_check_prints_the_validated_config(tmp_path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed['teacher'] == 'builtin' and [s['kind'] for s in printed['stages']]
     assert not (tmp_path/'run'/'metrics.jsonl').exists()
+
+
+def test_distill_a_shallower_student_from_yaml(teacher_dir, tmp_path, capsys):
+    "`student: {n_layers: 1}` in the YAML: a 1-layer student of the 2-layer teacher, its report compares it with teacher layer 1."
+    from dataclasses import asdict
+    d = asdict(tiny_run_config(teacher_dir, stages=[dict(kind='matrix_orientation', tokens=256, lr=1e-2), dict(kind='kd', tokens=256)]))
+    d.pop('out'); d['student'] = {'mixer': 'phi_mamba', 'n_layers': 1}
+    (tmp_path/'run.yaml').write_text(yaml.safe_dump(d))
+    out = tmp_path/'run'
+    assert main(['distill', '--config', str(tmp_path/'run.yaml'), '--out', str(out), '--no-progress']) == 0
+    assert json.loads(capsys.readouterr().out)['status'] == 'finished'
+    assert json.loads((out/'student'/'config.json').read_text())['teacher_layers'] == [1]
+    assert 'layer 0: mixing matrices (teacher layer 1)' in (out/'report.html').read_text()
