@@ -270,9 +270,10 @@ class Teacher:
         (wq, bq), (wk, bk), (wv, bv) = self.adapter.projections(self.attention(i), self.n_heads)
         wo, bo = self.adapter.output_projection(self.layers[i])
         qn, kn = self.qk_norms(i)
+        state = lambda m: {k: v.detach().clone() for k, v in m.state_dict().items()}
         norms = {} if qn is None else dict(   # Qwen3's RMSNorm / Phi's LayerNorm on each head of q and k
             qk_norm='layer' if isinstance(qn, nn.LayerNorm) else 'rms', qk_norm_eps=float(getattr(qn, 'eps', None) or qn.variance_epsilon),
-            q_norm={k: v.detach().clone() for k, v in qn.state_dict().items()}, k_norm={k: v.detach().clone() for k, v in kn.state_dict().items()})
+            q_norm=state(qn), k_norm=state(kn))
         rope = getattr(self.config, 'rope_parameters', None) or {}
         if self.rotary_dim and rope.get('rope_type', 'default') != 'default':
             log.warning(f"this teacher's rotary is {rope['rope_type']!r}, which rope_theta alone does not describe; "
