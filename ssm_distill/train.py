@@ -529,7 +529,9 @@ def latest_checkpoint(out:str|Path) -> Path|None:
     ck = checkpoints(out)
     return ck[-1] if ck else None
 
-def save_checkpoint(distiller, optimizer=None, scheduler=None) -> Path:
+def save_checkpoint(distiller, optimizer=None, scheduler=None,
+                    aux:nn.Module|None=None, # mid-stage: the stage loss's learned projections (they train too)
+                   ) -> Path:
     "Write `distiller`'s checkpoint atomically (all processes call it; the main one writes the shared files)."
     from safetensors.torch import save_model
     acc, st = distiller.accelerator, distiller.state
@@ -540,8 +542,7 @@ def save_checkpoint(distiller, optimizer=None, scheduler=None) -> Path:
         save_model(acc.unwrap_model(distiller.student), str(tmp/'model.safetensors'))
         if optimizer is not None: torch.save(optimizer.state_dict(), tmp/'optimizer.pt')
         if scheduler is not None: torch.save(scheduler.state_dict(), tmp/'scheduler.pt')
-        aux = getattr(distiller, 'stage_aux', None)   # mid-stage: the stage loss's learned projections train too
-        if optimizer is not None and aux is not None: save_model(aux, str(tmp/'stage_aux.safetensors'))
+        if aux is not None: save_model(aux, str(tmp/'stage_aux.safetensors'))
     acc.wait_for_everyone()
     torch.save(rng_state(), tmp/f'rng-{acc.process_index}.pt')
     acc.wait_for_everyone()
@@ -817,13 +818,12 @@ class Distiller:
         t = kind.targets(self.teacher, ids, stage, list(to_student))
         return {k: ({to_student[l]: x for l, x in v.items()} if isinstance(v, dict) else v) for k, v in t.items()}
 
-    def _stage_aux(self, si:int, ckpt:Path|None) -> nn.Module|None:
+    def _stage_aux(self, si:int, kind:StageKind, ckpt:Path|None) -> nn.Module|None:
         "Stage `si`'s loss parameters (projections across widths): seeded by the run seed and the stage, restored from `ckpt` mid-stage."
-        stage = self.cfg.stages[si]; kind = STAGES[stage.kind]
         if kind.aux is None: return None
         with torch.random.fork_rng(devices=[]):   # the same initial maps whatever the global RNG went through (resume reads data again)
             torch.manual_seed(self.cfg.seed + si)
-            aux = kind.aux(self.student, self.teacher, stage, self.data.train[:1].to(self.accelerator.device))
+            aux = kind.aux(self.student, self.teacher, self.cfg.stages[si], self.data.train[:1].to(self.accelerator.device))
         if aux is None: return None
         aux = aux.to(self.accelerator.device)
         if ckpt is not None:
@@ -839,7 +839,7 @@ class Distiller:
         set_trainable_groups(self.student, stage.groups())
         layers = _stage_layers(self.student, stage)
         kind, name = STAGES[stage.kind], stage.name or f"{si + 1}-{stage.kind}"
-        self.stage_aux = aux = self._stage_aux(si, ckpt if st.step > 0 else None)
+        aux = self._stage_aux(si, kind, ckpt if st.step > 0 else None)
         opt = make_optimizer(self.student, stage, aux)
         sched = make_scheduler(opt, stage, n_steps)
         stream = StageStream(self.data.train, bs, cfg.data.seed + si, start=st.data_step, n_batches=(n_steps - st.step) * ga)
@@ -880,13 +880,13 @@ class Distiller:
                            lr=sched.get_last_lr()[0], tokens=st.stage_tokens, total_tokens=st.total_tokens,
                            tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), **logs)
             last = st.step == n_steps
-            if not last and cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0: self._checkpoint(si, opt, sched)
+            if not last and cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0: self._checkpoint(si, opt, sched, aux)
             self._event('on_step_end', metrics)
             if not last and cfg.eval_every and st.global_step % cfg.eval_every == 0:
                 with self._nan_guard(si): ev = self.evaluate()
                 self._event('on_eval', dict(stage=name, stage_index=si, global_step=st.global_step, **ev))
             if self._stop and not last:
-                self._checkpoint(si, opt, sched)
+                self._checkpoint(si, opt, sched, aux)
                 return False
         with self._nan_guard(si): ev = self.evaluate()
         self._event('on_eval', dict(stage=name, stage_index=si, global_step=st.global_step, **ev))
@@ -913,11 +913,11 @@ class Distiller:
             if bad is None: raise
             self._nonfinite(f'weight {bad}', float('nan'), si, cause=str(e))
 
-    def _checkpoint(self, si:int, opt=None, sched=None):
+    def _checkpoint(self, si:int, opt=None, sched=None, aux=None):
         "Save a checkpoint, unless a weight is no longer finite (then stop: the last good checkpoint stays)."
         bad = self._first_nonfinite()
         if bad is not None: self._nonfinite(f'weight {bad}', float('nan'), si)
-        save_checkpoint(self, opt, sched)
+        save_checkpoint(self, opt, sched, aux)
 
     def _nonfinite(self, what, value, si, cause:str=''):
         ck = latest_checkpoint(self.out)
