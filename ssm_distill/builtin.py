@@ -18,8 +18,8 @@ from .data import DataConfig, build_data, infinite_batches, load_builtin_corpus
 
 # %% auto #0
 __all__ = ['BOS', 'EOS', 'PAD', 'train_tokenizer', 'TeacherRecipeConfig', 'teacher_llama_config', 'head_scores', 'plant_repeats',
-           'evaluate_lm', 'lr_lambda', 'train_teacher', 'builtin_teacher_path', 'load_builtin_teacher',
-           'teacher_arg_parser', 'teacher_train_main']
+           'copy_blocks', 'copy_loss', 'evaluate_lm', 'lr_lambda', 'train_teacher', 'builtin_teacher_path',
+           'load_builtin_teacher', 'teacher_arg_parser', 'teacher_train_main']
 
 # %% ../nbs/05a_builtin.ipynb #0dc0045f
 BOS, EOS, PAD = '<|bos|>', '<|eos|>', '<|pad|>'
@@ -60,7 +60,15 @@ class TeacherRecipeConfig:
     min_induction:float = 0.3 # keep the best held-out checkpoint among those with an induction head this strong (if any)
     repeat_min:int = 8 # shortest repeated span, in tokens
     repeat_max:int = 48 # longest repeated span, in tokens
-    steps:int = 1200 # optimiser steps
+    copy_steps:int = 0 # at most this many steps of the copy curriculum before the corpus (0: none; see `copy_blocks`)
+    copy_block:int = 32 # block length of the curriculum
+    copy_min:int = 3 # shortest copied span
+    copy_max:int = 8 # longest copied span
+    copy_batch:int = 64 # blocks per curriculum step
+    copy_lr:float = 2e-3 # curriculum learning rate (constant after `warmup_steps`)
+    copy_stop:float = 3.0 # end the curriculum early once its (smoothed) loss is below this, in nats (uniform: ln V = 8.3)
+    copy_weight:float = 0. # weight of a curriculum batch's loss added to every corpus step (0: none)
+    steps:int = 1200 # optimiser steps on the corpus
     tokens:int|None = None # if set, steps = ceil(tokens / (batch_size * seq_len))
     batch_size:int = 32 # blocks per step
     lr:float = 2e-3 # peak learning rate
@@ -85,6 +93,9 @@ class TeacherRecipeConfig:
         require(0 <= self.repeat_fraction <= 1, f"repeat_fraction={self.repeat_fraction}: use a share between 0 and 1")
         require(1 <= self.repeat_min <= self.repeat_max <= self.seq_len // 2,
                 f"repeat_min={self.repeat_min}, repeat_max={self.repeat_max}: use 1 <= repeat_min <= repeat_max <= seq_len/2 = {self.seq_len // 2}")
+        require(self.copy_steps >= 0 and self.copy_weight >= 0, f"copy_steps={self.copy_steps}, copy_weight={self.copy_weight}: use values >= 0")
+        require(1 <= self.copy_min <= self.copy_max <= self.copy_block // 2,
+                f"copy_min={self.copy_min}, copy_max={self.copy_max}: use 1 <= copy_min <= copy_max <= copy_block/2 = {self.copy_block // 2}")
         require(self.save_dtype in ('float32', 'float16', 'bfloat16'), f"save_dtype={self.save_dtype!r}: use 'float32', 'float16' or 'bfloat16'")
 
     @classmethod
@@ -92,7 +103,7 @@ class TeacherRecipeConfig:
         "A debug recipe that trains in seconds on a CPU."
         return cls(**{**dict(n_layers=2, hidden_size=64, n_heads=2, intermediate_size=128, vocab_size=512, seq_len=64,
                              steps=30, batch_size=8, lr=3e-3, warmup_steps=5, eval_blocks=8, eval_every=10, repeat_fraction=0., repeat_min=4, repeat_max=16,
-                             device='cpu'), **kw})
+                             copy_steps=20, copy_block=16, copy_min=2, copy_max=4, copy_batch=8, copy_weight=0.5, device='cpu'), **kw})
 
 def teacher_llama_config(cfg:TeacherRecipeConfig, tokenizer) -> LlamaConfig:
     "The `LlamaConfig` of the recipe."
@@ -110,19 +121,22 @@ def head_scores(model, # a causal LM returning attentions (`output_attentions=Tr
                 seed:int=0, # seeds the sequences
                 low:int=3, # draw token ids from [low, vocab_size) (skip special tokens)
                ) -> dict[str, torch.Tensor]:
-    "Previous-token and induction scores of every head, each (L, H), on repeated random tokens."
+    "Previous-token and induction scores of every head, each (L, H), and the loss on each copy, (2,), on repeated random tokens."
     g = torch.Generator().manual_seed(seed)
     dev = next(model.parameters()).device
     r = torch.randint(low, model.config.vocab_size, (batch, n), generator=g)
     x = torch.cat([r, r], 1).to(dev)  # (B, 2n)
     was = model.config._attn_implementation
     model.config._attn_implementation = 'eager'  # the probabilities are returned by the eager path only
-    try: att = torch.stack(model(x, output_attentions=True).attentions).float()  # (L, B, H, 2n, 2n)
+    try: out = model(x, output_attentions=True)
     finally: model.config._attn_implementation = was
+    att = torch.stack(out.attentions).float()  # (L, B, H, 2n, 2n)
     t = torch.arange(n, 2 * n, device=dev)  # query positions of the second copy
     prev = att[..., t, t - 1].mean((1, 3))          # (L, H)
     induction = att[..., t, t - n + 1].mean((1, 3))  # (L, H)
-    return dict(previous_token=prev.cpu(), induction=induction.cpu())
+    nll = -out.logits[:, :-1].float().log_softmax(-1).gather(-1, x[:, 1:, None])[..., 0]  # (B, 2n-1): position t predicts t+1
+    copy_loss = torch.stack([nll[:, :n - 1].mean(), nll[:, n:].mean()])  # (2,): within the first copy, within the second
+    return dict(previous_token=prev.cpu(), induction=induction.cpu(), copy_loss=copy_loss.cpu())
 
 # %% ../nbs/05a_builtin.ipynb #eef1a18c
 def plant_repeats(x:torch.Tensor, # (B, T) token blocks
@@ -141,6 +155,35 @@ def plant_repeats(x:torch.Tensor, # (B, T) token blocks
         r = torch.randint(low, high, (L,), generator=generator)
         x[b, s:s + L] = r; x[b, d:d + L] = r
     return x
+
+# %% ../nbs/05a_builtin.ipynb #a1c0b7e2
+def copy_blocks(batch:int, # blocks
+                seq_len:int, # block length
+                span:tuple[int, int], # (shortest, longest) copied span; longest <= seq_len / 2
+                generator:torch.Generator|None=None, # seeds the blocks
+                low:int=3, # random tokens are drawn from [low, high) (skip special tokens)
+                high:int=4096, # the vocabulary size
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Random-token blocks, each holding one span twice, and labels that are `-100` but on the predictable copied tokens."
+    x = torch.randint(low, high, (batch, seq_len), generator=generator)                       # (B, T)
+    L = torch.randint(span[0], span[1] + 1, (batch, 1), generator=generator)                  # (B, 1) span lengths
+    s = (torch.rand(batch, 1, generator=generator) * (seq_len - 2 * L + 1)).long()            # first copy in [0, T - 2L]
+    d = s + L + (torch.rand(batch, 1, generator=generator) * (seq_len - 2 * L - s + 1)).long()  # second in [s + L, T - L]
+    pos = torch.arange(seq_len)[None]                                                          # (1, T)
+    second = (pos >= d) & (pos < d + L)                                                        # (B, T)
+    x = torch.where(second, x.gather(1, (pos - d + s).clamp(0, seq_len - 1)), x)
+    labels = torch.where(second & (pos > d), x, -100)  # the second copy's first token is unpredictable
+    return x, labels
+
+def copy_loss(model, # a causal LM with `get_decoder()` and `get_output_embeddings()` (Llama, ...)
+              x:torch.Tensor, # (B, T) token ids
+              labels:torch.Tensor, # (B, T), -100 where not scored (the shift is done here, as in `model(labels=)`)
+             ) -> torch.Tensor:
+    "Next-token cross-entropy on the labelled positions, with the output layer run on those positions only."
+    h = model.get_decoder()(input_ids=x).last_hidden_state   # (B, T, D)
+    keep = labels[:, 1:] != -100                              # (B, T-1): position t predicts token t + 1
+    logits = model.get_output_embeddings()(h[:, :-1][keep])   # (N, V)
+    return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][keep])
 
 # %% ../nbs/05a_builtin.ipynb #c6c13d5a
 def _autocast(device:torch.device):
@@ -165,18 +208,50 @@ def lr_lambda(step:int, cfg:TeacherRecipeConfig) -> float:
     p = min(1., (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
-def _optimizer(model, cfg:TeacherRecipeConfig):
+def _optimizer(model, cfg:TeacherRecipeConfig, lr:float):
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     return torch.optim.AdamW([dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.)],
-                             lr=cfg.lr, betas=(0.9, 0.95), fused=torch.cuda.is_available() and next(model.parameters()).is_cuda)
+                             lr=lr, betas=(0.9, 0.95), fused=torch.cuda.is_available() and next(model.parameters()).is_cuda)
 
 # %% ../nbs/05a_builtin.ipynb #7930c722
+def _update(model, opt, sched, loss:torch.Tensor, cfg:TeacherRecipeConfig, step:int):
+    "One optimiser step on `loss` (a non-finite loss stops the recipe with the fix to try)."
+    require(torch.isfinite(loss).item(), f"the loss became {loss.item()} at step {step}; lower lr (now {cfg.lr}) or copy_lr (now {cfg.copy_lr})")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+
+def _copy_batch_loss(model, cfg:TeacherRecipeConfig, g:torch.Generator, vocab:int, device:torch.device) -> torch.Tensor:
+    x, y = copy_blocks(cfg.copy_batch, cfg.copy_block, (cfg.copy_min, cfg.copy_max), g, high=vocab)
+    with _autocast(device): return copy_loss(model, x.to(device), y.to(device))
+
+def _copy_curriculum(model, cfg:TeacherRecipeConfig, g:torch.Generator, vocab:int, device:torch.device, bar=None) -> list[dict]:
+    "Phase 1: up to `copy_steps` steps on `copy_blocks` (constant `copy_lr` after a linear warm-up), ending once the loss is below `copy_stop`; returns its history."
+    opt = _optimizer(model, cfg, cfg.copy_lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1., (s + 1) / cfg.warmup_steps))
+    history, ema = [], None
+    for step in range(cfg.copy_steps):
+        loss = _copy_batch_loss(model, cfg, g, vocab, device)
+        _update(model, opt, sched, loss, cfg, step)
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.copy_steps or ema < cfg.copy_stop:
+            sc = head_scores(model.eval(), n=cfg.copy_block // 2); model.train()  # a repeat as long as the curriculum's blocks allow
+            history.append(dict(step=step + 1, copy_loss=ema, max_induction_score=sc['induction'].max().item(),
+                                max_previous_token_score=sc['previous_token'].max().item(), probe_copy_loss=sc['copy_loss'].tolist()))
+            log.info(f"copy curriculum step {step + 1}: loss {ema:.3f} induction {history[-1]['max_induction_score']:.2f} "
+                     f"previous-token {history[-1]['max_previous_token_score']:.2f}")
+        if bar is not None: bar.update(1); bar.set_postfix(copy=f'{ema:.3f}', refresh=False)
+        if step >= cfg.warmup_steps and ema < cfg.copy_stop:
+            log.info(f"copy curriculum: the loss is below copy_stop={cfg.copy_stop} at step {step + 1}; on to the corpus")
+            break
+    return history
+
 def train_teacher(cfg:TeacherRecipeConfig, # the recipe
                   out_dir:str|Path, # where the model, tokenizer and recipe.json go
                   progress:bool=True, # show a tqdm bar (plain tqdm: works in a terminal and in logs)
                  ) -> dict:
-    "Train the built-in teacher recipe and save it to `out_dir`; returns the report written to `recipe.json`."
+    "Train the built-in teacher recipe (copy curriculum, then the corpus) and save it to `out_dir`; returns the report written to `recipe.json`."
     t0 = time.time(); out = Path(out_dir); device = get_device(cfg.device); seed_everything(cfg.seed)
     corpus = load_builtin_corpus()
     tokenizer = train_tokenizer(corpus, cfg.vocab_size, model_max_length=cfg.seq_len)
@@ -185,29 +260,30 @@ def train_teacher(cfg:TeacherRecipeConfig, # the recipe
     log.info(f"teacher recipe: {data.stats}")
     seed_everything(cfg.seed)
     model = LlamaForCausalLM(teacher_llama_config(cfg, tokenizer)).to(device).train()
-    opt = _optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, cfg))
-    batches = infinite_batches(data.train_loader())
-    g = torch.Generator().manual_seed(cfg.seed)
+    g, vocab = torch.Generator().manual_seed(cfg.seed), len(tokenizer)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, desc='teacher', mininterval=0.2)
+        bar = tqdm(total=cfg.copy_steps + cfg.steps, desc='teacher', mininterval=0.2)
+    copy_history = _copy_curriculum(model, cfg, g, vocab, device, bar)
+    copy_steps_run = copy_history[-1]['step'] if copy_history else 0
+    opt = _optimizer(model, cfg, cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, cfg))
+    batches = infinite_batches(data.train_loader())
     history, best, best_loss, best_structured, first_loss, ema = [], None, float('inf'), False, None, None
     for step in range(cfg.steps):
-        x = plant_repeats(next(batches), cfg.repeat_fraction, (cfg.repeat_min, cfg.repeat_max), g, high=len(tokenizer)).to(device)  # (B, T)
+        x = plant_repeats(next(batches), cfg.repeat_fraction, (cfg.repeat_min, cfg.repeat_max), g, high=vocab).to(device)  # (B, T)
         with _autocast(device): loss = model(input_ids=x, labels=x).loss
-        require(torch.isfinite(loss).item(), f"the loss became {loss.item()} at step {step}; lower lr (now {cfg.lr})")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-        l = loss.item(); first_loss = l if first_loss is None else first_loss
+        l = loss.item()
+        if cfg.copy_weight > 0: loss = loss + cfg.copy_weight * _copy_batch_loss(model, cfg, g, vocab, device)
+        _update(model, opt, sched, loss, cfg, step)
+        first_loss = l if first_loss is None else first_loss
         ema = l if ema is None else 0.95 * ema + 0.05 * l
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             ev = evaluate_lm(model, data.eval_loader(), device)
             sc = head_scores(model.eval()); model.train()
             history.append(dict(step=step + 1, train_loss=ema, eval_loss=ev, max_previous_token_score=sc['previous_token'].max().item(),
-                                max_induction_score=sc['induction'].max().item()))
+                                max_induction_score=sc['induction'].max().item(), probe_copy_loss=sc['copy_loss'].tolist()))
             log.info(f"teacher step {step + 1}: train {ema:.3f} eval {ev:.3f} induction {history[-1]['max_induction_score']:.2f} "
                      f"previous-token {history[-1]['max_previous_token_score']:.2f}")
             # the kept weights: the lowest held-out loss, among checkpoints with an induction head once one has formed
@@ -229,7 +305,8 @@ def train_teacher(cfg:TeacherRecipeConfig, # the recipe
     tokenizer.save_pretrained(out)
     report = dict(config=asdict(cfg), data=data.stats, first_train_loss=first_loss, final_train_loss=ema,
                   eval_loss=eval_loss, eval_perplexity=math.exp(eval_loss), best_step=max(history, key=lambda h: (h['max_induction_score'] >= cfg.min_induction, -h['eval_loss']))['step'],
-                  history=history, tokens_seen=cfg.steps * cfg.batch_size * cfg.seq_len,
+                  copy_history=copy_history, copy_steps_run=copy_steps_run, history=history,
+                  tokens_seen=cfg.steps * cfg.batch_size * cfg.seq_len + (copy_steps_run + cfg.steps * (cfg.copy_weight > 0)) * cfg.copy_batch * cfg.copy_block,
                   epochs=cfg.steps * cfg.batch_size / len(data.train),
                   max_previous_token_score=scores['previous_token'].max().item(), max_induction_score=scores['induction'].max().item(),
                   head_scores={k: v.tolist() for k, v in scores.items()},

@@ -28,3 +28,19 @@ def test_config_errors():
 def test_missing_asset_message(tmp_path):
     with pytest.raises(SsmDistillError, match='ssm-distill teacher train --out'): load_builtin_teacher(path=tmp_path)
     assert builtin_teacher_path().parts[-2:] == ('assets', 'teacher')
+
+def test_copy_curriculum_config_errors():
+    with pytest.raises(SsmDistillError, match='copy_block/2'): TeacherRecipeConfig(copy_block=8, copy_max=5)
+    with pytest.raises(SsmDistillError, match='copy_steps'): TeacherRecipeConfig(copy_steps=-1)
+
+def test_copy_curriculum_stops_early(tmp_path):
+    "A curriculum whose loss is already below copy_stop ends right after the warm-up and the corpus phase runs in full."
+    rep = teacher_train_main(['--out', str(tmp_path/'t'), '--tiny', '--no-progress', '--copy-stop', '100', '--warmup-steps', '2', '--steps', '4'])
+    assert rep['copy_steps_run'] == 3 and rep['copy_history'][-1]['step'] == 3 and rep['history'][-1]['step'] == 4
+    assert len(rep['head_scores']['copy_loss']) == 2
+
+def test_copy_blocks_one_span_per_row():
+    from ssm_distill.builtin import copy_blocks
+    x, y = copy_blocks(64, 16, (2, 8), torch.Generator().manual_seed(3), high=50)
+    n = (y != -100).sum(1)
+    assert ((n >= 1) & (n <= 7)).all() and (y[y != -100] == x[y != -100]).all()
