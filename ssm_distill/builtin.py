@@ -235,14 +235,15 @@ def _copy_curriculum(model, cfg:TeacherRecipeConfig, g:torch.Generator, vocab:in
         loss = _copy_batch_loss(model, cfg, g, vocab, device)
         _update(model, opt, sched, loss, cfg, step)
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.copy_steps or ema < cfg.copy_stop:
+        stop = step >= cfg.warmup_steps and ema < cfg.copy_stop
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.copy_steps or stop:
             sc = head_scores(model.eval(), n=cfg.copy_block // 2); model.train()  # a repeat as long as the curriculum's blocks allow
             history.append(dict(step=step + 1, copy_loss=ema, max_induction_score=sc['induction'].max().item(),
                                 max_previous_token_score=sc['previous_token'].max().item(), probe_copy_loss=sc['copy_loss'].tolist()))
             log.info(f"copy curriculum step {step + 1}: loss {ema:.3f} induction {history[-1]['max_induction_score']:.2f} "
                      f"previous-token {history[-1]['max_previous_token_score']:.2f}")
         if bar is not None: bar.update(1); bar.set_postfix(copy=f'{ema:.3f}', refresh=False)
-        if step >= cfg.warmup_steps and ema < cfg.copy_stop:
+        if stop:
             log.info(f"copy curriculum: the loss is below copy_stop={cfg.copy_stop} at step {step + 1}; on to the corpus")
             break
     return history
