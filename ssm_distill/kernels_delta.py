@@ -386,9 +386,13 @@ def naive_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 def selective_scan_mixing_matrix(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                                 ) -> torch.Tensor: # M [B, Dch, T, T], one matrix per channel
     "Mamba-1's per-channel mixing matrices: `einsum('bdts,bds->bdt', M, u)` is the output (D and z included)."
+    from ssm_distill.kernels import gla_mixing_matrix   # here, not at the top: kernels imports this module at its end
     delta, Bc, Cc = _prep_selective(u, delta, A, B, C, D, z, delta_bias, delta_softplus, None)
-    dA = torch.einsum('bdt,dn->bdnt', delta, A.to(delta.dtype))              # (B, Dch, N, T)
-    M = torch.einsum('bdnt,bdns,bdnts,bds->bdts', Cc, Bc, segsum(dA).exp(), delta)   # (B, Dch, T, T)
+    # each channel is one GLA head: query C_t, key delta_s B_s, a log decay delta_t A[d, n] per state channel, so
+    # GLA's secondary chunking builds it with matmuls and no [N, T, T] decay tensor per channel
+    q, k = (rearrange(x, 'b d n t -> b t d n') for x in (Cc, Bc * delta[:, :, None]))   # (B, T, Dch, N)
+    g = torch.einsum('bdt,dn->btdn', delta, A.to(delta.dtype))                          # (B, T, Dch, N)
+    M = gla_mixing_matrix(q, k, g, scale=1.0)                                            # (B, Dch, T, T)
     if D is not None: M = M + torch.diag_embed(D.to(M.dtype)[:, None].expand_as(delta))
     if z is not None: M = M * F.silu(z.to(M.dtype))[..., None]
     return M
