@@ -39,7 +39,7 @@ def frobenius_errors(M:torch.Tensor, # [B, H, T, T] fitted matrices
 class FitConfig:
     "How a fit descends: Adam on a warm-up + cosine schedule, the best point kept, a stop once it plateaus."
     steps:int = 500 # at most this many Adam steps
-    lr:float = 0.02 # peak learning rate
+    lr:float = 0.03 # peak learning rate
     warmup:int = 10 # steps of linear warm-up
     min_lr_ratio:float = 0.01 # the cosine ends at lr * min_lr_ratio
     patience:int = 100 # stop once the best total error has not dropped by rel_tol for this many steps
@@ -49,7 +49,7 @@ class FitConfig:
 
     def __post_init__(self):
         require(isinstance(self.steps, int) and self.steps >= 0, f"steps={self.steps!r}: use an integer >= 0, such as 500")
-        require(self.lr > 0, f"lr={self.lr!r}: use a positive learning rate, such as 0.02")
+        require(self.lr > 0, f"lr={self.lr!r}: use a positive learning rate, such as 0.03")
         require(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio={self.min_lr_ratio!r}: use a share in [0, 1], such as 0.01")
         require(self.patience >= 1, f"patience={self.patience!r}: use a positive number of steps, such as 100")
         require(self.dtype in ('float32', 'float64'), f"dtype={self.dtype!r}: use 'float32' or 'float64'")
@@ -208,8 +208,8 @@ def lti_matrix(T, log_a, c):
     return toeplitz_matrix(kernel).unflatten(0, c.shape[:2])                                        # (B, H, T, T)
 
 def low_rank_matrix(T, q, k):
-    "`M = tril(q kᵀ)`: causal linear attention with the identity feature map."
-    return _per_head(linear_attention_mixing_matrix(_heads(q), _heads(k), scale=1.0), q)
+    "`M = tril(q kᵀ)`: causal linear attention with the identity feature map (one matmul, no decay mask)."
+    return torch.einsum('bhtn,bhsn->bhts', q, k).tril()                        # (B, H, T, T)
 
 def ssd_matrix(T, q, k, g):
     "`M[t, s] = q_t·k_s exp(g[s+1] + … + g[t])`: one decay per head and step (Mamba-2's SSD, 1-semiseparable)."
