@@ -180,7 +180,7 @@ def lti_start(A:torch.Tensor, # [B, H, T, T]
 @dataclass
 class MatrixClass:
     "A class of causal [T, T] matrices fitted per head: its matrices, a principled start, its constraints."
-    matrix:Callable|None = None # (**params) -> [B, H, T, T]; every parameter leads with [B, H]
+    matrix:Callable|None = None # (T, **params) -> [B, H, T, T]; every parameter leads with [B, H]
     start:Callable|None = None # (A [B, H, T, T], N) -> the parameters of the class's principled start
     project:dict = field(default_factory=dict) # parameter -> in-place map back onto its valid set (after each step)
     exact:Callable|None = None # A -> [B, H, T, T]: a closed-form best fit (no descent, no state size)
@@ -254,11 +254,11 @@ MIXER_CLASSES = dict(   # each mixer's own parametrisation of its kernel's matri
         _heads(q), _heads(k), feature_map='hedgehog', normalize=True, scale=1.0), q), svd_start, doc='normalised hedgehog features'),
     mamba2=MatrixClass(lambda T, q, k, a, A_log: _per_head(ssd_mixing_matrix(
         F.softplus(_heads(a)), -A_log.exp().flatten(), _heads(k), _heads(q)), q),
-        lambda A, N: svd_start(A, N) | gates(A, N, a=('t', _SOFTPLUS_1), A_log=('', math.log(0.01))),
+        svd_and_gates(a=('t', _SOFTPLUS_1), A_log=('', math.log(0.01))),
         doc='SSD: dt = softplus(a), A = −exp(A_log) per head, B = k, C = q'),
     phi_mamba=MatrixClass(lambda T, q, k, a: ssd_matrix(T, q, k, -F.softplus(a)), svd_and_gates(a=('t', -5.)),
                           doc='discrete SSD: g = −softplus(a)'),
-    mamba=MatrixClass(_selective_matrix, lambda A, N: svd_start(A, N) | gates(A, N, a=('t', _SOFTPLUS_1), A_log=('n', math.log(0.01))),
+    mamba=MatrixClass(_selective_matrix, svd_and_gates(a=('t', _SOFTPLUS_1), A_log=('n', math.log(0.01))),
                       doc='selective scan, one channel per head: Δ = softplus(a), A = −exp(A_log) per state'),
     gla=MatrixClass(lambda T, q, k, a: diagonal_matrix(T, q, k, F.logsigmoid(a) / 16), svd_and_gates(a=('tn', 6.)),
                     doc='g = logsigmoid(a) / 16 per key channel'),
