@@ -3,20 +3,23 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
+# the stamp's name is a hash of what the install depends on (not a file prerequisite: nbdev-export rewrites
+# pyproject.toml with the same content, which must not trigger a reinstall)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | md5sum | cut -c1-8)
 # CPU torch on this machine kind lies on local disk; any other request pulls a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow test-cuda export clean-nbs check-export check-clean readme gpu bench
+.PHONY: setup demo test test-slow test-cuda test-compat constraints export clean-nbs check-export check-clean readme gpu bench
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# install CPU torch first, only when no torch is present, so nothing pulls a CUDA build
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_CPU)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	# the exact versions of the last green run (make constraints refreshes the file)
+	$(BIN)/python -m pip install -q -e ".[dev]" -c constraints.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -31,6 +34,15 @@ test test-slow test-cuda: export OMP_NUM_THREADS = 1
 test: setup check-export check-clean
 	$(BIN)/nbdev-test --n-workers 2 --timing
 	$(BIN)/python -m pytest tests/ -q
+
+## the Hugging Face integration tests with the oldest and the newest transformers / accelerate / datasets,
+## each in a throwaway venv under .venv-compat/ (results in runs/compat/)
+test-compat: setup
+	$(BIN)/python tools/compat.py oldest newest
+
+## after a green `make test` with newer packages: record their exact versions for CI and users
+constraints: setup
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^ssm.distill' > constraints.txt
 
 test-slow: setup
 	$(BIN)/nbdev-test --n-workers 2 --flags slow

@@ -7,3 +7,7 @@ Modules:
 - `ssm_distill.students`: The teacher's own skeleton with its attention swapped for a subquadratic mixer: a Hugging Face model that saves, reloads, runs layer by layer for MOHAWK's stages, and generates in constant memory per mixer layer."""
 
 __version__ = "0.1.0"
+
+# Importing the package registers the student with transformers' Auto classes, so that
+# AutoModelForCausalLM.from_pretrained(path) and pipeline("text-generation", model=path) load a saved student.
+from . import students as _students  # noqa: E402,F401
