@@ -471,18 +471,20 @@ class SoftmaxAttention(Mixer):
     def forward(self, x, state=None, rotary=None, attention_mask=None, return_state=False):
         check_shapes(x=(x, 'B T D'))
         q, k, v = self.qkv(x, rotary)
-        cache = None
-        if state is not None and state['k'].shape[1]:
-            cache = (self.expand(state['k']), self.expand(state['v']))
-            if attention_mask is not None:   # the mask covers the cached keys too
-                attention_mask = torch.cat([attention_mask.new_ones(x.shape[0], cache[0].shape[1]), attention_mask], 1)
+        (B, T), S = x.shape[:2], 0 if state is None else state['k'].shape[1]
+        ones = lambda n: torch.ones(B, n, dtype=torch.long, device=x.device)
+        # which keys are tokens: the cached ones (a left-padded prompt keeps its padding closed while generating) and the new
+        seen = state['mask'] if S and state.get('mask') is not None else ones(S)                # (B, S)
+        keys = torch.cat([seen, ones(T) if attention_mask is None else attention_mask.long()], 1)  # (B, S + T)
+        cache = (self.expand(state['k']), self.expand(state['v'])) if S else None
         c = self.config
-        o, _ = self.kernel.op(q, self.expand(k), self.expand(v), scale=self.scale, attention_mask=attention_mask,
+        o, _ = self.kernel.op(q, self.expand(k), self.expand(v), scale=self.scale,
+                              attention_mask=None if bool(keys.all()) else keys,
                               initial_state=cache, chunk_size=c.chunk_size, backend=c.backend)   # (B, T, H, Dh)
         y = self.out_proj(o.flatten(2))                                          # (B, T, D)
         if not return_state: return y
-        if state is not None: k, v = torch.cat([state['k'], k], 1), torch.cat([state['v'], v], 1)
-        return y, dict(k=k, v=v)
+        if S: k, v = torch.cat([state['k'], k], 1), torch.cat([state['v'], v], 1)
+        return y, dict(k=k, v=v, mask=keys)
 
     def step(self, x_t, state, rotary=None):
         y, state = self.forward(x_t[:, None], state, _step_rotary(rotary), return_state=True)
@@ -492,7 +494,7 @@ class SoftmaxAttention(Mixer):
         "An empty KV cache (it grows by one entry per step)."
         c, w = self.config, self.out_proj.weight
         z = torch.zeros(batch_size, 0, c.n_kv_heads, c.head_dim, device=device or w.device, dtype=dtype or w.dtype)
-        return dict(k=z, v=z.clone())
+        return dict(k=z, v=z.clone(), mask=torch.ones(batch_size, 0, dtype=torch.long, device=z.device))
 
     def materialize(self, x, rotary=None):
         q, k, _ = self.qkv(x, rotary)

@@ -98,8 +98,10 @@ def test_greedy_equals_parallel_argmax(teachers, mixer, kept, dtype):
         assert out.shape == (x.shape[0], x.shape[1] + 6) and torch.equal(out[:, :x.shape[1]], x)
         assert torch.equal(out[:, x.shape[1]:], forward_argmax(s, out, x.shape[1]))
 
-@pytest.mark.parametrize('family', ['llama', 'gpt2', 'gpt_neox', 'mistral'])
-@pytest.mark.parametrize('mixer,kept', [('mamba2', []), ('gla', [0]), ('phi_mamba', [1])])
+CASES = ([('llama', m, k) for m in MIXERS for k in ([], [1])]
+         + [(f, m, k) for f in ('gpt2', 'gpt_neox', 'mistral', 'phi') for m, k in (('mamba2', []), ('gla', [0]))])
+
+@pytest.mark.parametrize('family,mixer,kept', CASES)
 def test_left_padded_batch_generates_each_prompt(teachers, family, mixer, kept):
     "Rows of a left-padded batch generate what each prompt generates alone (float64), and the forward's argmax path."
     s = no_eos(build_student(teachers[family], mixer, attention_layers=kept).double())
