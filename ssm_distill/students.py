@@ -507,22 +507,6 @@ def check_transformers_contract(student:StudentForCausalLM) -> dict:
     return dict(transformers=transformers.__version__, model_cache_arg=student._cache_arg,
                 layer_cache_arg=student._layer_cache_arg, output_field=output_cache_field())
 
-# %% ../nbs/04_students.ipynb #12f3a9be
-def check_transformers_contract(student:StudentForCausalLM) -> dict:
-    "Run `student` through what it relies on in transformers (a cached prefill and step reaching every layer); say what was used."
-    p = next(student.parameters())
-    ids = torch.zeros(1, 3, dtype=torch.long, device=p.device)
-    cache = StudentCache.for_model(student)
-    with torch.no_grad():
-        student(ids, use_cache=True, **{student._cache_arg: cache})   # raises, naming the version, if a layer was skipped
-        student(ids[:, :1], **{student._cache_arg: cache})
-    require(cache.seen == 4 and set(cache.states) == set(student.mixer_layers)
-            and set(cache.keys) == set(student.config.attention_layers),
-            f"transformers {transformers.__version__}: the cache did not record every layer's state ({cache}); "
-            f"install a tested transformers (see the README) and report this")
-    return dict(transformers=transformers.__version__, model_cache_arg=student._cache_arg,
-                layer_cache_arg=student._layer_cache_arg, output_field=output_cache_field())
-
 # %% ../nbs/04_students.ipynb #bc6ea6d0
 def causal_mask(T:int, # new positions (queries)
                 attention_mask:torch.Tensor|None=None, # [B, past + T] 1 = token, 0 = padding

@@ -13,12 +13,7 @@ from ssm_distill.students import (StudentCache, StudentForCausalLM, build_studen
 
 FAMILIES = ['llama', 'mistral', 'qwen2', 'qwen3', 'phi', 'gpt2', 'gpt_neox']
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 @pytest.fixture(scope='module')
 def teachers(tmp_path_factory):

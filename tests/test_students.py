@@ -11,13 +11,7 @@ FAMILIES = ['llama', 'phi', 'gpt2', 'gpt_neox', 'qwen3']   # GQA + rotary, parti
 def batch(T=63, seed=0, vocab=64):
     return torch.randint(0, vocab, (2, T), generator=torch.Generator().manual_seed(seed))
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "Tiny tensors: one intra-op thread avoids OpenMP contention on a shared CPU (a depthwise conv took seconds with 2)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 @pytest.fixture(scope='module')
 def teachers(tmp_path_factory):

@@ -44,7 +44,7 @@ def venv_python(label:str) -> Path:
     return py
 
 def versions(py:Path) -> dict[str, str]:
-    code = "import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in %r}))" % (PKGS + ('torch',))
+    code = "import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in %r}))" % ((PKGS + ('torch',)),)
     return json.loads(subprocess.run([str(py), '-c', code], capture_output=True, text=True, check=True).stdout)
 
 def check(label:str, extra_pytest:list[str]) -> dict:
