@@ -179,7 +179,10 @@ class ShortConv(nn.Conv1d):
         "Return `(act(conv(x)) [B, T, C], new state [B, C, W-1])`."
         if state is None: state = self.init_state(x.shape[0], x.device, x.dtype)
         xs = torch.cat([state.to(x.dtype), x.transpose(1, 2)], dim=-1)       # (B, C, W-1+T)
-        y = F.conv1d(xs, self.weight, self.bias, groups=self.groups)           # (B, C, T)
+        if x.shape[1] == 1:   # one decoding step: a weighted sum over the window (a convolution call costs more)
+            y = (xs * self.weight[:, 0]).sum(-1, keepdim=True)                  # (B, C, 1)
+            if self.bias is not None: y = y + self.bias[:, None]
+        else: y = F.conv1d(xs, self.weight, self.bias, groups=self.groups)     # (B, C, T)
         return self.act(y.transpose(1, 2)), xs[..., xs.shape[-1] - state.shape[-1]:]
 
 # %% ../nbs/02_mixers.ipynb #1c2815dc
@@ -352,11 +355,13 @@ class Mixer(nn.Module):
                 "pass the teacher's position embeddings or build it with rotary=False")
         return apply_rotary(q, *rotary), apply_rotary(k, *rotary)
 
-    def kernel_inputs(self, x:torch.Tensor, state:dict|None=None, rotary=None, attention_mask=None) -> tuple[dict, dict, dict]:
+    def kernel_inputs(self, x:torch.Tensor, state:dict|None=None, rotary=None, attention_mask=None,
+                      check:bool=True) -> tuple[dict, dict, dict]: # check: validate x (a decoding step skips it)
         "`x: [B, T, D]` -> (the kernel's arguments, extras for `output`, the new conv states)."
-        check_shapes(x=(x, 'B T D'))
-        require(x.shape[-1] == self.config.d_model,
-                f"x has width {x.shape[-1]} but {type(self).__name__} was built with d_model={self.config.d_model}")
+        if check:
+            check_shapes(x=(x, 'B T D'))
+            require(x.shape[-1] == self.config.d_model,
+                    f"x has width {x.shape[-1]} but {type(self).__name__} was built with d_model={self.config.d_model}")
         new_conv = {}
         args, extra = self.features(_mask_time(x, attention_mask), (state or {}).get('conv'), new_conv, rotary)
         if attention_mask is not None: self.silence(args, attention_mask)
@@ -385,7 +390,7 @@ class Mixer(nn.Module):
              rotary:tuple|None=None, # (cos, sin) of this position, [B, r] or [B, 1, r]
             ) -> tuple[torch.Tensor, dict]:
         "One token in the recurrent form: `(y_t [B, D], new state)`."
-        args, extra, new_conv = self.kernel_inputs(x_t[:, None], state, _step_rotary(rotary), None)
+        args, extra, new_conv = self.kernel_inputs(x_t[:, None], state, _step_rotary(rotary), None, check=False)
         o, ssm = self.kernel.recurrent(**args, initial_state=state.get('ssm'), **{self.final_state_kw: True})
         return self.output(o, extra)[:, 0], dict(conv=new_conv, ssm=ssm)
 
