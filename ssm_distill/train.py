@@ -408,7 +408,11 @@ def load_config(src:str|Path|dict|RunConfig, # a YAML file, a YAML string, a dic
         except yaml.YAMLError as e: raise SsmDistillError(f"{src}: not valid YAML ({e})") from e
         require(isinstance(d, dict), f"{src}: a run config is a YAML mapping (teacher:, student:, data:, stages:, ...), got {type(d).__name__}")
     d.update({k: v for k, v in overrides.items() if v is not None})
-    return validate_config(config_from_dict(RunConfig, d), teacher=check_teacher)
+    try: cfg = config_from_dict(RunConfig, d)
+    except ConfigError as e:   # the teacher is checked too, so that one error lists everything
+        t = teacher_problem(str(d.get('teacher', RunConfig.teacher))) if check_teacher else None
+        raise ConfigError(e.problems + [t] * bool(t)) from None
+    return validate_config(cfg, teacher=check_teacher)
 
 # %% ../nbs/07_train.ipynb #005486fa
 def lr_factor(step:int, total:int, warmup:float, schedule:str='cosine', min_ratio:float=0.1) -> float:
