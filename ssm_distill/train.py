@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
+from fastcore.basics import patch
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -679,6 +680,7 @@ def default_callbacks(cfg:RunConfig, progress:bool=True) -> list[Callback]:
     "The callbacks every run has: the JSON-lines log, a progress bar (if `progress`), trackers (if `log_with`)."
     return [JSONLLogger()] + ([ProgressBar()] if progress else []) + ([TrackerLogger()] if cfg.log_with else [])
 
+# %% ../nbs/07_train.ipynb #57323412
 class Distiller:
     "Run a `RunConfig`'s stages headlessly; callbacks watch, checkpoints make it resumable."
     def __init__(self, config:RunConfig|dict|str|Path, # a RunConfig, a dict, or a YAML file
@@ -743,268 +745,288 @@ class Distiller:
             cb.on_event(self, ev)
         return ev
 
-    # ---- setup
-    def prepare(self, force:bool=False # build everything again (a fresh student) even if prepared already
-               ) -> 'Distiller':
-        "Build the accelerator, teacher, data and student (no training); `run()` calls it. Returns the distiller."
-        if self._prepared and not force: return self
-        from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-        cfg = self.cfg
-        dev = get_device(cfg.device)
-        self.accelerator = Accelerator(cpu=dev.type == 'cpu', mixed_precision=resolve_mixed_precision(cfg.mixed_precision, dev),
-                                       gradient_accumulation_steps=cfg.stages[0].grad_accum, log_with=cfg.log_with or None,
-                                       project_dir=str(self.out), dataloader_config=DataLoaderConfiguration(split_batches=True),
-                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-        for i, s in enumerate(cfg.stages):
-            require(stage_batch_size(cfg, s) % self.accelerator.num_processes == 0,
-                    f"stages[{i}].batch_size: {stage_batch_size(cfg, s)} blocks cannot be split evenly over "
-                    f"{self.accelerator.num_processes} processes; use a multiple of {self.accelerator.num_processes}")
-        seed_everything(cfg.seed)
-        self.teacher, self.tokenizer = self._teacher_in or load_run_teacher(cfg.teacher, self.accelerator.device)
-        tc = self.teacher.config
-        validate_for_teacher(cfg, self.teacher.n_layers, dict(hidden_size=tc.hidden_size, n_heads=self.teacher.n_heads,
-                                                              intermediate_size=getattr(tc, 'intermediate_size', None) or getattr(tc, 'n_inner', None) or 4 * tc.hidden_size))
-        causal_lm(self.teacher).to(self.accelerator.device).eval().requires_grad_(False)
-        self.data = build_data(cfg.data, self.tokenizer)
-        require(len(self.data.eval) > 0, "data: no held-out blocks to evaluate on; raise data.eval_fraction")
-        st = cfg.student
-        build = dict(mixer=st.mixer, attention_layers=tuple(st.attention_layers), init=st.init, **st.options)
-        self.layer_map = dict(enumerate(student_teacher_layers(cfg, self.teacher.n_layers)))  # student layer -> teacher layer
-        self.student = (build_student_from_config(self.teacher, n_layers=st.n_layers, hidden_size=st.hidden_size, n_heads=st.n_heads,
-                                                  intermediate_size=st.intermediate_size, teacher_layers=list(self.layer_map.values()),
-                                                  seed=cfg.seed, **build)
-                        if st.resized else build_student(self.teacher, **build)).to(self.accelerator.device)
-        if cfg.log_with: self.accelerator.init_trackers('ssm_distill', config=_flat(self.config_dict()))
-        self.state, self._stage, self._prepared, self._trained = RunState(), -1, True, False
-        return self
+# %% ../nbs/07_train.ipynb #2ae19d73
+@patch
+def prepare(self:Distiller, force:bool=False # build everything again (a fresh student) even if prepared already
+           ) -> 'Distiller':
+    "Build the accelerator, teacher, data and student (no training); `run()` calls it. Returns the distiller."
+    if self._prepared and not force: return self
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+    cfg = self.cfg
+    dev = get_device(cfg.device)
+    self.accelerator = Accelerator(cpu=dev.type == 'cpu', mixed_precision=resolve_mixed_precision(cfg.mixed_precision, dev),
+                                   gradient_accumulation_steps=cfg.stages[0].grad_accum, log_with=cfg.log_with or None,
+                                   project_dir=str(self.out), dataloader_config=DataLoaderConfiguration(split_batches=True),
+                                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    for i, s in enumerate(cfg.stages):
+        require(stage_batch_size(cfg, s) % self.accelerator.num_processes == 0,
+                f"stages[{i}].batch_size: {stage_batch_size(cfg, s)} blocks cannot be split evenly over "
+                f"{self.accelerator.num_processes} processes; use a multiple of {self.accelerator.num_processes}")
+    seed_everything(cfg.seed)
+    self.teacher, self.tokenizer = self._teacher_in or load_run_teacher(cfg.teacher, self.accelerator.device)
+    tc = self.teacher.config
+    validate_for_teacher(cfg, self.teacher.n_layers, dict(hidden_size=tc.hidden_size, n_heads=self.teacher.n_heads,
+                                                          intermediate_size=getattr(tc, 'intermediate_size', None) or getattr(tc, 'n_inner', None) or 4 * tc.hidden_size))
+    causal_lm(self.teacher).to(self.accelerator.device).eval().requires_grad_(False)
+    self.data = build_data(cfg.data, self.tokenizer)
+    require(len(self.data.eval) > 0, "data: no held-out blocks to evaluate on; raise data.eval_fraction")
+    st = cfg.student
+    build = dict(mixer=st.mixer, attention_layers=tuple(st.attention_layers), init=st.init, **st.options)
+    self.layer_map = dict(enumerate(student_teacher_layers(cfg, self.teacher.n_layers)))  # student layer -> teacher layer
+    self.student = (build_student_from_config(self.teacher, n_layers=st.n_layers, hidden_size=st.hidden_size, n_heads=st.n_heads,
+                                              intermediate_size=st.intermediate_size, teacher_layers=list(self.layer_map.values()),
+                                              seed=cfg.seed, **build)
+                    if st.resized else build_student(self.teacher, **build)).to(self.accelerator.device)
+    if cfg.log_with: self.accelerator.init_trackers('ssm_distill', config=_flat(self.config_dict()))
+    self.state, self._stage, self._prepared, self._trained = RunState(), -1, True, False
+    return self
 
-    def _same_config(self, ck:Path) -> bool:
-        return read_checkpoint_state(ck)[1] == json.loads(json.dumps(self.config_dict()))
+@patch
+def _same_config(self:Distiller, ck:Path) -> bool:
+    return read_checkpoint_state(ck)[1] == json.loads(json.dumps(self.config_dict()))
 
-    def _resume(self):
-        ck = latest_checkpoint(self.out)
-        if ck is None:
-            log.info(f"resume: no checkpoint in {self.out}/checkpoints; starting from the beginning")
-            return None
-        state, _ = read_checkpoint_state(ck)
-        require(self._same_config(ck),
-                f"resume: the checkpoint {ck} was written by a different run config; resume with the same config "
-                f"(only `out` may differ) or start a new run folder")
-        load_student_weights(self.accelerator.unwrap_model(self.student), ck)
-        self.state = state
-        log.info(f"resuming from {ck}: stage {state.stage}, step {state.step}")
-        return ck
+@patch
+def _resume(self:Distiller):
+    ck = latest_checkpoint(self.out)
+    if ck is None:
+        log.info(f"resume: no checkpoint in {self.out}/checkpoints; starting from the beginning")
+        return None
+    state, _ = read_checkpoint_state(ck)
+    require(self._same_config(ck),
+            f"resume: the checkpoint {ck} was written by a different run config; resume with the same config "
+            f"(only `out` may differ) or start a new run folder")
+    load_student_weights(self.accelerator.unwrap_model(self.student), ck)
+    self.state = state
+    log.info(f"resuming from {ck}: stage {state.stage}, step {state.step}")
+    return ck
 
-    # ---- evaluation
-    def evaluate(self, teacher_too:bool=False) -> dict:
-        "Held-out perplexity and teacher agreement of the student (and the teacher's perplexity if `teacher_too`)."
-        kw = dict(batch_size=self.cfg.data.batch_size, max_batches=self.cfg.eval_batches, device=self.accelerator.device)
-        with self.accelerator.autocast():
-            res = evaluate(self.accelerator.unwrap_model(self.student), self.data.eval, teacher=self.teacher, **kw)
-            if teacher_too or not hasattr(self, '_teacher_eval'): self._teacher_eval = evaluate(self.teacher, self.data.eval, **kw)
-        return dict(perplexity=res['perplexity'], eval_loss=res['loss'], teacher_agreement=res['teacher_agreement'],
-                    teacher_perplexity=self._teacher_eval['perplexity'])
+@patch
+def evaluate(self:Distiller, teacher_too:bool=False) -> dict:
+    "Held-out perplexity and teacher agreement of the student (and the teacher's perplexity if `teacher_too`)."
+    kw = dict(batch_size=self.cfg.data.batch_size, max_batches=self.cfg.eval_batches, device=self.accelerator.device)
+    with self.accelerator.autocast():
+        res = evaluate(self.accelerator.unwrap_model(self.student), self.data.eval, teacher=self.teacher, **kw)
+        if teacher_too or not hasattr(self, '_teacher_eval'): self._teacher_eval = evaluate(self.teacher, self.data.eval, **kw)
+    return dict(perplexity=res['perplexity'], eval_loss=res['loss'], teacher_agreement=res['teacher_agreement'],
+                teacher_perplexity=self._teacher_eval['perplexity'])
 
-    # ---- one stage
-    def _stage_aux(self, si:int, stage:Stage, ckpt:Path|None) -> nn.Module|None:
-        "Stage `si`'s loss parameters (projections across widths): seeded by the run seed and the stage, restored from `ckpt` mid-stage."
-        with torch.random.fork_rng(devices=[]):   # the same initial maps whatever the global RNG went through (resume reads data again)
-            torch.manual_seed(self.cfg.seed + si)
-            aux = stage.aux(self.student, self.teacher, self.data.train[:1].to(self.accelerator.device))
-        if aux is None: return None
-        aux = aux.to(self.accelerator.device)
-        if ckpt is not None:
-            from safetensors.torch import load_model
-            load_model(aux, str(ckpt/'stage_aux.safetensors'))
-        return aux
+# %% ../nbs/07_train.ipynb #6b767752
+@patch
+def _stage_aux(self:Distiller, si:int, stage:Stage, ckpt:Path|None) -> nn.Module|None:
+    "Stage `si`'s loss parameters (projections across widths): seeded by the run seed and the stage, restored from `ckpt` mid-stage."
+    with torch.random.fork_rng(devices=[]):   # the same initial maps whatever the global RNG went through (resume reads data again)
+        torch.manual_seed(self.cfg.seed + si)
+        aux = stage.aux(self.student, self.teacher, self.data.train[:1].to(self.accelerator.device))
+    if aux is None: return None
+    aux = aux.to(self.accelerator.device)
+    if ckpt is not None:
+        from safetensors.torch import load_model
+        load_model(aux, str(ckpt/'stage_aux.safetensors'))
+    return aux
 
-    def _start_stage(self, si:int, ckpt:Path|None) -> types.SimpleNamespace:
-        "Steps 1-2: freeze all but the stage's groups; its loss, AdamW, schedule and data stream, prepared; restored from `ckpt`."
-        cfg, acc, st = self.cfg, self.accelerator, self.state
-        sc, n_steps = cfg.stages[si], self.steps[si]
-        stage, bs, ga = sc.stage, stage_batch_size(cfg, sc), sc.grad_accum
-        set_trainable_groups(self.student, sc.groups())
-        layers = {l: self.layer_map[l] for l in stage.student_layers(self.student)}   # student layer -> its teacher layer
-        aux = self._stage_aux(si, stage, ckpt if st.step > 0 else None)
-        opt = make_optimizer(self.student, sc, aux)
-        sched = make_scheduler(opt, sc, n_steps)
-        stream = StageStream(self.data.train, bs, cfg.data.seed + si, start=st.data_step, n_batches=(n_steps - st.step) * ga)
-        acc.gradient_accumulation_steps = ga
-        module, opt, loader, sched = acc.prepare(StageModule(self.student, stage, layers, aux), opt,
-                                                 DataLoader(stream, batch_size=bs, shuffle=False), sched)
-        if ckpt is not None and st.step > 0:
-            opt.load_state_dict(torch.load(ckpt/'optimizer.pt', weights_only=False))
-            sched.scheduler.load_state_dict(torch.load(ckpt/'scheduler.pt', weights_only=False))
-        if ckpt is not None:
-            rng = ckpt/f'rng-{acc.process_index}.pt'
-            set_rng_state(torch.load(rng if rng.exists() else ckpt/'rng-0.pt', weights_only=False))
-        acc.step = 0
-        return types.SimpleNamespace(si=si, cfg=sc, stage=stage, layers=layers, module=module, opt=opt, sched=sched, loader=loader,
-                                     aux=aux, n_steps=n_steps, name=sc.name or f"{si + 1}-{sc.kind}",
-                                     params=[p for p in module.parameters() if p.requires_grad])
+@patch
+def _start_stage(self:Distiller, si:int, ckpt:Path|None) -> types.SimpleNamespace:
+    "Steps 1-2: freeze all but the stage's groups; its loss, AdamW, schedule and data stream, prepared; restored from `ckpt`."
+    cfg, acc, st = self.cfg, self.accelerator, self.state
+    sc, n_steps = cfg.stages[si], self.steps[si]
+    stage, bs, ga = sc.stage, stage_batch_size(cfg, sc), sc.grad_accum
+    set_trainable_groups(self.student, sc.groups())
+    layers = {l: self.layer_map[l] for l in stage.student_layers(self.student)}   # student layer -> its teacher layer
+    aux = self._stage_aux(si, stage, ckpt if st.step > 0 else None)
+    opt = make_optimizer(self.student, sc, aux)
+    sched = make_scheduler(opt, sc, n_steps)
+    stream = StageStream(self.data.train, bs, cfg.data.seed + si, start=st.data_step, n_batches=(n_steps - st.step) * ga)
+    acc.gradient_accumulation_steps = ga
+    module, opt, loader, sched = acc.prepare(StageModule(self.student, stage, layers, aux), opt,
+                                             DataLoader(stream, batch_size=bs, shuffle=False), sched)
+    if ckpt is not None and st.step > 0:
+        opt.load_state_dict(torch.load(ckpt/'optimizer.pt', weights_only=False))
+        sched.scheduler.load_state_dict(torch.load(ckpt/'scheduler.pt', weights_only=False))
+    if ckpt is not None:
+        rng = ckpt/f'rng-{acc.process_index}.pt'
+        set_rng_state(torch.load(rng if rng.exists() else ckpt/'rng-0.pt', weights_only=False))
+    acc.step = 0
+    return types.SimpleNamespace(si=si, cfg=sc, stage=stage, layers=layers, module=module, opt=opt, sched=sched, loader=loader,
+                                 aux=aux, n_steps=n_steps, name=sc.name or f"{si + 1}-{sc.kind}",
+                                 params=[p for p in module.parameters() if p.requires_grad])
 
-    def train_step(self, r:types.SimpleNamespace, ids:torch.Tensor) -> tuple[float, dict]:
-        "Step 3: one micro-batch `ids` of stage `r`: teacher targets, loss, NaN check, backward; clip and step where an accumulation ends."
-        acc, si = self.accelerator, r.si
-        with acc.accumulate(r.module):
-            with torch.no_grad(), acc.autocast(): targets = r.stage.targets(self.teacher, ids, r.layers)
-            with self._nan_guard(si), acc.autocast(): loss, logs = r.module(ids, targets)
-            loss_all = acc.reduce(loss.detach().float(), 'mean')
-            if not torch.isfinite(loss_all): self._nonfinite('loss', loss_all, si)
-            acc.backward(loss)
-            if acc.sync_gradients:
-                gn = acc.clip_grad_norm_(r.params, r.cfg.grad_clip if r.cfg.grad_clip else float('inf'))
-                if gn is not None and not torch.isfinite(torch.as_tensor(gn)): self._nonfinite('gradient norm', gn, si)
-            r.opt.step(); r.sched.step(); r.opt.zero_grad(set_to_none=True)
-        return loss_all.item(), logs
+@patch
+def train_step(self:Distiller, r:types.SimpleNamespace, ids:torch.Tensor) -> tuple[float, dict]:
+    "Step 3: one micro-batch `ids` of stage `r`: teacher targets, loss, NaN check, backward; clip and step where an accumulation ends."
+    acc, si = self.accelerator, r.si
+    with acc.accumulate(r.module):
+        with torch.no_grad(), acc.autocast(): targets = r.stage.targets(self.teacher, ids, r.layers)
+        with self._nan_guard(si), acc.autocast(): loss, logs = r.module(ids, targets)
+        loss_all = acc.reduce(loss.detach().float(), 'mean')
+        if not torch.isfinite(loss_all): self._nonfinite('loss', loss_all, si)
+        acc.backward(loss)
+        if acc.sync_gradients:
+            gn = acc.clip_grad_norm_(r.params, r.cfg.grad_clip if r.cfg.grad_clip else float('inf'))
+            if gn is not None and not torch.isfinite(torch.as_tensor(gn)): self._nonfinite('gradient norm', gn, si)
+        r.opt.step(); r.sched.step(); r.opt.zero_grad(set_to_none=True)
+    return loss_all.item(), logs
 
-    def _count_step(self, r:types.SimpleNamespace, losses:list[float], logs:dict, clock:tuple) -> dict:
-        "Step 4a: advance the run state by one optimizer step; its metrics."
-        st, per_step = self.state, tokens_per_step(self.cfg, r.cfg)
-        st.step += 1; st.global_step += 1; st.data_step += r.cfg.grad_accum
-        st.stage_tokens += per_step; st.total_tokens += per_step
-        st.last_loss = sum(losses) / len(losses)
-        t_session, wall0, stage_wall0 = clock
-        now = time.time(); st.wall_s, st.stage_wall_s = wall0 + now - t_session, stage_wall0 + now - t_session
-        return dict(stage=r.name, stage_index=r.si, kind=r.cfg.kind, step=st.step, global_step=st.global_step, loss=st.last_loss,
-                    lr=r.sched.get_last_lr()[0], tokens=st.stage_tokens, total_tokens=st.total_tokens,
-                    tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), **logs)
+@patch
+def _count_step(self:Distiller, r:types.SimpleNamespace, losses:list[float], logs:dict, clock:tuple) -> dict:
+    "Step 4a: advance the run state by one optimizer step; its metrics."
+    st, per_step = self.state, tokens_per_step(self.cfg, r.cfg)
+    st.step += 1; st.global_step += 1; st.data_step += r.cfg.grad_accum
+    st.stage_tokens += per_step; st.total_tokens += per_step
+    st.last_loss = sum(losses) / len(losses)
+    t_session, wall0, stage_wall0 = clock
+    now = time.time(); st.wall_s, st.stage_wall_s = wall0 + now - t_session, stage_wall0 + now - t_session
+    return dict(stage=r.name, stage_index=r.si, kind=r.cfg.kind, step=st.step, global_step=st.global_step, loss=st.last_loss,
+                lr=r.sched.get_last_lr()[0], tokens=st.stage_tokens, total_tokens=st.total_tokens,
+                tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), **logs)
 
-    def _after_step(self, r:types.SimpleNamespace, metrics:dict) -> bool:
-        "Step 4b: checkpoint and evaluate when due, the `step` event, hold while paused; False if the run must stop here."
-        cfg, st = self.cfg, self.state
-        last = st.step == r.n_steps   # the stage's end checkpoints and evaluates anyway
-        if not last and cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0: self._checkpoint(r.si, r.opt, r.sched, r.aux)
-        self._emit('step', metrics, loss=st.last_loss, lr=metrics['lr'])
-        if not last and cfg.eval_every and st.global_step % cfg.eval_every == 0:
-            with self._nan_guard(r.si): ev = self.evaluate()
-            self._emit('eval', dict(stage=r.name, stage_index=r.si, global_step=st.global_step, **ev))
-        if last: return True
-        self._hold_if_paused()
-        if self._stop: self._checkpoint(r.si, r.opt, r.sched, r.aux)
-        return not self._stop
+@patch
+def _after_step(self:Distiller, r:types.SimpleNamespace, metrics:dict) -> bool:
+    "Step 4b: checkpoint and evaluate when due, the `step` event, hold while paused; False if the run must stop here."
+    cfg, st = self.cfg, self.state
+    last = st.step == r.n_steps   # the stage's end checkpoints and evaluates anyway
+    if not last and cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0: self._checkpoint(r.si, r.opt, r.sched, r.aux)
+    self._emit('step', metrics, loss=st.last_loss, lr=metrics['lr'])
+    if not last and cfg.eval_every and st.global_step % cfg.eval_every == 0:
+        with self._nan_guard(r.si): ev = self.evaluate()
+        self._emit('eval', dict(stage=r.name, stage_index=r.si, global_step=st.global_step, **ev))
+    if last: return True
+    self._hold_if_paused()
+    if self._stop: self._checkpoint(r.si, r.opt, r.sched, r.aux)
+    return not self._stop
 
-    def _end_stage(self, r:types.SimpleNamespace):
-        "Step 5: evaluate, summarise, checkpoint at the stage boundary, the `stage_end` event."
-        st, si = self.state, r.si
-        with self._nan_guard(si): ev = self.evaluate()
-        self._emit('eval', dict(stage=r.name, stage_index=si, global_step=st.global_step, **ev))
-        summary = dict(stage=r.name, stage_index=si, kind=r.cfg.kind, steps=st.step, tokens=st.stage_tokens, final_loss=st.last_loss,
-                       wall_s=st.stage_wall_s, tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), eval=ev)
-        st.finished.append(summary)
-        st.stage, st.step, st.data_step, st.stage_tokens, st.stage_wall_s, st.last_loss = si + 1, 0, 0, 0, 0.0, None
-        self._checkpoint(si)
-        self._emit('stage_end', summary)
-        self.accelerator.free_memory()
+@patch
+def _end_stage(self:Distiller, r:types.SimpleNamespace):
+    "Step 5: evaluate, summarise, checkpoint at the stage boundary, the `stage_end` event."
+    st, si = self.state, r.si
+    with self._nan_guard(si): ev = self.evaluate()
+    self._emit('eval', dict(stage=r.name, stage_index=si, global_step=st.global_step, **ev))
+    summary = dict(stage=r.name, stage_index=si, kind=r.cfg.kind, steps=st.step, tokens=st.stage_tokens, final_loss=st.last_loss,
+                   wall_s=st.stage_wall_s, tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), eval=ev)
+    st.finished.append(summary)
+    st.stage, st.step, st.data_step, st.stage_tokens, st.stage_wall_s, st.last_loss = si + 1, 0, 0, 0, 0.0, None
+    self._checkpoint(si)
+    self._emit('stage_end', summary)
+    self.accelerator.free_memory()
 
-    def _run_stage(self, si:int, ckpt:Path|None) -> bool:
-        "Run stage `si` from `self.state` (steps 1-5); return False if stopped early."
-        r = self._start_stage(si, ckpt)
-        self._stage = si; self._emit('stage_start')
-        clock, losses = (time.time(), self.state.wall_s, self.state.stage_wall_s), []
-        r.module.train()
-        for micro, ids in enumerate(r.loader, 1):
-            loss, logs = self.train_step(r, ids)
-            losses.append(loss)
-            if micro % r.cfg.grad_accum: continue
-            metrics = self._count_step(r, losses, logs, clock); losses = []
-            if not self._after_step(r, metrics): return False
-        self._end_stage(r)
-        return True
+@patch
+def _run_stage(self:Distiller, si:int, ckpt:Path|None) -> bool:
+    "Run stage `si` from `self.state` (steps 1-5); return False if stopped early."
+    r = self._start_stage(si, ckpt)
+    self._stage = si; self._emit('stage_start')
+    clock, losses = (time.time(), self.state.wall_s, self.state.stage_wall_s), []
+    r.module.train()
+    for micro, ids in enumerate(r.loader, 1):
+        loss, logs = self.train_step(r, ids)
+        losses.append(loss)
+        if micro % r.cfg.grad_accum: continue
+        metrics = self._count_step(r, losses, logs, clock); losses = []
+        if not self._after_step(r, metrics): return False
+    self._end_stage(r)
+    return True
 
-    def _first_nonfinite(self) -> str|None:
-        "The name of a student parameter holding NaN/inf, or None."
-        return next((n for n, p in self.student.named_parameters() if not torch.isfinite(p).all()), None)
+# %% ../nbs/07_train.ipynb #f8c202a8
+@patch
+def _first_nonfinite(self:Distiller) -> str|None:
+    "The name of a student parameter holding NaN/inf, or None."
+    return next((n for n, p in self.student.named_parameters() if not torch.isfinite(p).all()), None)
 
-    @contextlib.contextmanager
-    def _nan_guard(self, si:int):
-        "Turn a kernel's refusal of NaN inputs into a `NonFiniteLossError` when the student's weights are to blame."
-        try: yield
-        except NonFiniteLossError: raise
-        except SsmDistillError as e:
-            bad = self._first_nonfinite()
-            if bad is None: raise
-            self._nonfinite(f'weight {bad}', float('nan'), si, cause=str(e))
-
-    def _checkpoint(self, si:int, opt=None, sched=None, aux=None):
-        "Save a checkpoint, unless a weight is no longer finite (then stop: the last good checkpoint stays)."
+@patch
+@contextlib.contextmanager
+def _nan_guard(self:Distiller, si:int):
+    "Turn a kernel's refusal of NaN inputs into a `NonFiniteLossError` when the student's weights are to blame."
+    try: yield
+    except NonFiniteLossError: raise
+    except SsmDistillError as e:
         bad = self._first_nonfinite()
-        if bad is not None: self._nonfinite(f'weight {bad}', float('nan'), si)
-        save_checkpoint(self, opt, sched, aux)
+        if bad is None: raise
+        self._nonfinite(f'weight {bad}', float('nan'), si, cause=str(e))
 
-    def _nonfinite(self, what, value, si, cause:str=''):
-        ck = latest_checkpoint(self.out)
-        raise NonFiniteLossError(
-            f"the {what} became {float(value)} in stage {si + 1} ({self.cfg.stages[si].kind}) at step {self.state.step + 1}"
-            f"{f' ({cause})' if cause else ''}; "
-            f"the run stopped. The last good checkpoint is {ck or 'none (no checkpoint was written yet)'}. "
-            f"Lower stages[{si}].lr, set stages[{si}].grad_clip, or use mixed_precision: no; then resume or restart")
+@patch
+def _checkpoint(self:Distiller, si:int, opt=None, sched=None, aux=None):
+    "Save a checkpoint, unless a weight is no longer finite (then stop: the last good checkpoint stays)."
+    bad = self._first_nonfinite()
+    if bad is not None: self._nonfinite(f'weight {bad}', float('nan'), si)
+    save_checkpoint(self, opt, sched, aux)
 
-    # ---- the whole run
-    def run(self, resume:bool|None=None, # continue from the newest checkpoint in `out` (None: if it was written by this config)
-            max_steps:int|None=None, # stop (with a checkpoint) once the run has done this many optimizer steps
-           ) -> dict:
-        "Run every stage (from the newest checkpoint of `out` when resuming); return the report (also `<out>/report.json`)."
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.prepare(force=self._prepared and self._trained and resume is False)
-        ck = latest_checkpoint(self.out)
-        if resume is None: resume = ck is not None and self._same_config(ck)
-        ckpt = self._resume() if resume else None
-        if not resume and checkpoints(self.out) and self.is_main:
-            log.warning(f"{self.out} already holds checkpoints of an earlier run; starting afresh, they are deleted (resume=True continues them)")
-            shutil.rmtree(self.out/'checkpoints')
-        self.accelerator.wait_for_everyone()
-        stopper = StopAfter(max_steps) if max_steps is not None else None
-        if stopper: self.callbacks.append(stopper)
-        with self._lock: self._stop, self._pause = False, False
-        self._t_run, self._stage, self._trained = time.time(), -1, True
-        self._emit('run_start')
-        try:
-            first = self.state.stage
-            for si in range(first, len(self.cfg.stages)):
-                if si > first: self._hold_if_paused()
-                if si > first and self._stop: return self._stopped()   # between stages: the stage end wrote the checkpoint
-                if not self._run_stage(si, ckpt if si == first else None): return self._stopped()
-                ckpt = None
-            report = self._report()
-        finally:
-            if stopper: self.callbacks.remove(stopper)
-        self._emit('run_end', report)
-        if self.cfg.log_with: self.accelerator.end_training()
-        return report
+@patch
+def _nonfinite(self:Distiller, what, value, si, cause:str=''):
+    ck = latest_checkpoint(self.out)
+    raise NonFiniteLossError(
+        f"the {what} became {float(value)} in stage {si + 1} ({self.cfg.stages[si].kind}) at step {self.state.step + 1}"
+        f"{f' ({cause})' if cause else ''}; "
+        f"the run stopped. The last good checkpoint is {ck or 'none (no checkpoint was written yet)'}. "
+        f"Lower stages[{si}].lr, set stages[{si}].grad_clip, or use mixed_precision: no; then resume or restart")
 
-    def _stopped(self) -> dict:
-        "After a stop: the student is saved too (loadable with `from_pretrained`); emit 'stopped'."
-        self._save_student()
-        res = dict(status='stopped', state=asdict(self.state), checkpoint=str(latest_checkpoint(self.out)))
-        self._emit('stopped', res)
-        return res
+# %% ../nbs/07_train.ipynb #99fe578c
+@patch
+def run(self:Distiller, resume:bool|None=None, # continue from the newest checkpoint in `out` (None: if it was written by this config)
+        max_steps:int|None=None, # stop (with a checkpoint) once the run has done this many optimizer steps
+       ) -> dict:
+    "Run every stage (from the newest checkpoint of `out` when resuming); return the report (also `<out>/report.json`)."
+    self.out.mkdir(parents=True, exist_ok=True)
+    self.prepare(force=self._prepared and self._trained and resume is False)
+    ck = latest_checkpoint(self.out)
+    if resume is None: resume = ck is not None and self._same_config(ck)
+    ckpt = self._resume() if resume else None
+    if not resume and checkpoints(self.out) and self.is_main:
+        log.warning(f"{self.out} already holds checkpoints of an earlier run; starting afresh, they are deleted (resume=True continues them)")
+        shutil.rmtree(self.out/'checkpoints')
+    self.accelerator.wait_for_everyone()
+    stopper = StopAfter(max_steps) if max_steps is not None else None
+    if stopper: self.callbacks.append(stopper)
+    with self._lock: self._stop, self._pause = False, False
+    self._t_run, self._stage, self._trained = time.time(), -1, True
+    self._emit('run_start')
+    try:
+        first = self.state.stage
+        for si in range(first, len(self.cfg.stages)):
+            if si > first: self._hold_if_paused()
+            if si > first and self._stop: return self._stopped()   # between stages: the stage end wrote the checkpoint
+            if not self._run_stage(si, ckpt if si == first else None): return self._stopped()
+            ckpt = None
+        report = self._report()
+    finally:
+        if stopper: self.callbacks.remove(stopper)
+    self._emit('run_end', report)
+    if self.cfg.log_with: self.accelerator.end_training()
+    return report
 
-    def _save_student(self):
-        "`save_pretrained` the student (and the tokenizer) into `<out>/student`."
-        if self.is_main:
-            student = self.accelerator.unwrap_model(self.student)
-            student.save_pretrained(self.out/'student')
-            if hasattr(self.tokenizer, 'save_pretrained'): self.tokenizer.save_pretrained(self.out/'student')
-        self.accelerator.wait_for_everyone()
+@patch
+def _stopped(self:Distiller) -> dict:
+    "After a stop: the student is saved too (loadable with `from_pretrained`); emit 'stopped'."
+    self._save_student()
+    res = dict(status='stopped', state=asdict(self.state), checkpoint=str(latest_checkpoint(self.out)))
+    self._emit('stopped', res)
+    return res
 
-    def _report(self) -> dict:
-        ev = self.evaluate(teacher_too=True)
-        st = self.state
-        rep = dict(status='finished', teacher=self.cfg.teacher, student=asdict(self.cfg.student),
-                   teacher_perplexity=ev['teacher_perplexity'], student_perplexity=ev['perplexity'],
-                   perplexity_ratio=ev['perplexity'] / ev['teacher_perplexity'], teacher_agreement=ev['teacher_agreement'],
-                   stages=st.finished, final_losses={s['stage']: s['final_loss'] for s in st.finished},
-                   tokens_per_stage={s['stage']: s['tokens'] for s in st.finished}, total_tokens=st.total_tokens,
-                   wall_s=st.wall_s, tokens_per_s=st.total_tokens / max(st.wall_s, 1e-9),
-                   n_parameters=sum(p.numel() for p in self.student.parameters()), data=self.data.stats,
-                   processes=self.accelerator.num_processes, device=str(self.accelerator.device),
-                   mixed_precision=str(self.accelerator.mixed_precision), config=self.config_dict())
-        self._save_student()
-        if self.is_main: (self.out/'report.json').write_text(json.dumps(rep, indent=1, default=str))
-        self.accelerator.wait_for_everyone()
-        return rep
+@patch
+def _save_student(self:Distiller):
+    "`save_pretrained` the student (and the tokenizer) into `<out>/student`."
+    if self.is_main:
+        student = self.accelerator.unwrap_model(self.student)
+        student.save_pretrained(self.out/'student')
+        if hasattr(self.tokenizer, 'save_pretrained'): self.tokenizer.save_pretrained(self.out/'student')
+    self.accelerator.wait_for_everyone()
 
+@patch
+def _report(self:Distiller) -> dict:
+    ev = self.evaluate(teacher_too=True)
+    st = self.state
+    rep = dict(status='finished', teacher=self.cfg.teacher, student=asdict(self.cfg.student),
+               teacher_perplexity=ev['teacher_perplexity'], student_perplexity=ev['perplexity'],
+               perplexity_ratio=ev['perplexity'] / ev['teacher_perplexity'], teacher_agreement=ev['teacher_agreement'],
+               stages=st.finished, final_losses={s['stage']: s['final_loss'] for s in st.finished},
+               tokens_per_stage={s['stage']: s['tokens'] for s in st.finished}, total_tokens=st.total_tokens,
+               wall_s=st.wall_s, tokens_per_s=st.total_tokens / max(st.wall_s, 1e-9),
+               n_parameters=sum(p.numel() for p in self.student.parameters()), data=self.data.stats,
+               processes=self.accelerator.num_processes, device=str(self.accelerator.device),
+               mixed_precision=str(self.accelerator.mixed_precision), config=self.config_dict())
+    self._save_student()
+    if self.is_main: (self.out/'report.json').write_text(json.dumps(rep, indent=1, default=str))
+    self.accelerator.wait_for_everyone()
+    return rep
+
+# %% ../nbs/07_train.ipynb #83bb0709
 def _flat(d:dict, prefix:str='') -> dict:
     "Flatten nested config dicts for trackers (`stages.0.lr`)."
     out = {}
