@@ -23,7 +23,7 @@ from .mixers import MIXERS, AttentionWeights, mixer_from_attention
 from .teachers import ADAPTERS, Teacher, load_teacher
 
 # %% auto #0
-__all__ = ['CACHE_ARGS', 'QKV_ARGS', 'MIRRORED', 'REMOTE_MODULE', 'AUTO_MAP', 'REMOTE_CODE', 'STUDENT_GROUPS', 'STUDENT_INITS',
+__all__ = ['CACHE_ARGS', 'MIRRORED', 'REMOTE_MODULE', 'AUTO_MAP', 'REMOTE_CODE', 'STUDENT_GROUPS', 'STUDENT_INITS',
            'StudentCache', 'MixerAttention', 'cache_arg', 'find_cache', 'output_cache_field', 'check_reached',
            'allow_checkpointing_with_cache', 'StudentConfig', 'StudentForCausalLM', 'check_transformers_contract',
            'causal_mask', 'set_trainable_groups', 'qkv_copy_init', 'random_init', 'mixing_error', 'fit_mixing_matrix',
@@ -192,15 +192,6 @@ def check_reached(cache:StudentCache, model_type:str):
 def allow_checkpointing_with_cache(layers:Iterable[nn.Module]):
     "Let gradient checkpointing keep the student's cache (transformers >= 5.24 drops it otherwise; older releases always do)."
     for layer in layers: layer._can_checkpoint_with_cache = True
-
-# %% ../nbs/04_students.ipynb #5feb1073
-# MiniLMv2's relation transfer reads a layer's queries, keys and values; in an SSM they are C, B and x
-# (mamba-ssm: "[x, B, C] correspond to V, K, Q in the SSM/attention duality").
-QKV_ARGS = {'ssd': ('C', 'B', 'x'), 'selective_scan': ('C', 'B', 'u')}
-
-def _time_major(a:torch.Tensor, family:str) -> torch.Tensor:
-    "A kernel argument with time on axis 1 (Mamba-1's selective scan keeps time last)."
-    return a.movedim(-1, 1) if family == 'selective_scan' else a
 
 # %% ../nbs/04_students.ipynb #09e1a002
 # Read from the skeleton's config (through its attribute_map: GPT-2's n_embd is hidden_size) and kept at the top level,
@@ -394,8 +385,7 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
         finally: hook.remove()
         x = seen['x']                                                          # (B, T, D) the slot's normed input
         rot = self._rotary_for(x, None) if m.config.rotary else None
-        args, _, _ = m.kernel_inputs(x, rotary=rot, attention_mask=attention_mask)
-        return tuple(_time_major(args[n], m.family).flatten(2) for n in QKV_ARGS.get(m.family, ('q', 'k', 'v')))
+        return tuple(a.flatten(2) for a in m.qkv(x, rot, attention_mask))   # (B, T, H * K) each; C, B, x for SSMs
 
     # --- which parameters train
     def param_groups(self) -> dict[str, list[str]]:
