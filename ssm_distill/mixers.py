@@ -13,7 +13,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .core import Registry, SsmDistillError, require, check_shapes, _say_once
+from .core import Registry, SsmDistillError, require, check_shapes, checks_enabled, unchecked, _say_once
 from .kernel_base import FAMILIES
 from .kernels import HedgehogFeatureMap, feature_map_fn, retnet_gammas
 from .kernels_delta import channels_to_heads   # (importing it registers the delta-rule, mLSTM and selective-scan families)
@@ -354,10 +354,9 @@ class Mixer(nn.Module):
                 "pass the teacher's position embeddings or build it with rotary=False")
         return apply_rotary(q, *rotary), apply_rotary(k, *rotary)
 
-    def kernel_inputs(self, x:torch.Tensor, state:dict|None=None, rotary=None, attention_mask=None,
-                      check:bool=True) -> tuple[dict, dict, dict]: # check: validate x (a decoding step skips it)
+    def kernel_inputs(self, x:torch.Tensor, state:dict|None=None, rotary=None, attention_mask=None) -> tuple[dict, dict, dict]:
         "`x: [B, T, D]` -> (the kernel's arguments, extras for `output`, the new conv states)."
-        if check:
+        if checks_enabled():
             check_shapes(x=(x, 'B T D'))
             require(x.shape[-1] == self.config.d_model,
                     f"x has width {x.shape[-1]} but {type(self).__name__} was built with d_model={self.config.d_model}")
@@ -397,8 +396,9 @@ class Mixer(nn.Module):
              rotary:tuple|None=None, # (cos, sin) of this position, [B, r] or [B, 1, r]
             ) -> tuple[torch.Tensor, dict]:
         "One token in the recurrent form: `(y_t [B, D], new state)`."
-        args, extra, new_conv = self.kernel_inputs(x_t[:, None], state, _step_rotary(rotary), None, check=False)
-        o, ssm = self.kernel.recurrent(**args, initial_state=state.get('ssm'), **{self.final_state_kw: True})
+        with unchecked():   # the model built these inputs: no per-token shape and gate checks
+            args, extra, new_conv = self.kernel_inputs(x_t[:, None], state, _step_rotary(rotary), None)
+            o, ssm = self.kernel.recurrent(**args, initial_state=state.get('ssm'), **{self.final_state_kw: True})
         return self.output(o, extra)[:, 0], dict(conv=new_conv, ssm=ssm)
 
     def init_state(self, batch_size:int, device=None, dtype=None) -> dict:
