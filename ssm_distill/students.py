@@ -85,6 +85,9 @@ class StudentCache(Cache):
             require(attention_mask.shape[-1] == self.seen + T, f"attention_mask covers {attention_mask.shape[-1]} positions "
                     f"but the cache has seen {self.seen} and {T} are new; pass a mask over all {self.seen + T} positions")
             attention_mask = None if self.mask is None and bool(attention_mask.all()) else attention_mask.long()
+        require(not (self.store and attention_mask is not None and not bool(attention_mask[:, -1].all())),
+                "the batch is right-padded (a row ends in padding), so generation would continue from the padding; "
+                "pad prompts on the left (tokenizer.padding_side = 'left')")
         self.mask, self.reached = attention_mask, set()
         self.new_padding = None if attention_mask is None else attention_mask[:, -T:]                # (B, T)
         return attention_mask

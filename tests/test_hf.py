@@ -243,6 +243,8 @@ def test_refused_with_a_message(teachers):
     s = build_student(teachers['llama'], 'mamba2')
     with pytest.raises(SsmDistillError, match='StudentCache'): s(ids(), **{s._cache_arg: DynamicCache()})
     with pytest.raises(SsmDistillError, match='cannot be cropped'): StudentCache.for_model(s).crop(3)
+    right = torch.ones(2, 10, dtype=torch.long); right[1, 7:] = 0
+    with pytest.raises(SsmDistillError, match='right-padded.*left'): s.generate(ids(), attention_mask=right, max_new_tokens=2)
     with pytest.raises(SsmDistillError, match='pass a mask over all'):
         cache = StudentCache.for_model(s)
         with torch.no_grad(): s(ids(), use_cache=True, **{s._cache_arg: cache})
