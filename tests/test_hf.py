@@ -290,3 +290,11 @@ def test_tiny_distillation_runs(tmp_path):
     st = AutoModelForCausalLM.from_pretrained(tmp_path/'run'/'student')
     assert isinstance(st, StudentForCausalLM)
     assert st.generate(ids(), max_new_tokens=3, do_sample=False).shape[1] <= 13
+
+@pytest.mark.slow
+def test_compiled_decoding_generates_the_same(teachers):
+    "torch.compile of the mixers' step (opt-in) leaves greedy generation unchanged."
+    s = no_eos(build_student(teachers['llama'], 'phi_mamba', attention_layers=[1]))
+    x = ids(B=1)
+    want = s.generate(x, max_new_tokens=6, do_sample=False)
+    assert torch.equal(s.compile_decoding().generate(x, max_new_tokens=6, do_sample=False), want)
