@@ -8,6 +8,3 @@ Modules:
 
 __version__ = "0.1.0"
 
-# Importing the package registers the student with transformers' Auto classes, so that
-# AutoModelForCausalLM.from_pretrained(path) and pipeline("text-generation", model=path) load a saved student.
-from . import students as _students  # noqa: E402,F401
