@@ -7,13 +7,12 @@ Docs: https://ssm-distill.github.io/ssm_distill/stages.html.md"""
 # %% ../nbs/06a_stages.ipynb #7ed8915f
 from __future__ import annotations
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .core import Registry, SsmDistillError, require
+from .core import Registry, require
 from .losses import (LAYER_MAPS, QKVProjector, direct_minilm_loss, hidden_projectors, hidden_state_alignment_loss,
                                 hs_loss, kd_loss, matrix_orientation_loss, minilm_relation_loss, od_loss, resolve_mapping)
 from .mixers import MIXERS
@@ -39,7 +38,6 @@ class Stage:
     Options = NoOptions # the kind's own options (a dataclass; its fields are the stage's config keys beside `kind`)
     share:float = 1.0 # default share of the run's total_tokens (relative to the other stages without a budget)
     trainable:tuple = ('all',) # default trainable parameter groups (keys of students.STUDENT_GROUPS)
-    layerwise:bool = False # the loss is per mixer layer, each student layer against its teacher layer
     doc:str = '' # one line for tables and the example config
 
     def __init__(self, options=None): # an `Options` instance, a dict of its fields, or None (the defaults)
@@ -119,7 +117,7 @@ def layer_sum(fn, layers) -> tuple[torch.Tensor, dict]:
 # %% ../nbs/06a_stages.ipynb #79d4859b
 class LayerwiseStage(Stage):
     "A stage whose loss is a sum over mixer layers, each fed the teacher's input of its teacher layer (MOHAWK stages 1-2)."
-    layerwise, trainable = True, ('mixers',)
+    trainable = ('mixers',)
 
     def student_layers(self, student) -> list[int]:
         return list(self.opt.layers) if self.opt.layers is not None else list(student.mixer_layers)

@@ -964,9 +964,9 @@ def run(self:Distiller, resume:bool|None=None, # continue from the newest checkp
        ) -> dict:
     "Run every stage (from the newest checkpoint of `out` when resuming); return the report (also `<out>/report.json`)."
     self.out.mkdir(parents=True, exist_ok=True)
-    self.prepare(force=self._prepared and self._trained and resume is False)
     ck = latest_checkpoint(self.out)
     if resume is None: resume = ck is not None and self._same_config(ck)
+    self.prepare(force=self._prepared and self._trained and not resume)   # a fresh start after training: a fresh student
     ckpt = self._resume() if resume else None
     if not resume and checkpoints(self.out) and self.is_main:
         log.warning(f"{self.out} already holds checkpoints of an earlier run; starting afresh, they are deleted (resume=True continues them)")
