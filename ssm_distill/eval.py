@@ -384,6 +384,7 @@ def compare_students(students:list[str|Path], # folders written by save_pretrain
                      data:str='builtin', seq_len:int=128, max_blocks:int=64, batch_size:int=8, device:str='cpu',
                      tasks:list[str]|None=None, # lm-eval tasks for the teacher and every student
                      limit:int|float|None=None, # documents per lm-eval task
+                     num_fewshot:int|None=None, # lm-eval few-shot examples (None: each task's own)
                     ) -> dict:
     "Distillation metrics of saved students against their teacher (and lm-eval scores with `tasks`), as plain data."
     from ssm_distill.train import load_run_teacher
@@ -400,7 +401,7 @@ def compare_students(students:list[str|Path], # folders written by save_pretrain
                seq_len=seq_len, metrics=[r.to_dict() for r in res])
     if tasks:
         models = ({'teacher': (t, tok)} if t is not None else {}) | loaded
-        out['lm_eval'] = run_lm_eval(models, tasks, limit=limit, batch_size=1)
+        out['lm_eval'] = run_lm_eval(models, tasks, limit=limit, batch_size=1, num_fewshot=num_fewshot)
     return out
 
 def _student_name(path:str|Path, taken:dict) -> str:
