@@ -62,6 +62,18 @@ class PeakMemory:
         self.bytes = max(rss_kib('VmHWM') - self.start, 0) * 1024
 
 
+def now() -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process). On a shared machine the CPU time is the steadier measure of the work
+    done (other processes' load stretches the wall time, not it); single-threaded, the two agree on an idle machine."""
+    return time.perf_counter(), time.process_time()
+
+
+def elapsed(t0:tuple[float, float], t1:tuple[float, float]|None=None) -> tuple[float, float]:
+    "(wall, CPU) seconds from `t0` to `t1` (default: now)."
+    t1 = t1 or now()
+    return t1[0] - t0[0], t1[1] - t0[1]
+
+
 def rotated(names:list, r:int) -> list:
     "`names` rotated by `r`: repeat r starts with another entry, so no one always runs first (interleaving)."
     r %= len(names)
@@ -99,3 +111,22 @@ def extrapolate(history:list[tuple[int, float]], T:int) -> float|None:
         (Ta, va), (Tb, vb) = history[-2], history[-1]
         if va > 0 and vb > 0: slope = max(1.0, math.log(vb / va) / math.log(Tb / Ta))
     return v0 * (T / T0) ** slope
+
+
+def loglog_figure(rows:list[dict], series:str, # the row key whose values are the lines (model, mixer)
+                  x:str, x_title:str, panels:dict[str, str], # y key -> panel title, one log-log panel each
+                  title:str, dashed:tuple=()): # series drawn dashed (the reference)
+    "A plotly figure: one log-log panel per `panels` entry, one line per value of `rows[i][series]` (rows lacking a key skipped)."
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=list(panels.values()))
+    for n in dict.fromkeys(r[series] for r in rows):
+        rs = [r for r in rows if r[series] == n and all(k in r for k in panels)]
+        for col, key in enumerate(panels, 1):
+            fig.add_trace(go.Scatter(x=[r[x] for r in rs], y=[r[key] for r in rs], name=n, legendgroup=n, showlegend=col == 1,
+                                     mode='lines+markers', line=dict(dash='dash' if n in dashed else 'solid')), row=1, col=col)
+    for col in range(1, len(panels) + 1):
+        fig.update_xaxes(type='log', title_text=x_title, row=1, col=col)
+        fig.update_yaxes(type='log', row=1, col=col)
+    fig.update_layout(title=title, height=430, width=420 * len(panels) + 160)
+    return fig

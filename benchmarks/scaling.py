@@ -3,8 +3,9 @@ slope beside the subquadratic mixers' linear one.
 
 Each mixer of `ssm_distill.mixers.MIXERS` is built at the built-in teacher's width (d_model 256, 8 heads of 32),
 default options, and runs its parallel (chunked) forward on one random sequence `[1, T, 256]` under `torch.no_grad`.
-All mixers of one length run interleaved (the order rotates per repeat), median of repeats; memory is the peak
-resident-set growth of one call (Linux). The slope of log(time) and log(memory) against log(T), fitted on the three
+All mixers of one length run interleaved (the order rotates per repeat), median of repeats of this process's CPU time
+(steadier than wall time on a shared machine; both are kept); memory is the peak resident-set growth of one call
+(Linux). The slope of log(CPU time) and log(memory) against log(T), fitted on the three
 longest lengths each mixer reached, is the growth exponent: ~1 linear, ~2 quadratic. A mixer predicted (from its growth so
 far) to need more than `--max-call-s` or `--max-gib` at the next length is skipped there, and the row says why.
 
@@ -14,13 +15,13 @@ far) to need more than `--max-call-s` or `--max-gib` at the next length is skipp
 Writes benchmarks/results/scaling-cpu.json and scaling-cpu.html.
 """
 from __future__ import annotations
-import argparse, sys, time
+import argparse, sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakMemory, extrapolate, loglog_slope, machine, median, rotated, write_results
+from common import PeakMemory, elapsed, extrapolate, loglog_figure, loglog_slope, machine, median, now, rotated, write_results
 
 
 def build(names:list[str], d_model:int, n_heads:int) -> dict:
@@ -50,12 +51,13 @@ def bench(mixers:dict, lengths:list[int], d_model:int, repeats:int, max_call_s:f
         for r in range(repeats):
             for n in rotated(list(mixers), r):
                 if n not in skipped:
-                    t0 = time.perf_counter(); mixers[n](x); times[n].append(time.perf_counter() - t0)
+                    t0 = now(); mixers[n](x); times[n].append(elapsed(t0))
                 bar.update(1)
         for n in mixers:
             if n in skipped: rows.append(dict(mixer=n, T=T, skipped=skipped[n])); continue
-            rows.append(dict(mixer=n, T=T, seconds=median(times[n]), peak_bytes=peaks[n], repeats=repeats))
-            hist_t.setdefault(n, []).append((T, rows[-1]['seconds']))
+            rows.append(dict(mixer=n, T=T, seconds=median([w for w, _ in times[n]]), cpu_seconds=median([c for _, c in times[n]]),
+                             peak_bytes=peaks[n], repeats=repeats))
+            hist_t.setdefault(n, []).append((T, rows[-1]['cpu_seconds']))
             hist_m.setdefault(n, []).append((T, max(peaks[n], 1)))
     bar.close()
     return rows
@@ -66,31 +68,23 @@ def slopes(rows:list[dict], last:int=3) -> dict:
     out = {}
     for n in dict.fromkeys(r['mixer'] for r in rows):
         rs = sorted((r for r in rows if r['mixer'] == n and 'seconds' in r), key=lambda r: r['T'])[-last:]
-        out[n] = dict(lengths=[r['T'] for r in rs], time=loglog_slope([r['T'] for r in rs], [r['seconds'] for r in rs]),
+        out[n] = dict(lengths=[r['T'] for r in rs], time=loglog_slope([r['T'] for r in rs], [r['cpu_seconds'] for r in rs]),
                       memory=loglog_slope([r['T'] for r in rs], [r['peak_bytes'] for r in rs]))
     return out
 
 
 def figure(rows:list[dict], title:str):
+    "Time and memory against T, one line per mixer, with gray guides of slope 1 and 2 through softmax attention's first point."
     import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-    fig = make_subplots(rows=1, cols=2, subplot_titles=('forward time (s)', 'peak memory growth (bytes)'))
-    for n in dict.fromkeys(r['mixer'] for r in rows):
-        rs = [r for r in rows if r['mixer'] == n and 'seconds' in r]
-        for col, key in ((1, 'seconds'), (2, 'peak_bytes')):
-            fig.add_trace(go.Scatter(x=[r['T'] for r in rs], y=[r[key] for r in rs], name=n, legendgroup=n, showlegend=col == 1,
-                                     mode='lines+markers'), row=1, col=col)
+    panels = {'cpu_seconds': 'forward CPU time (s)', 'peak_bytes': 'peak memory growth (bytes)'}
+    fig = loglog_figure(rows, 'mixer', 'T', 'sequence length T', panels, title)
     Ts = sorted({r['T'] for r in rows})
-    for col, key in ((1, 'seconds'), (2, 'peak_bytes')):   # guides through the first softmax point: slope 1 and slope 2
+    for col, key in enumerate(panels, 1):
         base = next((r for r in rows if r['mixer'] == 'softmax_attention' and key in r), None)
         if base is None: continue
         for k, dash in ((1, 'dot'), (2, 'dash')):
             fig.add_trace(go.Scatter(x=Ts, y=[base[key] * (T / base['T']) ** k for T in Ts], name=f'slope {k}', mode='lines',
                                      line=dict(color='gray', dash=dash), legendgroup=f'slope {k}', showlegend=col == 1), row=1, col=col)
-    for col in (1, 2):
-        fig.update_xaxes(type='log', title_text='sequence length T', row=1, col=col)
-        fig.update_yaxes(type='log', row=1, col=col)
-    fig.update_layout(title=title, height=450, width=1200)
     return fig
 
 
@@ -111,7 +105,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     meta = dict(machine(a.threads), d_model=a.d_model, heads=a.heads, batch=1, repeats=a.repeats,
                 method='each mixer\'s parallel forward on [1, T, d_model], no grad; interleaved per T, median; peak memory = '
-                       'resident-set growth of one call (Linux); slopes: least squares on log-log, three longest lengths')
+                       'resident-set growth of one call (Linux); slopes (CPU time): least squares on log-log, three longest lengths')
     rows = bench(build(a.mixers, a.d_model, a.heads), sorted(a.lengths), a.d_model, a.repeats, a.max_call_s, a.max_gib)
     data = dict(meta=meta, rows=rows, slopes=slopes(rows), gpu=dict(rows='not measured', why=meta['gpu']))
     out = write_results('scaling', 'cpu', data, figure(rows, f"mixer forward vs sequence length (CPU, {a.threads} thread(s), "

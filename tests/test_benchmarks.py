@@ -52,5 +52,5 @@ def test_slopes_and_extrapolation():
     assert common.extrapolate([(256, 1.0), (512, 1.5)], 1024) == pytest.approx(3.0)    # never below linear
     assert common.rotated(['a', 'b', 'c'], 4) == ['b', 'c', 'a']
     scaling = load('scaling')
-    rows = [dict(mixer='m', T=t, seconds=t * 1e-6, peak_bytes=t * 8) for t in T] + [dict(mixer='m', T=8192, skipped='x')]
+    rows = [dict(mixer='m', T=t, seconds=t * 2e-6, cpu_seconds=t * 1e-6, peak_bytes=t * 8) for t in T] + [dict(mixer='m', T=8192, skipped='x')]
     assert scaling.slopes(rows)['m'] == dict(lengths=T, time=1.0, memory=1.0)
