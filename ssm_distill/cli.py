@@ -16,7 +16,7 @@ import torch
 from .core import SsmDistillError, log, require
 from .data import DataConfig
 from .stages import STAGES
-from .train import (Distiller, RunConfig, StageConfig, StudentBuildConfig, config_fields, evaluate, load_config,
+from .train import (Distiller, RunConfig, StageConfig, StudentBuildConfig, config_fields, load_config,
                                validate_config)
 
 # %% auto #0
@@ -142,26 +142,18 @@ def run_demo(out:str|Path|None=None, # the run folder (default runs/demo-<timest
     return rep
 
 # %% ../nbs/08_cli.ipynb #b24833ee
-def eval_student(student_dir:str|Path, # a folder written by save_pretrained (a run's <out>/student)
-                 teacher:str|None=None, # also evaluate this teacher ('builtin', a folder or a hub name)
+def eval_student(student_dir:str|Path|list, # one or several folders written by save_pretrained (a run's <out>/student)
+                 teacher:str|None=None, # the teacher ('builtin', a folder or a hub name); None: perplexity only
                  data:str='builtin', # 'builtin', or a local file/folder/glob of .txt/.jsonl/.parquet
-                 seq_len:int=128, max_blocks:int=64, batch_size:int=8, device:str='cpu') -> dict:
-    "Held-out perplexity of a saved student (and of a teacher, with their top-1 agreement)."
-    import ssm_distill.students  # registers the student with the Auto classes
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from ssm_distill.data import build_data
-    from ssm_distill.train import load_run_teacher
-    p = Path(student_dir)
-    require((p/'config.json').exists(), f"--student {p}: no config.json there; give a folder written by a run (its <out>/student)")
-    student = AutoModelForCausalLM.from_pretrained(p).to(device).eval()
-    t, tok = load_run_teacher(teacher, device) if teacher else (None, None)
-    tok = AutoTokenizer.from_pretrained(p) if any(p.glob('tokenizer*')) else tok
-    require(tok is not None, f"{p} holds no tokenizer; pass --teacher so its tokenizer is used")
-    dc = DataConfig('builtin', seq_len=seq_len, eval_blocks=max_blocks) if data == 'builtin' else DataConfig('files', path=data, seq_len=seq_len, eval_blocks=max_blocks)
-    blocks = build_data(dc, tok).eval
-    res = dict(student=str(p), data=data, blocks=len(blocks), **{f'student_{k}': v for k, v in evaluate(student, blocks, teacher=t, batch_size=batch_size).items()})
-    if t is not None: res['teacher_perplexity'] = evaluate(t, blocks, batch_size=batch_size)['perplexity']
-    return res
+                 seq_len:int=128, max_blocks:int=64, batch_size:int=8, device:str='cpu',
+                 tasks:list[str]|None=None, # lm-eval tasks for the teacher and every student (the [eval] extra)
+                 limit:int|float|None=None, # documents per lm-eval task
+                 num_fewshot:int|None=None) -> dict:
+    "Distillation metrics of saved students against a teacher, and their lm-eval scores with `tasks` (`ssm_distill.eval`)."
+    from ssm_distill.eval import compare_students
+    dirs = [student_dir] if isinstance(student_dir, (str, Path)) else list(student_dir)
+    return compare_students(dirs, teacher, data, seq_len, max_blocks, batch_size, device, tasks=tasks, limit=limit,
+                            num_fewshot=num_fewshot)
 
 # %% ../nbs/08_cli.ipynb #f8dad000
 _EPILOG = textwrap.dedent("""\
@@ -222,16 +214,30 @@ def build_parser() -> argparse.ArgumentParser:
                                 '  ssm-distill teacher train --out runs/teacher --device cuda')
     _add_teacher_args(tt)
 
-    e = sub.add_parser('eval', formatter_class=fmt, help='perplexity of a saved student (and teacher agreement)',
-                       description='Held-out perplexity of a student saved by a run; with --teacher also the teacher\'s and their '
-                                   'top-1 agreement. Writes eval.json to the run folder and prints it.',
-                       epilog='example:\n  ssm-distill eval --student runs/demo/student --teacher builtin')
-    e.add_argument('--student', required=True, help="the student folder (a run's OUT/student)")
+    from ssm_distill.eval import LOCAL_TASKS
+    e = sub.add_parser('eval', formatter_class=fmt, help='how close saved students are to their teacher (and lm-eval scores)',
+                       description='Held-out perplexity of students saved by runs; with --teacher also top-1 agreement, KL, and '
+                                   'per-layer hidden-state and mixing-matrix errors, students side by side; with --tasks '
+                                   'lm-evaluation-harness scores of the teacher and every student. Writes eval.json to the run '
+                                   'folder and prints the tables.',
+                       epilog='examples:\n  ssm-distill eval --student runs/demo/student --teacher builtin\n'
+                              '  ssm-distill eval --student runs/demo/student runs/demo/kd_only/student --teacher builtin '
+                              f'--tasks {",".join(LOCAL_TASKS)}\n'
+                              '  ssm-distill eval --student runs/mine/student --teacher meta-llama/Llama-3.2-1B --device cuda '
+                              '--tasks lambada_openai,piqa,hellaswag,arc_easy,arc_challenge,winogrande   # with internet')
+    e.add_argument('--student', required=True, nargs='+', help="the student folder(s) (a run's OUT/student); several are compared side by side")
     e.add_argument('--teacher', default=None, help="'builtin', a folder or a hub name (optional)")
     e.add_argument('--data', default='builtin', help="'builtin' (default) or a .txt/.jsonl/.parquet file, folder or glob")
     e.add_argument('--seq-len', type=int, default=128)
     e.add_argument('--max-blocks', type=int, default=64, help='held-out blocks to evaluate (default 64)')
+    e.add_argument('--batch-size', type=int, default=8, help='blocks per forward (default 8)')
+    e.add_argument('--tasks', default=None, help=f'comma-separated lm-eval tasks: offline {", ".join(LOCAL_TASKS)}; '
+                                                 "or lm-eval's own, with internet (needs the [eval] extra)")
+    e.add_argument('--limit', type=lambda s: float(s) if '.' in s else int(s), default=None,
+                   help='documents per lm-eval task (an int, or a fraction < 1; default all)')
+    e.add_argument('--num-fewshot', type=int, default=None, help='lm-eval few-shot examples (default: each task\'s own)')
     e.add_argument('--device', default='cpu')
+    e.add_argument('--json', action='store_true', help='print the JSON (eval.json) instead of the tables')
     e.add_argument('--out', help='run folder (default runs/eval-<timestamp>)')
 
     c = sub.add_parser('config', help='print an example run config', description='Print a commented example run config (YAML).',
@@ -285,10 +291,13 @@ def cmd_teacher(a) -> int:
     return 0
 
 def cmd_eval(a) -> int:
+    from ssm_distill.eval import eval_report
     out = run_dir(a.out, 'eval'); out.mkdir(parents=True, exist_ok=True)
-    res = eval_student(a.student, a.teacher, a.data, a.seq_len, a.max_blocks, device=a.device)
+    tasks = [t.strip() for t in (a.tasks or '').split(',') if t.strip()]
+    res = eval_student(a.student, a.teacher, a.data, a.seq_len, a.max_blocks, a.batch_size, a.device, tasks=tasks or None,
+                       limit=a.limit, num_fewshot=a.num_fewshot)
     (out/'eval.json').write_text(json.dumps(res, indent=1))
-    _out(dict(run_folder=str(out), **res))
+    _out(dict(run_folder=str(out), **res) if a.json else f"{eval_report(res)}\n\nwrote {out/'eval.json'}")
     return 0
 
 def cmd_config(a) -> int:

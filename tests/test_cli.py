@@ -63,10 +63,11 @@ def test_distill_then_eval(teacher_dir, tmp_path, capsys):
     assert main(['distill', '--config', str(tmp_path/'run.yaml'), '--out', str(out), '--resume', '--no-progress']) == 0
     capsys.readouterr()
     assert main(['eval', '--student', str(out/'student'), '--teacher', str(teacher_dir), '--seq-len', '32',
-                 '--max-blocks', '2', '--out', str(tmp_path/'ev')]) == 0
+                 '--max-blocks', '2', '--out', str(tmp_path/'ev'), '--json']) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res['student_perplexity'] > 1 and res['teacher_perplexity'] > 1 and 0 <= res['student_teacher_agreement'] <= 1
-    assert (tmp_path/'ev'/'eval.json').exists()
+    m = res['metrics'][0]
+    assert m['perplexity'] > 1 and m['teacher_perplexity'] > 1 and 0 <= m['agreement'] <= 1 and m['kl'] >= 0
+    assert json.loads((tmp_path/'ev'/'eval.json').read_text())['metrics'] == res['metrics']
 
 
 def test_eval_missing_student_is_a_clean_error(tmp_path, capsys):
