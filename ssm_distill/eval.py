@@ -16,7 +16,8 @@ from typing import Iterable
 import torch
 
 from .core import Registry, optional_import, require
-from .train import _blocks, _layer, _lm, can_materialize, teacher_rotary
+from .stages import causal_lm as _lm, mixer_can_materialize as can_materialize, teacher_rotary
+from .train import _blocks, _layer
 
 # %% auto #0
 __all__ = ['LOCAL_TASKS', 'DIRECT_SCORERS', 'logit_metrics', 'teacher_layer_of', 'comparable_layers', 'layer_errors',
