@@ -435,9 +435,12 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, hidden_states=out.hidden_states,
                                       attentions=out.attentions, **{output_cache_field(): cache if cache.store else None})
 
-    def _attention_mask(self, mask:torch.Tensor|None, B:int, T:int, past:int, dtype, device) -> torch.Tensor:
+    def _attention_mask(self, mask:torch.Tensor|None, B:int, T:int, past:int, dtype, device) -> torch.Tensor|None:
         "The 4-D mask `[B|1, 1, T, past + T]` of the kept attention layers (a free zero view when every layer is a mixer)."
         if not self.config.attention_layers: return torch.zeros((), dtype=dtype, device=device).expand(B, 1, T, past + T)
+        # a plain causal prefill: no mask at all, so that attention runs its causal kernel (a dense [T, T] mask is
+        # 4 GiB at 32k tokens); Hugging Face then asks the cache only for its length (`get_mask_sizes`)
+        if past == 0 and mask is None and self.window is None: return None
         return causal_mask(T, mask, self.window, dtype, device, past=past)
 
     # --- generation (Hugging Face's GenerationMixin drives these)
