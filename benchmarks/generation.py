@@ -31,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakMemory, elapsed, extrapolate, loglog_figure, loglog_slope, machine, median, now, rotated, write_results
 
 STUDENTS = {'phi_mamba': dict(mixer='phi_mamba'), 'mamba2': dict(mixer='mamba2'), 'gla': dict(mixer='gla'),
-            'gated_deltanet': dict(mixer='gated_deltanet'), 'hybrid_mamba2_attn1': dict(mixer='mamba2', attention_layers=[1])}
+            'gated_deltanet': dict(mixer='gated_deltanet'), 'hybrid_mamba2_attn1': dict(mixer='mamba2', attention_layers=[1]),
+            # the same phi_mamba student with each mixer's one-token step compiled (StudentForCausalLM.compile_decoding)
+            'phi_mamba_compiled': dict(mixer='phi_mamba', compile=True)}
 
 
 def build_models(max_positions:int, names:list[str]) -> tuple[dict, object]:
@@ -43,7 +45,10 @@ def build_models(max_positions:int, names:list[str]) -> tuple[dict, object]:
     models = {'teacher': model}
     for n in names:
         torch.manual_seed(0)
-        models[n] = build_student(model, **STUDENTS[n]).eval()
+        opts = dict(STUDENTS[n]); compiled = opts.pop('compile', False)
+        models[n] = build_student(model, **opts).eval()
+        if compiled:   # compile once here (about a minute per layer), not inside a timed call
+            models[n].compile_decoding().generate(torch.randint(3, 100, (1, 8)), max_new_tokens=3, do_sample=False)
     return models, tok
 
 

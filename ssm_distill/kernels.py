@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from .core import Registry, check_shapes, optional_import, pick_backend, require
+from .core import Registry, check_shapes, checks_enabled, optional_import, pick_backend, require
 from .kernel_base import (FAMILIES, Family, FamilyRegistry, check_chunk_size, check_log_gate, default_scale,
                                      from_chunks, mix, pad_time, randn, run_fast, segsum, to_chunks)
 
@@ -123,6 +123,9 @@ def gated_recurrent_scan(q:torch.Tensor, # [B, T, H, K] queries (already scaled)
     B, T, H, K = k.shape
     S = initial_state if initial_state is not None else v.new_zeros(B, H, K, v.shape[-1])
     S = S.to(v.dtype)
+    if T == 1:   # one decoding step: broadcast products (einsum's reshapes cost more than the arithmetic here)
+        S = g[:, 0, :, :, None].exp() * S + k[:, 0, :, :, None] * v[:, 0, :, None, :]        # (B, H, K, V)
+        return (q[:, 0, :, :, None] * S).sum(-2)[:, None], S                                # (B, 1, H, V)
     o = []
     for t in range(T):
         S = g[:, t, :, :, None].exp() * S + torch.einsum('bhk,bhv->bhkv', k[:, t], v[:, t])  # (B, H, K, V)
@@ -278,11 +281,11 @@ def _ssd_args(x, dt, A, B, C, dt_bias=None, dt_softplus=False):
                          dt_bias=(dt_bias, 'H'))
     H, G = sizes['H'], sizes['G']
     require(H % G == 0, f"B and C have G={G} groups but x has H={H} heads; the number of groups must divide the heads")
-    require(bool((A <= 0).all()), f"A must be negative (a decay rate), got max {A.max().item():.3g}; "
-            f"Mamba-2 uses A = -torch.exp(A_log)")
+    if checks_enabled(): require(bool((A <= 0).all()), f"A must be negative (a decay rate), got max {A.max().item():.3g}; "
+                                 f"Mamba-2 uses A = -torch.exp(A_log)")
     if dt_bias is not None: dt = dt + dt_bias
     if dt_softplus: dt = F.softplus(dt)
-    require(bool((dt >= 0).all()), "dt has negative entries after dt_bias; pass dt_softplus=True or a positive dt")
+    if checks_enabled(): require(bool((dt >= 0).all()), "dt has negative entries after dt_bias; pass dt_softplus=True or a positive dt")
     heads = lambda t: repeat(t, 'b t g n -> b t (g r) n', r=H // G)  # (B, T, H, N)
     return heads(C), heads(B) * dt[..., None], x, dt * A  # q, k, v, g
 
