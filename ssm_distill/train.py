@@ -6,7 +6,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #57ab217f
 from __future__ import annotations
-import contextlib, dataclasses, difflib, itertools, json, math, os, random, shutil, time, types, typing
+import contextlib, dataclasses, difflib, itertools, json, math, os, random, shutil, threading, time, types, typing
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -23,16 +23,16 @@ from .mixers import MIXERS
 from .students import STUDENT_GROUPS, build_student, build_student_from_config, set_trainable_groups, uniform_teacher_layers
 
 # %% auto #0
-__all__ = ['STAGES', 'MOHAWK_TOKENS', 'SCHEDULES', 'LIST_ITEM_TYPES', 'MIXED_PRECISION', 'TRACKERS', 'StageKind',
+__all__ = ['STAGES', 'MOHAWK_TOKENS', 'SCHEDULES', 'LIST_ITEM_TYPES', 'MIXED_PRECISION', 'TRACKERS', 'EVENT_HOOKS', 'StageKind',
            'StudentBuildConfig', 'StageConfig', 'mohawk_stages', 'RunConfig', 'config_from_dict', 'stage_budgets',
            'stage_batch_size', 'tokens_per_step', 'stage_steps', 'can_materialize', 'resolve_mixed_precision',
            'validate_config', 'student_teacher_layers', 'validate_for_teacher', 'load_config', 'lr_factor',
-           'make_optimizer', 'make_scheduler', 'evaluate', 'Callback', 'JSONLLogger', 'ProgressBar', 'TrackerLogger',
-           'StopAfter', 'RunState', 'rng_state', 'set_rng_state', 'checkpoints', 'latest_checkpoint', 'save_checkpoint',
-           'read_checkpoint_state', 'load_student_weights', 'NonFiniteLossError', 'teacher_rotary', 'mo_targets',
-           'mo_loss', 'hsa_targets', 'hsa_loss', 'logits_targets', 'kd_stage_loss', 'od_stage_loss', 'hs_targets',
-           'hs_stage_loss', 'hs_aux', 'qkv_targets', 'mha_stage_loss', 'direct_minilm_stage_loss', 'qkv_aux',
-           'StageModule', 'StageStream', 'load_run_teacher', 'default_callbacks', 'Distiller', 'distill',
+           'make_optimizer', 'make_scheduler', 'evaluate', 'Event', 'Callback', 'JSONLLogger', 'ProgressBar',
+           'TrackerLogger', 'StopAfter', 'RunState', 'rng_state', 'set_rng_state', 'checkpoints', 'latest_checkpoint',
+           'save_checkpoint', 'read_checkpoint_state', 'load_student_weights', 'NonFiniteLossError', 'teacher_rotary',
+           'mo_targets', 'mo_loss', 'hsa_targets', 'hsa_loss', 'logits_targets', 'kd_stage_loss', 'od_stage_loss',
+           'hs_targets', 'hs_stage_loss', 'hs_aux', 'qkv_targets', 'mha_stage_loss', 'direct_minilm_stage_loss',
+           'qkv_aux', 'StageModule', 'StageStream', 'load_run_teacher', 'default_callbacks', 'Distiller', 'distill',
            'save_tiny_teacher', 'tiny_run_config']
 
 # %% ../nbs/07_train.ipynb #8f5b6463
@@ -426,9 +426,28 @@ def evaluate(model, # a causal LM (returns `.logits`), or a Teacher
     return res
 
 # %% ../nbs/07_train.ipynb #58240f38
+@dataclass
+class Event:
+    "One moment of a run, as every callback sees it: a progress bar, a notebook loop and a widget watch the same stream."
+    name:str # 'run_start' | 'stage_start' | 'step' | 'eval' | 'stage_end' | 'paused' | 'resumed' | 'stopped' | 'run_end'
+    stage:int # index into cfg.stages (-1 before the first stage)
+    kind:str # the stage's kind (a key of STAGES: 'matrix_orientation', 'kd', ...); '' when none
+    step:int # global optimizer step so far
+    tokens:int # training tokens seen so far, all stages together
+    loss:float|None = None # this step's loss (None where not a step)
+    lr:float|None = None # current learning rate (None where not a step)
+    elapsed:float = 0.0 # seconds since `run()` started (wall clock)
+    metrics:dict = field(default_factory=dict) # everything else the event carries (step or eval metrics, stage summary, report)
+
+# the named hook each event also calls, and how its arguments come out of the event
+EVENT_HOOKS = dict(run_start=('on_run_start', lambda e: ()), stage_start=('on_stage_start', lambda e: (e.stage,)),
+                   step=('on_step_end', lambda e: (e.metrics,)), eval=('on_eval', lambda e: (e.metrics,)),
+                   stage_end=('on_stage_end', lambda e: (e.stage, e.metrics)), run_end=('on_run_end', lambda e: (e.metrics,)))
+
 class Callback:
-    "Hooks into a `Distiller` run; override the events you need (each gets the distiller)."
+    "Hooks into a `Distiller` run; override the events you need (each gets the distiller), or `on_event` for all of them."
     order = 0 # callbacks run in increasing order
+    def on_event(self, distiller, event:Event): pass # every event (after its named hook, if it has one)
     def on_run_start(self, distiller): pass
     def on_stage_start(self, distiller, stage:int): pass
     def on_step_end(self, distiller, metrics:dict): pass
@@ -739,8 +758,10 @@ class Distiller:
         self.out = Path(self.cfg.out or f"runs/distill-{time.strftime('%Y%m%d-%H%M%S')}")
         self.callbacks = sorted(default_callbacks(self.cfg, progress) + list(callbacks), key=lambda c: c.order)
         self.steps = stage_steps(self.cfg)
-        self._teacher_in, self.state, self._stop = teacher, RunState(), False
-        self.accelerator = None
+        self._teacher_in, self.state = teacher, RunState()
+        self.accelerator, self._prepared, self._stage = None, False, -1
+        self._lock = threading.Condition()   # guards the requests below: callbacks and widgets call them from other threads
+        self._stop, self._pause, self._paused, self._t_run = False, False, False, time.time()
 
     def config_dict(self) -> dict:
         "The config as plain data (what the checkpoint stores), without `out`."
@@ -749,15 +770,52 @@ class Distiller:
     @property
     def is_main(self) -> bool: return self.accelerator is None or self.accelerator.is_main_process
 
+    # ---- requests (thread-safe; honoured at the next step boundary)
     def request_stop(self):
-        "Ask the run to stop after the current step (it checkpoints first)."
-        self._stop = True
+        "Stop after the current step: write a checkpoint and a loadable student, emit 'stopped' (also while paused)."
+        with self._lock: self._stop = True; self._lock.notify_all()
 
-    def _event(self, name, *args):
-        for cb in self.callbacks: getattr(cb, name)(self, *args)
+    def request_pause(self):
+        "Hold the training loop after the current step until `resume_training()` (emits 'paused', then 'resumed')."
+        with self._lock: self._pause = True
+
+    def resume_training(self):
+        "Let a paused run go on."
+        with self._lock: self._pause = False; self._lock.notify_all()
+
+    @property
+    def paused(self) -> bool:
+        "Whether the training loop is held by `request_pause()` right now."
+        with self._lock: return self._paused
+
+    def _hold_if_paused(self):
+        "At a step boundary: wait while a pause is requested (a stop request ends the wait)."
+        with self._lock:
+            if not self._pause or self._stop: return
+            self._paused = True
+        self._emit('paused')
+        with self._lock:
+            while self._pause and not self._stop: self._lock.wait()
+            self._paused = False
+        if not self._stop: self._emit('resumed')
+
+    # ---- the event stream
+    def _emit(self, name:str, metrics:dict|None=None, loss:float|None=None, lr:float|None=None) -> Event:
+        "Give every callback the `Event` `name` (its named hook, then `on_event`)."
+        st, si = self.state, self._stage
+        ev = Event(name, si, self.cfg.stages[si].kind if si >= 0 else '', st.global_step, st.total_tokens, loss, lr,
+                   time.time() - self._t_run, metrics if metrics is not None else {})
+        hook, args = EVENT_HOOKS.get(name, (None, None))
+        for cb in self.callbacks:
+            if hook: getattr(cb, hook)(self, *args(ev))
+            cb.on_event(self, ev)
+        return ev
 
     # ---- setup
-    def _setup(self):
+    def prepare(self, force:bool=False # build everything again (a fresh student) even if prepared already
+               ) -> 'Distiller':
+        "Build the accelerator, teacher, data and student (no training); `run()` calls it. Returns the distiller."
+        if self._prepared and not force: return self
         from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
         cfg = self.cfg
         dev = get_device(cfg.device)
@@ -785,14 +843,19 @@ class Distiller:
                                                   seed=cfg.seed, **build)
                         if st.resized else build_student(self.teacher, **build)).to(self.accelerator.device)
         if cfg.log_with: self.accelerator.init_trackers('ssm_distill', config=_flat(self.config_dict()))
+        self.state, self._stage, self._prepared, self._trained = RunState(), -1, True, False
+        return self
+
+    def _same_config(self, ck:Path) -> bool:
+        return read_checkpoint_state(ck)[1] == json.loads(json.dumps(self.config_dict()))
 
     def _resume(self):
         ck = latest_checkpoint(self.out)
         if ck is None:
             log.info(f"resume: no checkpoint in {self.out}/checkpoints; starting from the beginning")
             return None
-        state, saved = read_checkpoint_state(ck)
-        require(saved == json.loads(json.dumps(self.config_dict())),
+        state, _ = read_checkpoint_state(ck)
+        require(self._same_config(ck),
                 f"resume: the checkpoint {ck} was written by a different run config; resume with the same config "
                 f"(only `out` may differ) or start a new run folder")
         load_student_weights(self.accelerator.unwrap_model(self.student), ck)
@@ -854,7 +917,7 @@ class Distiller:
             set_rng_state(torch.load(rng if rng.exists() else ckpt/'rng-0.pt', weights_only=False))
         acc.step = 0
         params = [p for p in module.parameters() if p.requires_grad]
-        self._event('on_stage_start', si)
+        self._stage = si; self._emit('stage_start')
         t_session, wall0, stage_wall0 = time.time(), st.wall_s, st.stage_wall_s
         micro, losses = 0, []
         module.train()
@@ -881,21 +944,22 @@ class Distiller:
                            tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), **logs)
             last = st.step == n_steps
             if not last and cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0: self._checkpoint(si, opt, sched, aux)
-            self._event('on_step_end', metrics)
+            self._emit('step', metrics, loss=st.last_loss, lr=metrics['lr'])
             if not last and cfg.eval_every and st.global_step % cfg.eval_every == 0:
                 with self._nan_guard(si): ev = self.evaluate()
-                self._event('on_eval', dict(stage=name, stage_index=si, global_step=st.global_step, **ev))
+                self._emit('eval', dict(stage=name, stage_index=si, global_step=st.global_step, **ev))
+            if not last: self._hold_if_paused()
             if self._stop and not last:
                 self._checkpoint(si, opt, sched, aux)
                 return False
         with self._nan_guard(si): ev = self.evaluate()
-        self._event('on_eval', dict(stage=name, stage_index=si, global_step=st.global_step, **ev))
+        self._emit('eval', dict(stage=name, stage_index=si, global_step=st.global_step, **ev))
         summary = dict(stage=name, stage_index=si, kind=stage.kind, steps=st.step, tokens=st.stage_tokens, final_loss=st.last_loss,
                        wall_s=st.stage_wall_s, tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), eval=ev)
         st.finished.append(summary)
         st.stage, st.step, st.data_step, st.stage_tokens, st.stage_wall_s, st.last_loss = si + 1, 0, 0, 0, 0.0, None
         self._checkpoint(si)
-        self._event('on_stage_end', si, summary)
+        self._emit('stage_end', summary)
         acc.free_memory()
         return True
 
@@ -928,12 +992,14 @@ class Distiller:
             f"Lower stages[{si}].lr, set stages[{si}].grad_clip, or use mixed_precision: no; then resume or restart")
 
     # ---- the whole run
-    def run(self, resume:bool=False, # continue from the newest checkpoint in `out`
+    def run(self, resume:bool|None=None, # continue from the newest checkpoint in `out` (None: if it was written by this config)
             max_steps:int|None=None, # stop (with a checkpoint) once the run has done this many optimizer steps
            ) -> dict:
-        "Run every stage (from the checkpoint if `resume`); return the report (also `<out>/report.json`)."
+        "Run every stage (from the newest checkpoint of `out` when resuming); return the report (also `<out>/report.json`)."
         self.out.mkdir(parents=True, exist_ok=True)
-        self._setup()
+        self.prepare(force=self._prepared and self._trained and resume is False)
+        ck = latest_checkpoint(self.out)
+        if resume is None: resume = ck is not None and self._same_config(ck)
         ckpt = self._resume() if resume else None
         if not resume and checkpoints(self.out) and self.is_main:
             log.warning(f"{self.out} already holds checkpoints of an earlier run; starting afresh, they are deleted (resume=True continues them)")
@@ -941,19 +1007,37 @@ class Distiller:
         self.accelerator.wait_for_everyone()
         stopper = StopAfter(max_steps) if max_steps is not None else None
         if stopper: self.callbacks.append(stopper)
-        self._stop = False
-        self._event('on_run_start')
+        with self._lock: self._stop, self._pause = False, False
+        self._t_run, self._stage, self._trained = time.time(), -1, True
+        self._emit('run_start')
         try:
-            for si in range(self.state.stage, len(self.cfg.stages)):
-                if not self._run_stage(si, ckpt if si == self.state.stage else None):
-                    return dict(status='stopped', state=asdict(self.state), checkpoint=str(latest_checkpoint(self.out)))
+            first = self.state.stage
+            for si in range(first, len(self.cfg.stages)):
+                if si > first: self._hold_if_paused()
+                if si > first and self._stop: return self._stopped()   # between stages: the stage end wrote the checkpoint
+                if not self._run_stage(si, ckpt if si == first else None): return self._stopped()
                 ckpt = None
             report = self._report()
         finally:
             if stopper: self.callbacks.remove(stopper)
-        self._event('on_run_end', report)
+        self._emit('run_end', report)
         if self.cfg.log_with: self.accelerator.end_training()
         return report
+
+    def _stopped(self) -> dict:
+        "After a stop: the student is saved too (loadable with `from_pretrained`); emit 'stopped'."
+        self._save_student()
+        res = dict(status='stopped', state=asdict(self.state), checkpoint=str(latest_checkpoint(self.out)))
+        self._emit('stopped', res)
+        return res
+
+    def _save_student(self):
+        "`save_pretrained` the student (and the tokenizer) into `<out>/student`."
+        if self.is_main:
+            student = self.accelerator.unwrap_model(self.student)
+            student.save_pretrained(self.out/'student')
+            if hasattr(self.tokenizer, 'save_pretrained'): self.tokenizer.save_pretrained(self.out/'student')
+        self.accelerator.wait_for_everyone()
 
     def _report(self) -> dict:
         ev = self.evaluate(teacher_too=True)
@@ -967,11 +1051,8 @@ class Distiller:
                    n_parameters=sum(p.numel() for p in self.student.parameters()), data=self.data.stats,
                    processes=self.accelerator.num_processes, device=str(self.accelerator.device),
                    mixed_precision=str(self.accelerator.mixed_precision), config=self.config_dict())
-        if self.is_main:
-            student = self.accelerator.unwrap_model(self.student)
-            student.save_pretrained(self.out/'student')
-            if hasattr(self.tokenizer, 'save_pretrained'): self.tokenizer.save_pretrained(self.out/'student')
-            (self.out/'report.json').write_text(json.dumps(rep, indent=1, default=str))
+        self._save_student()
+        if self.is_main: (self.out/'report.json').write_text(json.dumps(rep, indent=1, default=str))
         self.accelerator.wait_for_everyone()
         return rep
 

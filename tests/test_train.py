@@ -262,7 +262,7 @@ def test_resized_student_config_errors():
 def test_shallower_student_aligns_with_its_teacher_layers(teacher_dir, tmp_path):
     "A 1-layer student of the 2-layer teacher copies teacher layer 1 and stages 1-2 align it with teacher layer 1."
     cfg = {**_tiny_dict(teacher_dir, tmp_path), 'student': {'mixer': 'phi_mamba', 'n_layers': 1}}
-    d = Distiller(cfg, progress=False); d._setup()
+    d = Distiller(cfg, progress=False); d.prepare()
     assert d.student.config.base_config['num_hidden_layers'] == 1 and d.student.config.teacher_layers == [1] and d.layer_map == {0: 1}
     ids = d.data.train[:2]
     from ssm_distill.train import STAGES
@@ -291,4 +291,34 @@ def test_narrower_student_runs_task_agnostic_stages(teacher_dir, tmp_path):
     rep2 = Distiller(cfg2, progress=False).run(resume=True)
     assert rep2['final_losses'] == rep['final_losses']
     a, b = _weights(tmp_path/'run'), _weights(tmp_path/'run2')
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+# ---- the event stream, pause and stop from another thread
+def test_stop_while_paused_checkpoints_and_resumes_exactly(full_run, teacher_dir, tmp_path):
+    "Pause from outside, stop while paused: a checkpoint and a loadable student; run() then continues to the same weights."
+    import threading
+    _, rep, out = full_run
+    seen, at3 = [], threading.Event()
+    class Watch(Callback):
+        def on_event(self, d, e):
+            seen.append(e.name)
+            if e.name == 'step' and e.step == 3: d.request_pause(); at3.set()
+    d = Distiller(tiny_run_config(teacher_dir, tmp_path/'run'), [Watch()], progress=False)
+    res = {}
+    th = threading.Thread(target=lambda: res.update(d.run())); th.start()
+    assert at3.wait(60)
+    for _ in range(200):
+        if d.paused: break
+        time.sleep(0.05)
+    assert d.paused and d.state.global_step == 3
+    d.request_stop(); th.join(60)
+    assert res['status'] == 'stopped' and seen[-2:] == ['paused', 'stopped'] and not d.paused
+    import ssm_distill.students  # noqa: F401
+    from transformers import AutoModelForCausalLM
+    assert AutoModelForCausalLM.from_pretrained(tmp_path/'run'/'student') is not None
+    assert read_checkpoint_state(latest_checkpoint(tmp_path/'run'))[0].global_step == 3
+    rep2 = d.run()                                   # the same Distiller continues from its checkpoint
+    assert rep2['final_losses'] == rep['final_losses']
+    a, b = _weights(out), _weights(tmp_path/'run')
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
