@@ -143,6 +143,7 @@ def compare_matrices(mats:Mapping[str, torch.Tensor], # model name -> [H, T, T] 
                      title:str='',
                      scale:str='log', # the models' colour scale: 'log', 'quantile' or 'linear' (COLOUR_SCALES)
                      diff:bool=True, # with two models, add their difference (second - first) on a diverging scale
+                     causal:bool=True, # blank the future (above the diagonal); False for a bidirectional encoder
                      panel:int=250, # pixels per panel
                     ) -> go.Figure:
     "One row per head: each model's mixing matrix on the head's shared colour scale, then their signed difference."
@@ -161,16 +162,16 @@ def compare_matrices(mats:Mapping[str, torch.Tensor], # model name -> [H, T, T] 
     fig = make_subplots(rows=len(heads), cols=len(cols), horizontal_spacing=90 / width, vertical_spacing=40 / height,
                         subplot_titles=[f'{c} · head {h}' for h in heads for c in cols])
     for r, h in enumerate(heads, start=1):
-        shared = COLOUR_SCALES[scale]([m[h].tril() for m in mats.values()])
+        shared = COLOUR_SCALES[scale]([m[h].tril() if causal else m[h] for m in mats.values()])
         fig.layout[_axis_name(2 * r - 1)] = shared.axis()
         for c, name in enumerate(names, start=1):
-            fig.add_trace(_matrix_trace(mats[name][h], labels, shared, _axis_name(2 * r - 1), f'{name} · head {h}'), row=r, col=c)
+            fig.add_trace(_matrix_trace(mats[name][h], labels, shared, _axis_name(2 * r - 1), f'{name} · head {h}', causal), row=r, col=c)
         _colourbar_beside(fig, _axis_name(2 * r - 1), r, len(names))
         if with_diff:
             d = mats[names[1]][h] - mats[names[0]][h]                           # (T, T)
-            dsc = diverging_scale([d.tril()])
+            dsc = diverging_scale([d.tril() if causal else d])
             fig.layout[_axis_name(2 * r)] = dsc.axis()
-            fig.add_trace(_matrix_trace(d, labels, dsc, _axis_name(2 * r), cols[-1]), row=r, col=len(cols))
+            fig.add_trace(_matrix_trace(d, labels, dsc, _axis_name(2 * r), cols[-1], causal), row=r, col=len(cols))
             _colourbar_beside(fig, _axis_name(2 * r), r, len(cols))
         for c in range(1, len(cols) + 1): _token_axes(fig, labels, r, c, x_ticks=r == len(heads), y_ticks=c == 1)
     return fig.update_layout(title=title, width=width, height=height, margin=dict(l=70, r=70, t=70, b=80))
