@@ -6,7 +6,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/cli.html.md"""
 
 # %% ../nbs/08_cli.ipynb #f0cc5b8d
 from __future__ import annotations
-import argparse, json, logging, sys, textwrap, time
+import argparse, dataclasses, json, logging, sys, textwrap, time
 import yaml
 from dataclasses import asdict
 from pathlib import Path
@@ -15,11 +15,12 @@ import torch
 
 from .core import SsmDistillError, log, require
 from .data import DataConfig
-from .train import (Distiller, RunConfig, StageConfig, StudentBuildConfig, evaluate, load_config,
+from .stages import STAGES
+from .train import (Distiller, RunConfig, StageConfig, StudentBuildConfig, config_fields, evaluate, load_config,
                                validate_config)
 
 # %% auto #0
-__all__ = ['EXAMPLE_CONFIG', 'DEMO_TOKENS', 'COMMANDS', 'run_dir', 'demo_config', 'write_html_report', 'report_callbacks',
+__all__ = ['DEMO_TOKENS', 'COMMANDS', 'run_dir', 'demo_config', 'example_config', 'write_html_report', 'report_callbacks',
            'run_demo', 'eval_student', 'build_parser', 'cmd_demo', 'cmd_distill', 'cmd_teacher', 'cmd_eval',
            'cmd_config', 'main']
 
@@ -27,50 +28,6 @@ __all__ = ['EXAMPLE_CONFIG', 'DEMO_TOKENS', 'COMMANDS', 'run_dir', 'demo_config'
 def run_dir(out:str|None, command:str) -> Path:
     "The run folder: `out`, or `runs/<command>-<YYYYmmdd-HHMMSS>`."
     return Path(out) if out else Path('runs')/f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-# %% ../nbs/08_cli.ipynb #7cda3eff
-EXAMPLE_CONFIG = """\
-# ssm-distill run config: `ssm-distill distill --config run.yaml [--out DIR] [--resume]`
-# Every key is optional except a token budget (total_tokens, or tokens on each stage).
-
-teacher: builtin          # 'builtin' (the packaged small Llama), a local folder, or a hub name
-student:
-  mixer: phi_mamba        # mamba2, phi_mamba, mamba, gla, retnet, deltanet, gated_deltanet, hgrn2, mlstm, ...
-  attention_layers: []    # student layers that keep the teacher's attention (hybrid student), 0-based
-  init: qkv_copy          # qkv_copy: Q->C, K->B, V->x, O->out_proj from the teacher; mixing; or random
-  options: {}             # extra mixer arguments (its <Name>Config fields), e.g. {conv_size: 4}
-  # n_layers: 2           # a student of another size (null: the teacher's): n_layers, hidden_size, n_heads,
-  # teacher_layers: [1, 3]  #   intermediate_size; teacher_layers maps each student layer to a teacher layer
-data:
-  source: builtin         # builtin (stdlib docstrings, offline), files (path: ...), hub (name: ...)
-  seq_len: 128            # tokens per block
-  batch_size: 8           # blocks per batch (global over all processes)
-  eval_fraction: 0.05     # share of documents held out for perplexity
-  eval_blocks: 64         # at most this many held-out blocks
-  seed: 0                 # held-out split and batch order
-total_tokens: 300000      # split over stages without `tokens`: MOHAWK's 2.67% / 5.33% / 92%
-stages:                   # run in order; MOHAWK = matrix_orientation -> hidden_state_alignment -> kd
-  - kind: matrix_orientation       # stage 1: mixer matrices vs teacher attention probabilities
-    lr: 1.0e-3
-  - kind: hidden_state_alignment   # stage 2: mixer outputs vs teacher attention outputs (freeze_mlp: true)
-    lr: 1.0e-3
-  - kind: kd                       # stage 3: end-to-end distillation on logits
-    lr: 5.0e-4
-    temperature: 1.0
-    hard_weight: 0.0               # add this much hard-label cross-entropy
-    # tokens: 1000000              # a stage's own budget overrides its share of total_tokens
-    # other stage keys: weight_decay, betas, warmup, schedule (cosine|linear|constant), min_lr_ratio,
-    #   batch_size, grad_accum, grad_clip, trainable (mixers|attention|mlps|norms|embeddings|head|all),
-    #   freeze_mlp, layers, layer_map/last_k (hs), relation_heads/teacher_layer (mha), name
-seed: 0                   # python/numpy/torch seed
-device: auto              # auto, cpu, cuda
-mixed_precision: auto     # auto (bf16 where native), no, bf16, fp16 (CUDA only)
-eval_every: 0             # also evaluate every N optimizer steps (0: at stage ends)
-checkpoint_every: 50      # checkpoint every N optimizer steps (0: stage ends only); resume with --resume
-keep_checkpoints: 1
-log_with: []              # tensorboard and/or wandb, through Accelerate's trackers
-# out: runs/my-run        # the run folder (the --out flag sets it)
-"""
 
 # %% ../nbs/08_cli.ipynb #02a65309
 DEMO_TOKENS = 300_000 # total token budget of the demo (MOHAWK split): a few minutes on 2 idle cores
@@ -90,6 +47,42 @@ def demo_config(out:str|Path|None=None, # the run folder
         data=DataConfig('builtin', seq_len=seq_len, batch_size=batch_size, eval_blocks=64, seed=0, max_tokens=max_tokens),
         stages=stages, total_tokens=total_tokens, out=None if out is None else str(out), device=device,
         mixed_precision='no', checkpoint_every=100))
+
+# %% ../nbs/08_cli.ipynb #90ea8dc6
+def _yaml_value(v) -> str:
+    "One value as YAML flow text (`null`, `0.003`, `[0.9, 0.95]`, `{}`)."
+    return yaml.safe_dump([v], default_flow_style=True, width=10**6).strip()[1:-1]
+
+def _keys_yaml(obj, indent:str='', first:str|None=None, skip:tuple=()) -> list[str]:
+    "The fields of config dataclass `obj` as commented YAML lines (comments from the fields' documentation)."
+    lines = []
+    for k, _, doc in config_fields(type(obj)):
+        if k in skip: continue
+        v, lead = getattr(obj, k), (first if first is not None and not lines else indent)
+        if dataclasses.is_dataclass(v): lines += [f"{lead}{k}:  # {doc}", *_keys_yaml(v, indent + '  ')]
+        else: lines.append(f"{lead}{k}: {_yaml_value(v)}  # {doc}")
+    return lines
+
+def _stage_yaml(s:StageConfig, full:bool) -> list[str]:
+    "One stage as a YAML list item: every key (`full`) or those that differ from the defaults, then its kind's options."
+    base = StageConfig(s.kind)
+    keep = [k for k, _, _ in config_fields(StageConfig) if k != 'options' and (full or k == 'kind' or getattr(s, k) != getattr(base, k))]
+    lines = _keys_yaml(s, '    ', '  - ', skip=tuple(k for k, _, _ in config_fields(StageConfig) if k not in keep))
+    opts = _keys_yaml(s.options, '    ')
+    if opts: lines += [f"    # the options of {s.kind} ({s.stage.doc}):", *opts]
+    return lines
+
+def example_config(cfg:RunConfig|None=None) -> str:
+    "A run config as YAML, every key commented from the dataclasses' documented fields (default: the demo's config)."
+    cfg = cfg or demo_config()
+    lines = ["# ssm-distill run config: `ssm-distill distill --config run.yaml [--out DIR] [--resume]`",
+             "# Every key is optional except a token budget (total_tokens, or tokens on each stage). Generated from the",
+             "# documented fields of RunConfig, StudentBuildConfig, DataConfig, StageConfig and each stage kind's Options.", ""]
+    lines += _keys_yaml(cfg, skip=("stages", "out"))
+    stages = [f"stages:  # {dict((k, d) for k, _, d in config_fields(RunConfig))['stages']}; the kinds: {', '.join(STAGES)}"]
+    for i, s in enumerate(cfg.stages): stages += _stage_yaml(s, full=i == 0)
+    at = next(i for i, l in enumerate(lines) if l.startswith('total_tokens:'))
+    return '\n'.join(lines[:at] + stages + lines[at:] + ["# out: runs/my-run  # the run folder (the --out flag sets it)"]) + '\n'
 
 # %% ../nbs/08_cli.ipynb #54ab5bb0
 def write_html_report(distiller:Distiller, title:str='ssm_distill run report') -> Path|None:
@@ -278,20 +271,22 @@ def cmd_eval(a) -> int:
     return 0
 
 def cmd_config(a) -> int:
-    _out(EXAMPLE_CONFIG.rstrip('\n')); return 0
+    _out(example_config().rstrip('\n')); return 0
 
 COMMANDS = dict(demo=cmd_demo, distill=cmd_distill, teacher=cmd_teacher, eval=cmd_eval, config=cmd_config)
 
 def main(argv:list[str]|None=None) -> int:
-    "The `ssm-distill` command: parse `argv` and run the command; SsmDistillError -> one line on stderr, exit status 2."
+    "The `ssm-distill` command: parse `argv` and run the command; SsmDistillError -> its message (a line per problem) on stderr, exit status 2."
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format='%(message)s')
     if not args.verbose:   # transformers' "Loading weights" bars would bury ours
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
     try: return COMMANDS[args.command](args)
-    except SsmDistillError as e:
-        sys.stderr.write(f"ssm-distill {args.command}: error: {' '.join(str(e).split())}\n")
+    except SsmDistillError as e:   # a config's problems one per line; anything else on one line
+        problems = [' '.join(p.split()) for p in getattr(e, 'problems', None) or [str(e)]]
+        sys.stderr.write(f"ssm-distill {args.command}: error: " + (problems[0] if len(problems) == 1 else
+                         f"{len(problems)} problems in the run config:\n" + '\n'.join(f"  - {p}" for p in problems)) + '\n')
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"ssm-distill {args.command}: interrupted (a run in --out continues with --resume)\n")

@@ -61,7 +61,6 @@ def test_one_layer_runs_match_the_teacher(teachers):
     cap = t.capture(batch(), what={'attn_in', 'attn_out', 'block_in', 'block_out'})
     for i in range(2):
         torch.testing.assert_close(s.run_block(i, cap.block_in[i]), cap.block_out[i], atol=1e-4, rtol=1e-5)
-        assert s.block_forward == s.run_block or s.block_forward(i, cap.block_in[i]).shape == cap.block_out[i].shape
     torch.testing.assert_close(s.run_mixer(1, cap.attn_in[1]), cap.attn_out[1], atol=1e-5, rtol=1e-5)
     with pytest.raises(SsmDistillError, match='keeps the teacher'): s.run_mixer(0, cap.attn_in[0])
 
