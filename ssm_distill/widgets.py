@@ -6,7 +6,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/widgets.html.md"""
 
 # %% ../nbs/10_widgets.ipynb #c0002
 from __future__ import annotations
-import html, threading, time
+import asyncio, collections, copy, html, threading, time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,8 +22,8 @@ from .viz import (COLOUR_SCALES, class_error_curves, compare_matrices, head_erro
                              token_strings)
 
 # %% auto #0
-__all__ = ['DEFAULT_TEXT', 'CLASS_SIZES', 'PANEL_STATES', 'EVENT_STATES', 'refill', 'matrix_class_errors', 'MixingExplorer',
-           'LiveCurves', 'RunForm', 'TrainerPanel']
+__all__ = ['DEFAULT_TEXT', 'CLASS_SIZES', 'STRUCTURED_CLASSES', 'PANEL_STATES', 'EVENT_STATES', 'refill', 'matrix_class_errors',
+           'MixingExplorer', 'OnKernelThread', 'LiveCurves', 'RunForm', 'TrainerPanel']
 
 # %% ../nbs/10_widgets.ipynb #c0005
 def refill(fw:go.FigureWidget, # the widget on the page
@@ -62,22 +62,19 @@ def _resolve_student(student):
 def _error_html(e:Exception) -> str: return f'<span style="color:#b00020">{html.escape(str(e))}</span>'
 
 # %% ../nbs/10_widgets.ipynb #c0009
-def matrix_class_errors(attn:torch.Tensor, # [T, T] one teacher head's attention
-                        kinds:tuple|None=None, # matrix classes (default: every class `fit_matrix_class` knows)
+STRUCTURED_CLASSES = ('toeplitz', 'low_rank', 'ssd', 'diagonal') # MOHAWK §3's classes (keys of matrices.MATRIX_CLASSES)
+
+def matrix_class_errors(attn:torch.Tensor, # [H, T, T] one layer's attention (or [T, T], one head)
+                        kinds:tuple=STRUCTURED_CLASSES, # matrix classes to fit
                         sizes:tuple=CLASS_SIZES, # state sizes N
-                        **fit_kw) -> dict[str, dict[int, float]]:
-    "Best-fit error of each matrix class at each state size N for one head: `{kind: {N: error}}` (`ssm_distill.matrices`)."
+                        **fit_kw, # passed to `fit_matrix_class` (e.g. steps=200)
+                       ) -> dict[str, dict[int, torch.Tensor]]:
+    "Best-fit error ‖M − A‖_F of each matrix class at each state size N, all heads at once: `{kind: {N: errors [H]}}`."
     from ssm_distill.core import optional_import
     matrices = optional_import('ssm_distill.matrices')
-    kinds = kinds or tuple(getattr(matrices, 'MATRIX_CLASSES', ('toeplitz', 'low_rank', 'ssd', 'semiseparable')))
-    A = torch.as_tensor(attn).detach().float()[None, None]                      # (1, 1, T, T)
-    out = {}
-    for kind in kinds:
-        for n in sizes:
-            res = matrices.fit_matrix_class(A, kind, n, **fit_kw)
-            errors = res['errors'] if isinstance(res, dict) else res.errors       # (1, 1)
-            out.setdefault(kind, {})[n] = float(errors[0, 0])
-    return out
+    A = torch.as_tensor(attn).detach().float()
+    A = A[None] if A.dim() == 3 else A[None, None]                            # (1, H, T, T)
+    return {kind: {n: matrices.fit_matrix_class(A, kind, n, **fit_kw).errors[0] for n in sizes} for kind in kinds}  # (H,) each
 
 # %% ../nbs/10_widgets.ipynb #c0010
 class MixingExplorer:
@@ -89,10 +86,12 @@ class MixingExplorer:
                  layer_map:dict|None=None, # student layer -> teacher layer (a student of another depth)
                  scale:str='log', # colour scale of the heatmaps (viz.COLOUR_SCALES)
                  max_tokens:int=32, # the text is cut to this many tokens
-                 fit_classes:bool=False, # fit the matrix classes whenever the head changes (seconds per head)
-                 class_sizes:tuple=CLASS_SIZES):
+                 fit_classes:bool=False, # fit the matrix classes for each layer shown (seconds per layer)
+                 class_sizes:tuple=CLASS_SIZES, # the state sizes N fitted
+                 class_steps:int=200): # Adam steps per fit (`fit_matrix_class`)
         self.teacher, self.tokenizer = _resolve_teacher(teacher, tokenizer)
-        self.student, self.layer_map, self.max_tokens, self.class_sizes = _resolve_student(student), layer_map, max_tokens, class_sizes
+        self.student, self.layer_map, self.max_tokens = _resolve_student(student), layer_map, max_tokens
+        self.class_sizes, self.class_steps = class_sizes, class_steps
         self._lock, self._quiet = threading.RLock(), False
         self.layer = W.Dropdown(description='layer', layout=W.Layout(width='160px'))
         self.head = W.Dropdown(options=list(range(self.teacher.n_heads)), value=0, description='head', layout=W.Layout(width='160px'))
@@ -176,19 +175,45 @@ class MixingExplorer:
         self.redraw()
 
     def _draw_classes(self, l:int, h:int) -> Exception|None:
-        "The matrix-class panel: error against N per class for the teacher head (l, h), fitted once per head; the problem if it cannot."
+        "The matrix-class panel: error against N per class for teacher head (l, h); every head of a layer fitted at once, kept."
         if not self.fit_classes.value: return None
-        if (l, h) not in self._fits:
-            try: self._fits[l, h] = matrix_class_errors(self.mats[l]['teacher'][h], sizes=self.class_sizes)
+        if l not in self._fits:
+            try: self._fits[l] = matrix_class_errors(self.mats[l]['teacher'], sizes=self.class_sizes, steps=self.class_steps)
             except SsmDistillError as e: return e
-        refill(self.classes, class_error_curves(self._fits[l, h], title=f'matrix classes fitted to teacher layer {l}, head {h}'))
+        errors = {kind: {n: float(e[h]) for n, e in by_n.items()} for kind, by_n in self._fits[l].items()}
+        refill(self.classes, class_error_curves(errors, title=f'matrix classes fitted to teacher layer {l}, head {h}'))
         return None
 
 # %% ../nbs/10_widgets.ipynb #c0018
+class OnKernelThread:
+    "Run widget updates on the thread that built the widgets (the kernel's event loop); at once where there is no loop."
+    def __init__(self):
+        self.owner = threading.current_thread()
+        try: self.loop = asyncio.get_running_loop()        # in a Jupyter kernel: the loop that runs the cells
+        except RuntimeError: self.loop = None              # a script or pytest: no loop to hand over to
+        self._queue, self._lock = collections.deque(), threading.Lock()
+
+    def __call__(self, fn):
+        "Run `fn()` now on the owner thread (or without a loop); from another thread, queue it for the kernel's loop."
+        if self.loop is None or threading.current_thread() is self.owner: return fn()
+        with self._lock: self._queue.append(fn)
+        try: self.loop.call_soon_threadsafe(self.drain)
+        except RuntimeError: pass                          # the loop is closed: the kernel is shutting down
+
+    def drain(self):
+        "Run the queued updates in order (the kernel's loop calls this; a busy cell may too)."
+        while True:
+            with self._lock:
+                if not self._queue: return
+                fn = self._queue.popleft()
+            try: fn()
+            except Exception as e: log.warning(f"a widget update failed: {type(e).__name__}: {e}")
+
+# %% ../nbs/10_widgets.ipynb #c0022
 class LiveCurves(Callback):
     "Loss per stage against the run's optimizer step, in a FigureWidget redrawn at most every `throttle` seconds."
-    def __init__(self, throttle:float=0.3):
-        self.throttle, self._lock, self._last = throttle, threading.Lock(), 0.0
+    def __init__(self, throttle:float=0.3, ui:OnKernelThread|None=None):
+        self.throttle, self.ui, self._lock, self._last = throttle, ui or OnKernelThread(), threading.Lock(), 0.0
         self._pending, self._xy = [], {}                                      # new (stage, step, loss); stage -> (steps, losses)
         self.fig = go.FigureWidget(layout=dict(title='training loss per stage', height=320, width=760, margin=dict(l=60, r=10, t=50, b=50),
                                                xaxis_title='optimizer step (whole run)', yaxis_title='loss', yaxis_type='log'))
@@ -196,8 +221,8 @@ class LiveCurves(Callback):
 
     @property
     def n_points(self) -> int:
-        "Points drawn so far, all stages."
-        return sum(len(t.x or ()) for t in self.fig.data)
+        "Points received so far, all stages (drawn at the next redraw)."
+        with self._lock: return len(self._pending) + sum(len(xs) for xs, _ in self._xy.values())
 
     def on_event(self, distiller, event:Event):
         if event.name == 'step':
@@ -206,18 +231,24 @@ class LiveCurves(Callback):
         elif event.name in ('stage_end', 'paused', 'stopped', 'run_end'): self.flush()
 
     def flush(self):
-        "Draw the points received since the last redraw."
-        with self._lock: new, self._pending = self._pending, []
+        "Take the points received since the last redraw and redraw (on the kernel's thread)."
+        with self._lock:
+            new, self._pending = self._pending, []
+            for stage, x, y in new:
+                xs, ys = self._xy.setdefault(stage, ([], [])); xs.append(x); ys.append(y)
+            curves = {k: (tuple(xs), tuple(ys)) for k, (xs, ys) in self._xy.items()}
         if not new: return
-        for stage, x, y in new:
-            xs, ys = self._xy.setdefault(stage, ([], [])); xs.append(x); ys.append(y)
-        for stage in self._xy:
+        self._last = time.time()
+        self.ui(lambda: self._draw(curves))
+
+    def _draw(self, curves:dict):
+        for stage in curves:
             if stage not in [t.name for t in self.fig.data]: self.fig.add_scatter(name=stage, mode='lines')
         with self.fig.batch_update():
-            for t in self.fig.data: t.x, t.y = tuple(self._xy[t.name][0]), tuple(self._xy[t.name][1])
-        self._last, self.redraws = time.time(), self.redraws + 1
+            for t in self.fig.data: t.x, t.y = curves[t.name]
+        self.redraws += 1
 
-# %% ../nbs/10_widgets.ipynb #c0022
+# %% ../nbs/10_widgets.ipynb #c0026
 def _parse_layers(text:str) -> list[int]:
     "'1, 3' -> [1, 3]; '' -> []."
     try: return [int(x) for x in text.replace(',', ' ').split()]
@@ -275,7 +306,7 @@ class RunForm:
                 f"teacher: {t!r} is neither 'builtin' nor a folder; give 'builtin' or the path of a saved model")
         return cfg
 
-# %% ../nbs/10_widgets.ipynb #c0026
+# %% ../nbs/10_widgets.ipynb #c0030
 PANEL_STATES = {  # state -> (start, pause, stop, save) enabled
     'idle': (1, 0, 0, 0), 'starting': (0, 0, 1, 0), 'running': (0, 1, 1, 0), 'paused': (0, 1, 1, 1),
     'stopping': (0, 0, 0, 0), 'stopped': (1, 0, 0, 1), 'finished': (1, 0, 0, 1), 'failed': (1, 0, 0, 0)}
@@ -287,7 +318,7 @@ class _PanelWatch(Callback):
     def __init__(self, panel): self.panel = panel
     def on_event(self, distiller, event): self.panel._on_event(distiller, event)
 
-# %% ../nbs/10_widgets.ipynb #c0027
+# %% ../nbs/10_widgets.ipynb #c0031
 class TrainerPanel:
     "Distil from a notebook: the run form, Start / Pause-Resume / Stop / Save student, status, progress, live curves, the explorer."
     def __init__(self, config:RunConfig|dict|str|Path|None=None, # a run config; None: the demo's (runs/widgets-<time>)
@@ -305,7 +336,8 @@ class TrainerPanel:
         for b, fn in ((self.start_button, self.start), (self.pause_button, self.toggle_pause), (self.stop_button, self.stop),
                       (self.save_button, self.save_student)): b.on_click(lambda _, fn=fn: fn())
         self.status, self.progress = W.HTML(), W.IntProgress(min=0, max=1, value=0, description='steps', layout=W.Layout(width='60%'))
-        self.curves, self.explorer, self.explorer_box = LiveCurves(throttle), None, W.VBox()
+        self.ui = OnKernelThread()                                             # widget changes from the training thread go here
+        self.curves, self.explorer, self.explorer_box = LiveCurves(throttle, self.ui), None, W.VBox()
         self.distiller, self.thread, self.report, self.error, self._last_status, self._stop_asked = None, None, None, None, 0.0, False
         self.widget = W.VBox([self.form.widget, W.HBox([self.start_button, self.pause_button, self.stop_button, self.save_button]),
                               self.status, self.progress, self.curves.fig, self.explorer_box])
@@ -319,11 +351,23 @@ class TrainerPanel:
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
     def _set_state(self, state:str, message:str='', error:bool=False):
+        "Enter `state` now; its buttons and status line are drawn on the kernel's thread."
         self.state = state
+        self.ui(lambda: self._show_state(state, message, error))
+
+    def _show_state(self, state:str, message:str, error:bool):
         for b, on in zip((self.start_button, self.pause_button, self.stop_button, self.save_button), PANEL_STATES[state]): b.disabled = not on
         self.pause_button.description, self.pause_button.icon = ('Resume', 'play') if state == 'paused' else ('Pause', 'pause')
         text = _error_html(message) if error else html.escape(message)
         self.status.value = f'<b>{state}</b>' + (f' · {text}' if message else '')
+
+    def _note(self, text:str):
+        "Add `text` to the status line."
+        self.ui(lambda: setattr(self.status, 'value', self.status.value + f' · {html.escape(text)}'))
+
+    def sync(self):
+        "Apply the widget changes the training thread has queued (the kernel does this whenever no cell is running)."
+        self.ui.drain()
 
     # ---- the buttons
     def start(self):
@@ -341,7 +385,7 @@ class TrainerPanel:
     def toggle_pause(self):
         "Pause at the next step boundary, or resume a paused run."
         if self.state == 'running':
-            self.distiller.request_pause(); self.status.value += ' · pausing at the next step…'
+            self.distiller.request_pause(); self._note('pausing at the next step…')
         elif self.state == 'paused':
             self.distiller.resume_training()
 
@@ -358,12 +402,13 @@ class TrainerPanel:
         path = Path(path or d.out/'student')
         d.accelerator.unwrap_model(d.student).save_pretrained(path)
         if hasattr(d.tokenizer, 'save_pretrained'): d.tokenizer.save_pretrained(path)
-        self.status.value += f' · student saved to {html.escape(str(path))}'
+        self._note(f'student saved to {path}')
         return path
 
     def wait(self, timeout:float|None=None) -> str:
         "Block until the run's thread ends (or `timeout` seconds); return the state."
         if self.thread is not None: self.thread.join(timeout)
+        if threading.current_thread() is self.ui.owner: self.sync()
         return self.state
 
     # ---- the training thread
@@ -379,9 +424,9 @@ class TrainerPanel:
 
     def _on_event(self, d:Distiller, e:Event):
         if e.name == 'run_start':
-            self.progress.max, self.progress.value = max(1, sum(d.steps)), e.step
             if self._stop_asked: d.request_stop()
-        if e.name == 'step': self.progress.value = min(e.step, self.progress.max)
+            self.ui(lambda n=max(1, sum(d.steps)), v=e.step: (setattr(self.progress, 'max', n), setattr(self.progress, 'value', v)))
+        if e.name == 'step': self.ui(lambda v=e.step: setattr(self.progress, 'value', min(v, self.progress.max)))
         if e.name == 'stage_end' and self.with_explorer: self._refresh_explorer(d)
         if e.name in EVENT_STATES: self._set_state(EVENT_STATES[e.name], self._line(d, e))
         elif self.state == 'running' and (time.time() - self._last_status >= self.throttle or e.name != 'step'):
@@ -398,11 +443,14 @@ class TrainerPanel:
         return ' · '.join(parts)
 
     def _refresh_explorer(self, d:Distiller):
-        "At a stage end: show the current student's matrices (built once, then updated in place)."
-        student = d.accelerator.unwrap_model(d.student)
+        "At a stage end: a copy of the student (training goes on) for the explorer, built once, then updated in place."
+        student = copy.deepcopy(d.accelerator.unwrap_model(d.student)).eval()
+        self.ui(lambda: self._show_explorer(d.teacher, student, d.tokenizer, d.layer_map))
+
+    def _show_explorer(self, teacher, student, tokenizer, layer_map):
         try:
             if self.explorer is None:
-                self.explorer = MixingExplorer(d.teacher, student, tokenizer=d.tokenizer, layer_map=d.layer_map)
+                self.explorer = MixingExplorer(teacher, student, tokenizer=tokenizer, layer_map=layer_map)
                 self.explorer_box.children = [W.HTML('<b>the current student</b> (refreshed at every stage end)'), self.explorer.widget]
-            else: self.explorer.set_student(student, d.layer_map)
+            else: self.explorer.set_student(student, layer_map)
         except SsmDistillError as e: log.info(f"TrainerPanel: no explorer ({e})")
