@@ -100,7 +100,8 @@ def _matrix_trace(M:torch.Tensor, # (T, T) the values
     T = M.shape[0]
     shown = _future_nan(M) if causal else M                                    # (T, T)
     custom = [[[f'{t} {labels[t]}', f'{s} {labels[s]}', float(M[t, s])] for s in range(T)] for t in range(T)]
-    return go.Heatmap(z=scale.z(shown).tolist(), x=list(range(T)), y=list(range(T)), customdata=custom, coloraxis=coloraxis,
+    z = [[None if math.isnan(v) else v for v in row] for row in scale.z(shown).tolist()]   # blanks as null: JSON has no NaN
+    return go.Heatmap(z=z, x=list(range(T)), y=list(range(T)), customdata=custom, coloraxis=coloraxis,
                       hoverongaps=False, name=name,
                       hovertemplate='output t=%{customdata[0]}<br>input s=%{customdata[1]}<br>value %{customdata[2]:.3g}'
                                     f'<extra>{html.escape(name)}</extra>')

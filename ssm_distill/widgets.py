@@ -29,13 +29,14 @@ __all__ = ['DEFAULT_TEXT', 'CLASS_SIZES', 'STRUCTURED_CLASSES', 'PANEL_STATES', 
 def refill(fw:go.FigureWidget, # the widget on the page
            fig:go.Figure, # the figure to show in it
           ) -> go.FigureWidget:
-    "Make `fw` show `fig`: its traces and layout, updated in place (one batched message)."
+    "Make `fw` show `fig`: its traces (updated in place, or replaced when their kinds differ) and its layout."
     if [t.type for t in fw.data] != [t.type for t in fig.data]:
-        fw.data = []
+        if fw.data: fw.data = []
         fw.add_traces(list(fig.data))
-    with fw.batch_update():
-        for old, new in zip(fw.data, fig.data): old.update(new.to_plotly_json(), overwrite=True)
-        fw.layout.update(fig.layout.to_plotly_json(), overwrite=True)
+    else:
+        with fw.batch_update():
+            for old, new in zip(fw.data, fig.data): old.update(new.to_plotly_json(), overwrite=True)
+    fw.update_layout(fig.layout.to_plotly_json(), overwrite=True)
     return fw
 
 # %% ../nbs/10_widgets.ipynb #c0008

@@ -76,7 +76,7 @@ def test_explorer_dropdowns_and_text_change_the_figures(teacher_dir):
     ex.layer.value = 1
     assert ex.heatmaps.data[0].z != z0 and 'layer 1' in ex.heatmaps.layout.title.text
     ex.scale.value = 'linear'
-    torch.testing.assert_close(torch.tensor(ex.heatmaps.data[0].z).nan_to_num(0.0), ex.mats[1]['teacher'][0].tril())
+    torch.testing.assert_close(torch.tensor([[v or 0.0 for v in row] for row in ex.heatmaps.data[0].z]), ex.mats[1]["teacher"][0].tril())
     n = len(ex.tokens)
     ex.text.value = 'a much longer sentence than the one before it, with more tokens'
     assert len(ex.tokens) > n and len(ex.heatmaps.data[0].x) == len(ex.tokens)
