@@ -101,10 +101,11 @@ class MixingExplorer:
         self.fit_classes = W.Checkbox(value=fit_classes, description='fit matrix classes (N = ' + ', '.join(map(str, class_sizes)) + ')')
         self.status = W.HTML()
         self.heatmaps, self.grid, self.classes = go.FigureWidget(), go.FigureWidget(), go.FigureWidget()
+        self._classes_box, self._picked = W.Box([self.classes], layout=W.Layout(display='flex' if fit_classes else 'none')), False
         for w in (self.layer, self.head, self.scale, self.fit_classes): w.observe(self._on_view, 'value')
         self.text.observe(lambda ch: self.set_text(ch['new']), 'value')
         self.widget = W.VBox([W.HBox([self.layer, self.head, self.scale, self.fit_classes]), self.text, self.status, self.heatmaps,
-                              W.HBox([self.grid, self.classes])])
+                              W.HBox([self.grid, self._classes_box])])
         self.set_text(text)
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
@@ -143,6 +144,11 @@ class MixingExplorer:
         try:
             layers = list(self.mats)
             self.layer.options = layers
+            if not self._picked:                                                # open on the teacher's most structured head
+                A = torch.stack([m['teacher'] for m in self.mats.values()])      # (L, H, T, T)
+                ent = -(A * A.clamp(min=1e-12).log()).sum(-1).mean(-1)           # (L, H) mean row entropy
+                i = int(ent.argmin())
+                self.layer.value, self.head.value, self._picked = layers[i // ent.shape[1]], i % ent.shape[1], True
             if self.layer.value not in layers: self.layer.value = layers[0]
         finally: self._quiet = False
 
@@ -156,7 +162,7 @@ class MixingExplorer:
             tl = (self.layer_map or {}).get(l, l)
             title = f'layer {l}' + (f' (teacher layer {tl})' if tl != l else '') + f', head {h}'
             refill(self.heatmaps, compare_matrices(self.mats[l], heads=[h], tokens=self.tokens, title=title, scale=self.scale.value,
-                                                   causal=self.teacher.causal, panel=300))
+                                                   causal=self.teacher.causal, panel=220))
             if self.errors is not None: self._draw_grid()
             problem = self._draw_classes(l, h)
         self.status.value = f'{len(self.tokens)} tokens · {len(self.mats)} layers · {self.teacher.n_heads} heads' + (
@@ -177,6 +183,7 @@ class MixingExplorer:
 
     def _draw_classes(self, l:int, h:int) -> Exception|None:
         "The matrix-class panel: error against N per class for teacher head (l, h); every head of a layer fitted at once, kept."
+        self._classes_box.layout.display = 'flex' if self.fit_classes.value else 'none'
         if not self.fit_classes.value: return None
         if l not in self._fits:
             try: self._fits[l] = matrix_class_errors(self.mats[l]['teacher'], sizes=self.class_sizes, steps=self.class_steps)

@@ -54,6 +54,17 @@ def saved_errors(page, api:str) -> list[str]:
             for o in c.get('outputs', []) if o.get('output_type') == 'error']
 
 
+def wait_run_all(page, api:str, timeout:float=600):
+    "Until the kernel has stayed idle for 5 s (Run All finished, or stopped at an error); JupyterLab keeps off-screen cells out of the page."
+    t0, idle_since = time.time(), None
+    while time.time() - t0 < timeout:
+        idle = page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').count() > 0
+        idle_since = (idle_since or time.time()) if idle else None
+        if idle_since and time.time() - idle_since > 5: return
+        time.sleep(0.5)
+    raise TimeoutError(f'Run All still running after {timeout} s')
+
+
 def check_page(page, console_errors:list) -> list[str]:
     "Tracebacks shown in the page, widgets that failed to display, widget-manager errors in the console."
     problems = [f'error output: {t[:300]}' for t in page.locator('[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
@@ -66,6 +77,8 @@ def check_page(page, console_errors:list) -> list[str]:
 
 def run(page, url:str, api:str, console_errors:list):
     def shot(name, locator=None):
+        toast = page.locator('.jp-Notification-Toast button', has_text='No')   # JupyterLab's news question covers the page
+        if toast.count(): toast.first.click()
         (locator or page).screenshot(path=str(OUT/f'{name}.png')); print(f'  screenshot runs/browser/{name}.png', flush=True)
 
     page.goto(url)
@@ -81,15 +94,10 @@ def run(page, url:str, api:str, console_errors:list):
         print('  a kernel dialog appeared on Run All; accepting its default', flush=True)
         page.locator('.jp-Dialog .jp-mod-accept').click()
     last = page.locator('.jp-Notebook .jp-CodeCell').last
-    page.wait_for_function("""() => { const p = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
-                                      const err = [...document.querySelectorAll('[data-mime-type="application/vnd.jupyter.stderr"]')]
-                                                  .some(e => e.textContent.includes('Traceback'));
-                                      return err || (p.length && p.every(e => /\\[\\d+\\]/.test(e.textContent))); }""", timeout=420_000)
+    wait_run_all(page, api)
     print('Run All ended', flush=True)
     problems = check_page(page, console_errors) + saved_errors(page, api)
     assert not problems, '\n'.join(problems)
-    if page.locator('.jp-Notification-Toast', has_text='notified').count():   # JupyterLab's news question covers the page
-        page.locator('.jp-Notification-Toast button', has_text='No').click()
     panel = last.locator('.jp-OutputArea-output').last
     start = panel.locator('button', has_text='Start')
     start.wait_for(timeout=60_000)
@@ -118,13 +126,14 @@ def run(page, url:str, api:str, console_errors:list):
 
     # the explorer inside the panel: another head, picked with its dropdown
     head = panel.locator('.widget-dropdown', has_text='head').last.locator('select')
-    head.select_option('3')
+    other = '3' if head.input_value() != '3' else '2'
+    head.select_option(other)
     heatmaps = panel.locator('.js-plotly-plot', has_text='teacher · head').last
     heatmaps.scroll_into_view_if_needed()
-    page.wait_for_function("(el) => [...el.querySelectorAll('text')].some(t => t.textContent.includes('teacher · head 3'))",
-                           arg=heatmaps.element_handle(), timeout=60_000)
-    print('explorer shows head 3', flush=True)
-    time.sleep(1.0); shot('5-explorer-head-3', panel.locator('.widget-vbox', has_text='the current student').last)
+    page.wait_for_function("([el, h]) => [...el.querySelectorAll('text')].some(t => t.textContent.includes('teacher · head ' + h))",
+                           arg=[heatmaps.element_handle(), other], timeout=60_000)
+    print(f'explorer shows head {other}', flush=True)
+    time.sleep(1.0); shot('5-explorer-other-head', panel.locator('.widget-vbox', has_text='the current student').last)
     problems = check_page(page, console_errors)
     assert not problems, '\n'.join(problems)
 
@@ -150,6 +159,8 @@ def main():
             except Exception:
                 page.screenshot(path=str(OUT/'failure.png'), full_page=True)
                 print(f'failed; the page is in runs/browser/failure.png; console errors: {json.dumps(console_errors, indent=1)}')
+                try: print('\n'.join(saved_errors(page, f'http://127.0.0.1:{port}/api/contents/10_widgets.ipynb?token={token}')))
+                except Exception as e: print(f'(could not read the notebook back: {e})')
                 raise
             finally: browser.close()
     finally:
