@@ -99,8 +99,10 @@ def _matrix_trace(M:torch.Tensor, # (T, T) the values
     "A heatmap at integer positions; the hover shows the output token, the input token and the value itself."
     T = M.shape[0]
     shown = _future_nan(M) if causal else M                                    # (T, T)
-    custom = [[[f'{t} {labels[t]}', f'{s} {labels[s]}', float(M[t, s])] for s in range(T)] for t in range(T)]
-    z = [[None if math.isnan(v) else v for v in row] for row in scale.z(shown).tolist()]   # blanks as null: JSON has no NaN
+    short = lambda v: None if math.isnan(v) else float(f'{v:.5g}')           # 5 digits; blanks as null (JSON has no NaN)
+    custom = [[[f'{t} {labels[t]}', f'{s} {labels[s]}', short(float(M[t, s]))] if s <= t or not causal else None
+               for s in range(T)] for t in range(T)]                            # hover text of the drawn cells only
+    z = [[short(v) for v in row] for row in scale.z(shown).tolist()]
     return go.Heatmap(z=z, x=list(range(T)), y=list(range(T)), customdata=custom, coloraxis=coloraxis,
                       hoverongaps=False, name=name,
                       hovertemplate='output t=%{customdata[0]}<br>input s=%{customdata[1]}<br>value %{customdata[2]:.3g}'

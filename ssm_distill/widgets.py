@@ -347,6 +347,7 @@ class TrainerPanel:
         self.ui = OnKernelThread()                                             # widget changes from the training thread go here
         self.curves, self.explorer, self.explorer_box = LiveCurves(throttle, self.ui), None, W.VBox()
         self.distiller, self.thread, self.report, self.error, self._last_status, self._stop_asked = None, None, None, None, 0.0, False
+        self._teacher = None                                                   # the explorer's own copy of the teacher
         self.widget = W.VBox([self.form.widget, W.HBox([self.start_button, self.pause_button, self.stop_button, self.save_button]),
                               self.status, self.progress, self.curves.fig, self.explorer_box])
         self._set_state('idle', 'press Start to distil')
@@ -451,9 +452,11 @@ class TrainerPanel:
         return ' · '.join(parts)
 
     def _refresh_explorer(self, d:Distiller):
-        "At a stage end: a copy of the student (training goes on) for the explorer, built once, then updated in place."
+        "At a stage end: copies of the student and (once) the teacher for the explorer, which runs them while training goes on."
+        # copies, not the run's own models: a teacher's capture hooks are not safe in two threads at once (seen: mixed batches)
+        if self._teacher is None: self._teacher = copy.deepcopy(d.teacher)
         student = copy.deepcopy(d.accelerator.unwrap_model(d.student)).eval()
-        self.ui(lambda: self._show_explorer(d.teacher, student, d.tokenizer, d.layer_map))
+        self.ui(lambda: self._show_explorer(self._teacher, student, d.tokenizer, d.layer_map))
 
     def _show_explorer(self, teacher, student, tokenizer, layer_map):
         try:
