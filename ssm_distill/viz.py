@@ -20,8 +20,8 @@ from .train import Callback, _layer, teacher_rotary
 # %% auto #0
 __all__ = ['COLOUR_SCALES', 'HEADLINE', 'ColourScale', 'log_scale', 'quantile_scale', 'linear_scale', 'diverging_scale',
            'token_strings', 'matrix_heatmap', 'compare_matrices', 'layer_matrices', 'head_errors', 'sharpest_heads',
-           'head_error_grid', 'matrix_gallery', 'head_across_run', 'HeadSnapshots', 'class_error_curves',
-           'read_metrics', 'loss_curves', 'write_report', 'run_report']
+           'sharpest_head', 'head_error_grid', 'matrix_gallery', 'head_across_run', 'HeadSnapshots',
+           'class_error_curves', 'read_metrics', 'loss_curves', 'write_report', 'run_report']
 
 # %% ../nbs/07a_viz.ipynb #c0005
 class ColourScale:
@@ -206,11 +206,19 @@ def head_errors(mats:Mapping[int, Mapping[str, torch.Tensor]], # `layer_matrices
     require(all('student' in m for m in mats.values()), "head_errors needs student matrices; give layer_matrices a student")
     return torch.stack([torch.linalg.matrix_norm(m['student'] - m['teacher']) for m in mats.values()])  # (L, H)
 
+def _row_entropy(A:torch.Tensor) -> torch.Tensor: return -(A * A.clamp(min=1e-12).log()).sum(-1).mean(-1)  # (..., T, T) -> (...)
+
 def sharpest_heads(A:torch.Tensor, # [H, T, T] attention probabilities of one layer
                    k:int=2) -> list[int]:
     "The `k` heads with the lowest mean row entropy: the most structured (previous-token, diagonal, first-token) heads."
-    ent = -(A * A.clamp(min=1e-12).log()).sum(-1).mean(-1)                      # (H, T, T) -> (H,)
-    return ent.argsort()[:k].tolist()
+    return _row_entropy(A).argsort()[:k].tolist()                              # (H,) -> k heads
+
+def sharpest_head(mats:Mapping[int, Mapping[str, torch.Tensor]], # `layer_matrices` output
+                 ) -> tuple[int, int]:
+    "The (layer, head) whose teacher attention has the lowest mean row entropy, over all layers of `mats`."
+    ent = torch.stack([_row_entropy(m['teacher']) for m in mats.values()])    # (L, H)
+    i = int(ent.argmin())
+    return list(mats)[i // ent.shape[1]], i % ent.shape[1]
 
 def head_error_grid(errors, # [L, H] per-head errors (`head_errors`)
                     layers:Sequence[int]|None=None, # the layer of each row (default 0..L-1)
@@ -257,15 +265,18 @@ def head_across_run(snapshots:Mapping[str, torch.Tensor], # label -> [T, T] the 
 
 class HeadSnapshots(Callback):
     "Record one student head's mixing matrix (and the teacher's) on one held-out block at the run's start and each stage end."
-    def __init__(self, layer:int|None=None, # a student mixer layer (default: its first)
-                 head:int=0, max_tokens:int=32):
+    def __init__(self, layer:int|None=None, # a student mixer layer (default: with `head`, the teacher's sharpest head, `sharpest_head`)
+                 head:int|None=None, max_tokens:int=32):
         self.layer, self.head, self.max_tokens = layer, head, max_tokens
         self.snapshots, self.teacher, self.tokens = {}, None, None
     def _take(self, distiller, label:str):
         student = distiller.accelerator.unwrap_model(distiller.student)
-        if self.layer is None: self.layer = student.mixer_layers[0]
         ids = distiller.data.eval.blocks[:1, :self.max_tokens].to(distiller.accelerator.device)  # (1, T)
-        try: mats = layer_matrices(distiller.teacher, student, ids, [self.layer], getattr(distiller, 'layer_map', None))[self.layer]
+        layer_map = getattr(distiller, 'layer_map', None)
+        try:
+            if self.layer is None or self.head is None:
+                self.layer, self.head = sharpest_head(layer_matrices(distiller.teacher, None, ids, student.mixer_layers, layer_map))
+            mats = layer_matrices(distiller.teacher, student, ids, [self.layer], layer_map)[self.layer]
         except SsmDistillError as e:
             log.info(f"HeadSnapshots: no snapshot ({e})"); return
         self.snapshots[label], self.teacher = mats['student'][self.head], mats['teacher'][self.head]

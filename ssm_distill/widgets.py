@@ -19,7 +19,7 @@ from .mixers import MIXERS
 from .students import STUDENT_INITS
 from .train import STAGES, Callback, Distiller, Event, RunConfig, load_config, load_run_teacher
 from .viz import (COLOUR_SCALES, class_error_curves, compare_matrices, head_error_grid, head_errors, layer_matrices,
-                             token_strings)
+                             sharpest_head, token_strings)
 
 # %% auto #0
 __all__ = ['DEFAULT_TEXT', 'CLASS_SIZES', 'STRUCTURED_CLASSES', 'PANEL_STATES', 'EVENT_STATES', 'refill', 'matrix_class_errors',
@@ -145,10 +145,7 @@ class MixingExplorer:
             layers = list(self.mats)
             self.layer.options = layers
             if not self._picked:                                                # open on the teacher's most structured head
-                A = torch.stack([m['teacher'] for m in self.mats.values()])      # (L, H, T, T)
-                ent = -(A * A.clamp(min=1e-12).log()).sum(-1).mean(-1)           # (L, H) mean row entropy
-                i = int(ent.argmin())
-                self.layer.value, self.head.value, self._picked = layers[i // ent.shape[1]], i % ent.shape[1], True
+                (self.layer.value, self.head.value), self._picked = sharpest_head(self.mats), True
             if self.layer.value not in layers: self.layer.value = layers[0]
         finally: self._quiet = False
 
