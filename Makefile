@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | md5sum 
 # CPU torch on this machine kind lies on local disk; any other request pulls a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow test-cuda test-compat constraints export clean-nbs check-export check-clean readme gpu bench
+.PHONY: setup demo test test-slow test-cuda test-compat test-browser constraints export clean-nbs check-export check-clean readme gpu bench
 
 setup: $(STAMP)
 
@@ -55,6 +55,7 @@ test-cuda: setup
 export: setup
 	$(BIN)/nbdev-export
 	$(BIN)/nbdev-clean
+	$(BIN)/python tools/kernelspec.py
 	$(BIN)/python tools/readme.py
 
 # notebooks are the source of truth: exporting must leave ssm_distill/ and README.md unchanged
@@ -69,9 +70,23 @@ check-export: setup
 check-clean: setup
 	$(BIN)/nbdev-clean
 	$(BIN)/python tools/check_outputs.py
+	$(BIN)/python tools/kernelspec.py --check
 	@if [ -n "$$(git status --porcelain -- nbs)" ]; then \
 	  git status --porcelain -- nbs; \
 	  echo "notebooks are not clean: run 'make export' (it runs nbdev-clean) and commit."; exit 1; fi
+
+## (3) the workbench in a real browser: JupyterLab runs nbs/10_widgets.ipynb in headless Chromium (Debian's
+## package, driven by Playwright's Python package; no browser download), trains from the panel; runs/browser/*.png
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: export OMP_NUM_THREADS = 1
+test-browser: setup $(CHROMIUM)
+	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[dev,browser]" -c constraints.txt
+	CHROMIUM=$(CHROMIUM) $(BIN)/python tools/browser_test.py
+
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver
 
 ## GPU machines: fast kernels. Needs a CUDA build of torch already installed.
 gpu: setup

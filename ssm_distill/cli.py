@@ -20,7 +20,7 @@ from .train import (Distiller, RunConfig, StageConfig, StudentBuildConfig, confi
                                validate_config)
 
 # %% auto #0
-__all__ = ['DEMO_TOKENS', 'COMMANDS', 'run_dir', 'demo_config', 'example_config', 'mixing_figures', 'write_html_report',
+__all__ = ['DEMO_TOKENS', 'COMMANDS', 'run_dir', 'demo_config', 'example_config', 'write_html_report', 'report_callbacks',
            'run_demo', 'eval_student', 'build_parser', 'cmd_demo', 'cmd_distill', 'cmd_teacher', 'cmd_eval',
            'cmd_config', 'main']
 
@@ -85,39 +85,18 @@ def example_config(cfg:RunConfig|None=None) -> str:
     return '\n'.join(lines[:at] + stages + lines[at:] + ["# out: runs/my-run  # the run folder (the --out flag sets it)"]) + '\n'
 
 # %% ../nbs/08_cli.ipynb #54ab5bb0
-@torch.no_grad()
-def mixing_figures(teacher, student, ids:torch.Tensor, # (1, T) one block
-                   layers=None, heads=(0, 1), max_layers:int=2,
-                   layer_map:dict|None=None, # student layer -> teacher layer (a student of another depth); None: the same index
-                  ) -> list:
-    "Plotly figures: teacher attention vs student mixing matrix for a few (student) layers and heads."
-    from ssm_distill.viz import compare_matrices
-    from ssm_distill.train import _layer, teacher_rotary
-    layers = list(layers if layers is not None else student.mixer_layers[:max_layers])
-    tl = {l: (layer_map or {}).get(l, l) for l in layers}                      # the teacher layer of each
-    cap = teacher.capture(ids, layers=sorted(set(tl.values())), what={'attn_in', 'attn_probs'})
-    figs = []
-    for l in layers:
-        x = _layer(cap, 'attn_in', tl[l])
-        M_s = student.layer_mixing_matrix(l, x.to(next(student.parameters()).dtype), rotary=teacher_rotary(teacher, ids))  # (1, H, T, T)
-        M_t = _layer(cap, 'attn_probs', tl[l])                                                                  # (1, H, T, T)
-        figs.append(compare_matrices({'teacher': M_t[0].float(), 'student': M_s[0].float()}, heads=[h for h in heads if h < M_t.shape[1]],
-                                     title=f'layer {l}: mixing matrices' + (f' (teacher layer {tl[l]})' if tl[l] != l else '')))
-    return figs
-
 def write_html_report(distiller:Distiller, title:str='ssm_distill run report') -> Path|None:
-    "Write `<out>/report.html` (loss curves, mixing matrices) with `ssm_distill.viz`; None if viz is missing."
-    try: from ssm_distill import viz
+    "Write `<out>/report.html` (headline, loss curves, mixing matrices) with `ssm_distill.viz.run_report`; None if viz is missing."
+    try: from ssm_distill.viz import run_report
     except ImportError:
         log.info("ssm_distill.viz is not available: no report.html"); return None
-    recs = [r for r in viz.read_metrics(distiller.out/'metrics.jsonl') if r.get('event') == 'step']
-    figs = [viz.loss_curves(recs, title='loss per stage'), viz.loss_curves(recs, x='tokens', title='loss per stage (tokens)')]
-    student = distiller.accelerator.unwrap_model(distiller.student)
-    try: figs += mixing_figures(distiller.teacher, student, distiller.data.eval.blocks[:1].to(distiller.accelerator.device),
-                                layer_map=getattr(distiller, 'layer_map', None))
-    except SsmDistillError as e: log.info(f"no mixing-matrix figures: {e}")
-    write = getattr(viz, 'write_report', None) or getattr(viz, 'report_html')
-    return write(distiller.out, figures=figs, title=title)
+    return run_report(distiller, title=title)
+
+def report_callbacks() -> list:
+    "The callbacks `report.html` draws on: one student head's snapshots across the run; none without `ssm_distill.viz`."
+    try: from ssm_distill.viz import HeadSnapshots
+    except ImportError: return []
+    return [HeadSnapshots()]
 
 def run_demo(out:str|Path|None=None, # the run folder (default runs/demo-<timestamp>)
              total_tokens:int=DEMO_TOKENS, # the budget
@@ -128,12 +107,12 @@ def run_demo(out:str|Path|None=None, # the run folder (default runs/demo-<timest
     out = run_dir(None if out is None else str(out), 'demo')
     kw = dict(seq_len=seq_len, batch_size=batch_size, device=device, teacher=teacher, max_tokens=max_tokens)
     cfg = demo_config(out, total_tokens, **kw)
-    d = Distiller(cfg, progress=progress)
+    d = Distiller(cfg, report_callbacks(), progress=progress)
     rep = d.run(resume=resume)
     write_html_report(d, title='ssm-distill demo: MOHAWK, built-in teacher -> Phi-Mamba')
     if compare_kd_only:
         cfg_kd = demo_config(out/'kd_only', total_tokens, kd_only=True, **kw)
-        d_kd = Distiller(cfg_kd, progress=progress)
+        d_kd = Distiller(cfg_kd, report_callbacks(), progress=progress)
         rep_kd = d_kd.run(resume=resume)
         write_html_report(d_kd, title='ssm-distill demo: KD only (stage 3), same budget')
         rep['kd_only'] = {k: rep_kd[k] for k in ('student_perplexity', 'teacher_perplexity', 'perplexity_ratio', 'teacher_agreement',

@@ -397,7 +397,10 @@ def recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state
 def gla_mixing_matrix(q, k, g, v=None, scale=None):
     "GLA's mixing matrix `scale sum_k q_t[k] k_s[k] exp(g[s+1,k] + ... + g[t,k])`: [B, H, T, T]."
     check_shapes(q=(q, 'B T H K'), k=(k, 'B T H K'), g=(g, 'B T H K'), v=(v, 'B T H V')); check_log_gate(g)
-    return decayed_scores(_scaled(q, scale), k, g)
+    # the whole sequence as one chunk, by secondary chunking: matmuls, no per-channel [K, T, T] decay tensor
+    T, c = q.shape[1], 16
+    q, k, g = (pad_time(x, c) for x in (_scaled(q, scale), k, g))  # (B, T', H, K): whole sub-chunks, no decay, no key
+    return subchunk_scores(q, k, g, c)[..., :T, :T]  # (B, H, T, T)
 
 def naive_gla(q, k, v, g, scale=None):
     "GLA, quadratic form."

@@ -20,8 +20,8 @@ from .kernel_base import (FAMILIES, Family, pad_time, segsum, mix, check_log_gat
 __all__ = ['chunk_gated_delta_rule', 'naive_gated_delta_rule', 'recurrent_gated_delta_rule', 'gated_delta_rule_mixing_matrix',
            'chunk_delta_rule', 'naive_delta_rule', 'recurrent_delta_rule', 'delta_rule_mixing_matrix', 'chunk_mlstm',
            'naive_mlstm', 'recurrent_mlstm', 'mlstm_mixing_matrix', 'chunk_selective_scan', 'recurrent_selective_scan',
-           'naive_selective_scan', 'selective_scan_mixing_matrix', 'channels_to_heads', 'gated_delta_rule',
-           'delta_rule', 'mlstm', 'selective_scan']
+           'naive_selective_scan', 'selective_scan_mixing_matrix', 'channels_to_heads',
+           'naive_selective_scan_mixing_matrix', 'gated_delta_rule', 'delta_rule', 'mlstm', 'selective_scan']
 
 # %% ../nbs/01a_kernels_delta.ipynb #c79cbd2a
 def _acc_dtype(x:torch.Tensor) -> torch.dtype:
@@ -386,9 +386,13 @@ def naive_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 def selective_scan_mixing_matrix(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                                 ) -> torch.Tensor: # M [B, Dch, T, T], one matrix per channel
     "Mamba-1's per-channel mixing matrices: `einsum('bdts,bds->bdt', M, u)` is the output (D and z included)."
+    from ssm_distill.kernels import gla_mixing_matrix   # here, not at the top: kernels imports this module at its end
     delta, Bc, Cc = _prep_selective(u, delta, A, B, C, D, z, delta_bias, delta_softplus, None)
-    dA = torch.einsum('bdt,dn->bdnt', delta, A.to(delta.dtype))              # (B, Dch, N, T)
-    M = torch.einsum('bdnt,bdns,bdnts,bds->bdts', Cc, Bc, segsum(dA).exp(), delta)   # (B, Dch, T, T)
+    # each channel is one GLA head: query C_t, key delta_s B_s, a log decay delta_t A[d, n] per state channel, so
+    # GLA's secondary chunking builds it with matmuls and no [N, T, T] decay tensor per channel
+    q, k = (rearrange(x, 'b d n t -> b t d n') for x in (Cc, Bc * delta[:, :, None]))   # (B, T, Dch, N)
+    g = torch.einsum('bdt,dn->btdn', delta, A.to(delta.dtype))                          # (B, T, Dch, N)
+    M = gla_mixing_matrix(q, k, g, scale=1.0)                                            # (B, Dch, T, T)
     if D is not None: M = M + torch.diag_embed(D.to(M.dtype)[:, None].expand_as(delta))
     if z is not None: M = M * F.silu(z.to(M.dtype))[..., None]
     return M
@@ -410,6 +414,16 @@ def _selective_scan_inputs(B, T, H, K, V, dtype=torch.float64, generator=None,
     Dch, bc = H * V, ((B, K, T) if groups is None else (B, groups, K, T))
     return dict(u=r(B, Dch, T), delta=r(B, Dch, T), A=-r(Dch, K).abs() - 0.1, B=r(*bc), C=r(*bc), D=r(Dch),
                 z=r(B, Dch, T), delta_bias=r(Dch), delta_softplus=True)
+
+# %% ../nbs/01a_kernels_delta.ipynb #32e3e3ae
+def naive_selective_scan_mixing_matrix(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    "`selective_scan_mixing_matrix` by the direct formula, through a per-channel [N, T, T] decay tensor (its reference)."
+    delta, Bc, Cc = _prep_selective(u, delta, A, B, C, D, z, delta_bias, delta_softplus, None)
+    dA = torch.einsum('bdt,dn->bdnt', delta, A.to(delta.dtype))              # (B, Dch, N, T)
+    M = torch.einsum('bdnt,bdns,bdnts,bds->bdts', Cc, Bc, segsum(dA).exp(), delta)   # (B, Dch, T, T)
+    if D is not None: M = M + torch.diag_embed(D.to(M.dtype)[:, None].expand_as(delta))
+    if z is not None: M = M * F.silu(z.to(M.dtype))[..., None]
+    return M
 
 # %% ../nbs/01a_kernels_delta.ipynb #4e719038
 def _choose_backend(backend:str, # 'auto', 'torch' or the fast backend's name

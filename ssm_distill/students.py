@@ -570,6 +570,9 @@ def set_trainable_groups(student:StudentForCausalLM, groups:Iterable[str]) -> li
     return [n for n, p in student.named_parameters() if p.requires_grad]
 
 # %% ../nbs/04_students.ipynb #83036796
+from dataclasses import replace
+from .matrices import Descent, FitConfig, descend, frobenius_errors
+
 STUDENT_INITS = Registry('student init', hint='Add one with STUDENT_INITS["name"] = fn(student, teacher, weights, **options).')
 
 def qkv_copy_init(student, teacher, weights:dict, **_):
@@ -589,43 +592,50 @@ def _frozen_rows(mixer:nn.Module) -> torch.Tensor|None:
 
 def mixing_error(M_s:torch.Tensor, M_t:torch.Tensor) -> torch.Tensor:
     "Mean over (batch, head) of the Frobenius norm `‖M_t − M_s‖_F` of `[B, H, T, T]` matrices (MOHAWK stage 1)."
-    return (M_s - M_t.to(M_s.dtype)).flatten(-2).norm(dim=-1).mean()
+    return frobenius_errors(M_s, M_t).mean()
+
+def _fitted_params(mixer:nn.Module, params:str) -> tuple[list, list]:
+    "The parameters that shape the mixing matrix (`out_proj` does not) and gradient hooks that pin QKV-copied rows."
+    require(params in ('free', 'all'), f"mixing_params={params!r}: use 'all' or 'free'")
+    ps = [p for n, p in mixer.named_parameters() if not n.startswith('out_proj')]
+    rows = _frozen_rows(mixer) if params == 'free' else None
+    if rows is None: return ps, []
+    copied = [p for p in (mixer.in_proj.weight, mixer.in_proj.bias) if p is not None]
+    if bool(rows.all()): return [p for p in ps if all(p is not c for c in copied)], []
+    # the copied rows get no gradient, so Adam leaves them exactly as copied
+    return ps, [p.register_hook(lambda g: g.masked_fill(rows.view(-1, *[1] * (g.dim() - 1)), 0)) for p in copied]
 
 def fit_mixing_matrix(mixer:nn.Module, # a mixer, already QKV-copied
                       x:torch.Tensor, # [B, T, D] the teacher's normed attention input
                       M_t:torch.Tensor, # [B, H, T, T] the teacher's attention probabilities
                       rotary:tuple|None=None, # (cos, sin) for mixers built with rotary=True
-                      steps:int=200, lr:float=1e-2, # Adam steps and learning rate
-                      params:str='free', # 'free': all but the QKV-copied rows of in_proj and out_proj; 'all': all but out_proj
-                     ) -> tuple[float, float]:
-    "Fit `mixer`'s parameters so that `mixer.materialize(x)` approaches `M_t`; return the error (before, after)."
-    require(params in ('free', 'all'), f"mixing_params={params!r}: use 'free' or 'all'")
+                      steps:int|None=None, lr:float|None=None, # Adam steps (at most) and peak rate; None: `config`'s
+                      params:str='all', # 'all': every parameter but out_proj; 'free': also not the QKV-copied rows of in_proj
+                      config:FitConfig|None=None, # the descent (default: FitConfig(steps=300, lr=3e-3, patience=60))
+                     ) -> dict: # start, best, zeros (errors), steps, stopped; before/after are start/best
+    "Fit `mixer` so that `mixer.materialize(x)` approaches `M_t` (MOHAWK stage 1 on one layer); it ends at its best point."
+    cfg = config or FitConfig(steps=300, lr=3e-3, patience=60)
+    cfg = replace(cfg, **{k: v for k, v in dict(steps=steps, lr=lr).items() if v is not None})
     rot = rotary if getattr(mixer.config, 'rotary', False) else None
-    ps = [p for n, p in mixer.named_parameters() if not n.startswith('out_proj')]   # out_proj does not touch M
-    rows = _frozen_rows(mixer) if params == 'free' else None
-    hooks = []
-    if rows is not None:
-        copied = [p for p in (mixer.in_proj.weight, mixer.in_proj.bias) if p is not None]
-        if bool(rows.all()): ps = [p for p in ps if all(p is not c for c in copied)]
-        else:   # the copied rows get no gradient, so Adam leaves them exactly as copied
-            hooks = [p.register_hook(lambda g: g.masked_fill(rows.view(-1, *[1] * (g.dim() - 1)), 0)) for p in copied]
+    ps, hooks = _fitted_params(mixer, params)
     was = [p.requires_grad for p in ps]
+
+    def loss():
+        e = mixing_error(mixer.materialize(x, rotary=rot), M_t)              # one error for the layer (shared parameters)
+        return e, e
+
     try:
-        with torch.no_grad(): before = mixing_error(mixer.materialize(x, rotary=rot), M_t).item()
-        if not ps or steps == 0: return before, before
         for p in ps: p.requires_grad_(True)
-        opt = torch.optim.Adam(ps, lr=lr)
-        with torch.enable_grad():
-            for _ in range(steps):
-                opt.zero_grad()
-                loss = mixing_error(mixer.materialize(x, rotary=rot), M_t)
-                loss.backward()
-                opt.step()
-        with torch.no_grad(): after = mixing_error(mixer.materialize(x, rotary=rot), M_t).item()
-        return before, after
+        if ps and cfg.steps: d = descend(ps, loss, cfg)
+        else:
+            with torch.no_grad(): e = loss()[1]
+            d = Descent(e, e, 0, 'nothing to fit')
     finally:
         for h in hooks: h.remove()
         for p, w in zip(ps, was): p.requires_grad_(w)
+    start, best = d.start.item(), d.best.item()
+    return dict(start=start, best=best, zeros=M_t.flatten(-2).norm(dim=-1).mean().item(), steps=d.steps,
+                stopped=d.stopped, before=start, after=best)
 
 def calibration_batch(vocab_size:int, batch_size:int=2, seq_len:int=64, seed:int=0) -> torch.Tensor:
     "Random token ids `[B, T]` (the default calibration batch of the `mixing` init)."
@@ -633,7 +643,9 @@ def calibration_batch(vocab_size:int, batch_size:int=2, seq_len:int=64, seed:int
     return torch.randint(0, vocab_size, (batch_size, seq_len), generator=g)
 
 def mixing_init(student, teacher, weights:dict, calibration:torch.Tensor|None=None, # [B, T] ids (default: random)
-                mixing_steps:int=200, mixing_lr:float=1e-2, mixing_params:str='free', **_):
+                mixing_steps:int|None=None, mixing_lr:float|None=None, # None: `fit_mixing_matrix`'s defaults
+                mixing_params:str|None=None, # 'all' (default) or 'free'
+                **_):
     "QKV copy, then fit each mixer's mixing matrix to the teacher's attention on a calibration batch (Haller et al. 2025)."
     qkv_copy_init(student, teacher, weights)
     layers = sorted(weights)
@@ -646,10 +658,10 @@ def mixing_init(student, teacher, weights:dict, calibration:torch.Tensor|None=No
     rot = None if rot is None else tuple(r.expand(ids.shape[0], -1, -1) for r in rot)
     report = {}
     for i in layers:
-        before, after = fit_mixing_matrix(student.mixer(i), cap.attn_in[i], cap.attn_probs[i], rot,
-                                          steps=mixing_steps, lr=mixing_lr, params=mixing_params)
-        report[i] = dict(before=before, after=after)
-        log.info(f"mixing init, layer {i}: ‖M_teacher − M_student‖_F {before:.4f} -> {after:.4f}")
+        r = report[i] = fit_mixing_matrix(student.mixer(i), cap.attn_in[i], cap.attn_probs[i], rot, steps=mixing_steps,
+                                          lr=mixing_lr, params=mixing_params or 'all')
+        log.info(f"mixing init, layer {i}: ‖M_teacher − M_student‖_F {r['start']:.4f} -> {r['best']:.4f} in {r['steps']} "
+                 f"steps ({r['stopped']}); predicting zeros: {r['zeros']:.4f}")
     student.init_report = report
 
 STUDENT_INITS.update(qkv_copy=qkv_copy_init, mixing=mixing_init, random=random_init)

@@ -259,9 +259,10 @@ class Teacher:
         return q, k.repeat_interleave(G, dim=2), v.repeat_interleave(G, dim=2)  # (B, T, H, Dh) each
 
     def probs(self, i:int, q:torch.Tensor, k:torch.Tensor, # [B, T, H, Dh] from `qkv`
-              attention_mask:torch.Tensor|None=None) -> torch.Tensor:
+              attention_mask:torch.Tensor|None=None,
+              causal:bool|None=None) -> torch.Tensor: # None: the model's own mask; True: causal even for an encoder
         "Layer `i`'s attention probabilities `[B, H, T, T]` with its scale, causal/window mask and padding."
-        allowed = allowed_keys(q.shape[1], attention_mask, self.causal,
+        allowed = allowed_keys(q.shape[1], attention_mask, self.causal if causal is None else causal,
                                self.adapter.window(self.attention(i), self.config), q.device)
         return attention_probs(q, k, self.scale(i), allowed)                 # (B, H, T, T)
 
@@ -302,6 +303,7 @@ class Teacher:
                 layers:Iterable[int]|int|None=None, # layers to capture (None: all; negative counts from the end)
                 what:Iterable[str]=ALL_FIELDS, # fields to keep: any of FIELDS and 'logits'
                 grad:bool=False, # keep the autograd graph (default: run under torch.no_grad)
+                causal:bool|None=None, # attn_probs: None = as the model attends; True = causal mask on the scores before the softmax
                 **model_kw) -> Capture: # more arguments for the model's forward (e.g. position_ids)
         "Run the teacher once; return the requested fields of the requested layers (see `Capture`)."
         what = frozenset([what] if isinstance(what, str) else what)
@@ -326,7 +328,7 @@ class Teacher:
             assert (rotary is None) == (self.rotary_dim == 0), f"layer {i}: position_embeddings not found in the attention call"
             q, k, v = self.qkv(i, x, rotary)
             for name, t in zip('qkv', (q, k, v)): keep(name, i, t)
-            if 'attn_probs' in what: keep('attn_probs', i, self.probs(i, q, k, attention_mask))
+            if 'attn_probs' in what: keep('attn_probs', i, self.probs(i, q, k, attention_mask, causal))
 
         bind = lambda f, i: (lambda *a: f(i, *a))
         handles = []
@@ -359,16 +361,19 @@ def _load_tokenizer(source:str):
         return None
 
 def load_teacher(source:str|os.PathLike|nn.Module|Teacher, # hub name, local folder, transformers model or Teacher
+                 tokenizer=None, # its tokenizer (default: the one saved with a hub name / folder; none for a model)
                  **hf_kwargs) -> Teacher: # passed to `from_pretrained` (dtype, attn_implementation, revision, ...)
     "Load (or wrap) a Hugging Face Transformer of a supported family as a `Teacher`."
-    if isinstance(source, Teacher): return source
-    if isinstance(source, nn.Module): return Teacher(source)
+    if isinstance(source, Teacher):
+        if tokenizer is not None: source.tokenizer = tokenizer
+        return source
+    if isinstance(source, nn.Module): return Teacher(source, tokenizer)
     import transformers
     source = str(source)
     config = transformers.AutoConfig.from_pretrained(source, **{k: v for k, v in hf_kwargs.items() if k in _CONFIG_KW})
     adapter = ADAPTERS[config.model_type]
     model = getattr(transformers, adapter.auto_class).from_pretrained(source, **hf_kwargs)
-    return Teacher(model, _load_tokenizer(source))
+    return Teacher(model, tokenizer if tokenizer is not None else _load_tokenizer(source))
 
 def tiny_teacher(model_type:str, # a key of TINY_CONFIGS
                  path:str|os.PathLike|None=None, # save it here and load it back by path (as a user's checkpoint)
