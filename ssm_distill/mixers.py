@@ -285,7 +285,6 @@ class Mixer(nn.Module):
     family: str = ''                # the kernel family in `ssm_distill.kernels.FAMILIES`
     pad_zero: tuple = ('k', 'g')    # kernel arguments zeroed at padded positions (no write, no decay)
     qkv_parts: dict = dict(q='q', k='k', v='v')  # teacher projection -> part of `in_proj` it is copied into
-    final_state_kw: str = 'output_final_state'   # the kernel's name for "also return the final state"
     qkv_args: tuple = ('q', 'k', 'v')  # the kernel arguments that play Q, K, V (mamba-ssm: "[x, B, C] correspond to V, K, Q")
 
     def __init__(self, d_model:int, n_heads:int, head_dim:int|None=None, n_kv_heads:int|None=None, **kw):
@@ -386,7 +385,7 @@ class Mixer(nn.Module):
         "The whole sequence in the chunked form: `y [B, T, D]` (and the final state)."
         args, extra, new_conv = self.kernel_inputs(x, state, rotary, attention_mask)
         c = self.config
-        o, ssm = self.kernel.op(**args, initial_state=(state or {}).get('ssm'), **{self.final_state_kw: return_state},
+        o, ssm = self.kernel.op(**args, initial_state=(state or {}).get('ssm'), output_final_state=return_state,
                                 chunk_size=c.chunk_size, backend=c.backend)
         y = self.output(o, extra)
         return (y, dict(conv=new_conv, ssm=ssm)) if return_state else y
@@ -398,7 +397,7 @@ class Mixer(nn.Module):
         "One token in the recurrent form: `(y_t [B, D], new state)`."
         with unchecked():   # the model built these inputs: no per-token shape and gate checks
             args, extra, new_conv = self.kernel_inputs(x_t[:, None], state, _step_rotary(rotary), None)
-            o, ssm = self.kernel.recurrent(**args, initial_state=state.get('ssm'), **{self.final_state_kw: True})
+            o, ssm = self.kernel.recurrent(**args, initial_state=state.get('ssm'), output_final_state=True)
         return self.output(o, extra)[:, 0], dict(conv=new_conv, ssm=ssm)
 
     def init_state(self, batch_size:int, device=None, dtype=None) -> dict:
@@ -673,7 +672,7 @@ class MambaConfig(MixerConfig):
 @MIXERS.register('mamba')
 class Mamba(Mixer):
     "Mamba-1: in_proj -> x, z; conv + SiLU; x_proj -> dt, B, C; dt_proj; selective scan with D and silu(z)."
-    config_cls, family, final_state_kw = MambaConfig, 'selective_scan', 'return_last_state'
+    config_cls, family = MambaConfig, 'selective_scan'
     qkv_parts = dict(v='x')
 
     def build(self, c):
