@@ -3,20 +3,23 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
+# the stamp's name is a hash of what the install depends on (not a file prerequisite: nbdev-export rewrites
+# pyproject.toml with the same content, which must not trigger a reinstall)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | md5sum | cut -c1-8)
 # CPU torch on this machine kind lies on local disk; any other request pulls a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow test-cuda export clean-nbs check-export check-clean readme gpu bench
+.PHONY: setup demo test test-slow test-cuda test-compat test-browser constraints export clean-nbs check-export check-clean readme gpu bench
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# install CPU torch first, only when no torch is present, so nothing pulls a CUDA build
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_CPU)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	# the exact versions of the last green run (make constraints refreshes the file)
+	$(BIN)/python -m pip install -q -e ".[dev]" -c constraints.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -32,6 +35,15 @@ test: setup check-export check-clean
 	$(BIN)/nbdev-test --n-workers 2 --timing
 	$(BIN)/python -m pytest tests/ -q
 
+## the Hugging Face integration tests with the oldest and the newest transformers / accelerate / datasets,
+## each in a throwaway venv under .venv-compat/ (results in runs/compat/)
+test-compat: setup
+	$(BIN)/python tools/compat.py oldest newest
+
+## after a green `make test` with newer packages: record their exact versions for CI and users
+constraints: setup
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^ssm.distill' > constraints.txt
+
 test-slow: setup
 	$(BIN)/nbdev-test --n-workers 2 --flags slow
 	$(BIN)/python -m pytest tests/ -q -m slow
@@ -43,6 +55,7 @@ test-cuda: setup
 export: setup
 	$(BIN)/nbdev-export
 	$(BIN)/nbdev-clean
+	$(BIN)/python tools/kernelspec.py
 	$(BIN)/python tools/readme.py
 
 # notebooks are the source of truth: exporting must leave ssm_distill/ and README.md unchanged
@@ -57,9 +70,23 @@ check-export: setup
 check-clean: setup
 	$(BIN)/nbdev-clean
 	$(BIN)/python tools/check_outputs.py
+	$(BIN)/python tools/kernelspec.py --check
 	@if [ -n "$$(git status --porcelain -- nbs)" ]; then \
 	  git status --porcelain -- nbs; \
 	  echo "notebooks are not clean: run 'make export' (it runs nbdev-clean) and commit."; exit 1; fi
+
+## (3) the workbench in a real browser: JupyterLab runs nbs/10_widgets.ipynb in headless Chromium (Debian's
+## package, driven by Playwright's Python package; no browser download), trains from the panel; runs/browser/*.png
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: export OMP_NUM_THREADS = 1
+test-browser: setup $(CHROMIUM)
+	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[dev,browser]" -c constraints.txt
+	CHROMIUM=$(CHROMIUM) $(BIN)/python tools/browser_test.py
+
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver
 
 ## GPU machines: fast kernels. Needs a CUDA build of torch already installed.
 gpu: setup

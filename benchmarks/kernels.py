@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ssm_distill.kernels import FAMILIES
+import ssm_distill.kernels_delta  # noqa: F401  (registers the delta-rule, mLSTM and selective-scan families)
 
 RESULTS = Path(__file__).resolve().parent/'results'
 NAIVE_BYTES_CAP = 2 * 2**30  # skip a quadratic form whose [B, H, T, T, K] intermediate would pass this

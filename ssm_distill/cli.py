@@ -6,7 +6,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/cli.html.md"""
 
 # %% ../nbs/08_cli.ipynb #f0cc5b8d
 from __future__ import annotations
-import argparse, json, logging, sys, textwrap, time
+import argparse, dataclasses, json, logging, sys, textwrap, time
 import yaml
 from dataclasses import asdict
 from pathlib import Path
@@ -15,11 +15,12 @@ import torch
 
 from .core import SsmDistillError, log, require
 from .data import DataConfig
-from .train import (Distiller, RunConfig, StageConfig, StudentBuildConfig, evaluate, load_config,
+from .stages import STAGES
+from .train import (Distiller, RunConfig, StageConfig, StudentBuildConfig, config_fields, load_config,
                                validate_config)
 
 # %% auto #0
-__all__ = ['EXAMPLE_CONFIG', 'DEMO_TOKENS', 'COMMANDS', 'run_dir', 'demo_config', 'mixing_figures', 'write_html_report',
+__all__ = ['DEMO_TOKENS', 'COMMANDS', 'run_dir', 'demo_config', 'example_config', 'write_html_report', 'report_callbacks',
            'run_demo', 'eval_student', 'build_parser', 'cmd_demo', 'cmd_distill', 'cmd_teacher', 'cmd_eval',
            'cmd_config', 'main']
 
@@ -27,50 +28,6 @@ __all__ = ['EXAMPLE_CONFIG', 'DEMO_TOKENS', 'COMMANDS', 'run_dir', 'demo_config'
 def run_dir(out:str|None, command:str) -> Path:
     "The run folder: `out`, or `runs/<command>-<YYYYmmdd-HHMMSS>`."
     return Path(out) if out else Path('runs')/f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-# %% ../nbs/08_cli.ipynb #7cda3eff
-EXAMPLE_CONFIG = """\
-# ssm-distill run config: `ssm-distill distill --config run.yaml [--out DIR] [--resume]`
-# Every key is optional except a token budget (total_tokens, or tokens on each stage).
-
-teacher: builtin          # 'builtin' (the packaged small Llama), a local folder, or a hub name
-student:
-  mixer: phi_mamba        # mamba2, phi_mamba, mamba, gla, retnet, deltanet, gated_deltanet, hgrn2, mlstm, ...
-  attention_layers: []    # student layers that keep the teacher's attention (hybrid student), 0-based
-  init: qkv_copy          # qkv_copy: Q->C, K->B, V->x, O->out_proj from the teacher; mixing; or random
-  options: {}             # extra mixer arguments (its <Name>Config fields), e.g. {conv_size: 4}
-  # n_layers: 2           # a student of another size (null: the teacher's): n_layers, hidden_size, n_heads,
-  # teacher_layers: [1, 3]  #   intermediate_size; teacher_layers maps each student layer to a teacher layer
-data:
-  source: builtin         # builtin (stdlib docstrings, offline), files (path: ...), hub (name: ...)
-  seq_len: 128            # tokens per block
-  batch_size: 8           # blocks per batch (global over all processes)
-  eval_fraction: 0.05     # share of documents held out for perplexity
-  eval_blocks: 64         # at most this many held-out blocks
-  seed: 0                 # held-out split and batch order
-total_tokens: 300000      # split over stages without `tokens`: MOHAWK's 2.67% / 5.33% / 92%
-stages:                   # run in order; MOHAWK = matrix_orientation -> hidden_state_alignment -> kd
-  - kind: matrix_orientation       # stage 1: mixer matrices vs teacher attention probabilities
-    lr: 1.0e-3
-  - kind: hidden_state_alignment   # stage 2: mixer outputs vs teacher attention outputs (freeze_mlp: true)
-    lr: 1.0e-3
-  - kind: kd                       # stage 3: end-to-end distillation on logits
-    lr: 5.0e-4
-    temperature: 1.0
-    hard_weight: 0.0               # add this much hard-label cross-entropy
-    # tokens: 1000000              # a stage's own budget overrides its share of total_tokens
-    # other stage keys: weight_decay, betas, warmup, schedule (cosine|linear|constant), min_lr_ratio,
-    #   batch_size, grad_accum, grad_clip, trainable (mixers|attention|mlps|norms|embeddings|head|all),
-    #   freeze_mlp, layers, layer_map/last_k (hs), relation_heads/teacher_layer (mha), name
-seed: 0                   # python/numpy/torch seed
-device: auto              # auto, cpu, cuda
-mixed_precision: auto     # auto (bf16 where native), no, bf16, fp16 (CUDA only)
-eval_every: 0             # also evaluate every N optimizer steps (0: at stage ends)
-checkpoint_every: 50      # checkpoint every N optimizer steps (0: stage ends only); resume with --resume
-keep_checkpoints: 1
-log_with: []              # tensorboard and/or wandb, through Accelerate's trackers
-# out: runs/my-run        # the run folder (the --out flag sets it)
-"""
 
 # %% ../nbs/08_cli.ipynb #02a65309
 DEMO_TOKENS = 300_000 # total token budget of the demo (MOHAWK split): a few minutes on 2 idle cores
@@ -91,40 +48,55 @@ def demo_config(out:str|Path|None=None, # the run folder
         stages=stages, total_tokens=total_tokens, out=None if out is None else str(out), device=device,
         mixed_precision='no', checkpoint_every=100))
 
-# %% ../nbs/08_cli.ipynb #54ab5bb0
-@torch.no_grad()
-def mixing_figures(teacher, student, ids:torch.Tensor, # (1, T) one block
-                   layers=None, heads=(0, 1), max_layers:int=2,
-                   layer_map:dict|None=None, # student layer -> teacher layer (a student of another depth); None: the same index
-                  ) -> list:
-    "Plotly figures: teacher attention vs student mixing matrix for a few (student) layers and heads."
-    from ssm_distill.viz import compare_matrices
-    from ssm_distill.train import _layer, teacher_rotary
-    layers = list(layers if layers is not None else student.mixer_layers[:max_layers])
-    tl = {l: (layer_map or {}).get(l, l) for l in layers}                      # the teacher layer of each
-    cap = teacher.capture(ids, layers=sorted(set(tl.values())), what={'attn_in', 'attn_probs'})
-    figs = []
-    for l in layers:
-        x = _layer(cap, 'attn_in', tl[l])
-        M_s = student.layer_mixing_matrix(l, x.to(next(student.parameters()).dtype), rotary=teacher_rotary(teacher, ids))  # (1, H, T, T)
-        M_t = _layer(cap, 'attn_probs', tl[l])                                                                  # (1, H, T, T)
-        figs.append(compare_matrices({'teacher': M_t[0].float(), 'student': M_s[0].float()}, heads=[h for h in heads if h < M_t.shape[1]],
-                                     title=f'layer {l}: mixing matrices' + (f' (teacher layer {tl[l]})' if tl[l] != l else '')))
-    return figs
+# %% ../nbs/08_cli.ipynb #90ea8dc6
+def _yaml_value(v) -> str:
+    "One value as YAML flow text (`null`, `0.003`, `[0.9, 0.95]`, `{}`)."
+    return yaml.safe_dump([v], default_flow_style=True, width=10**6).strip()[1:-1]
 
+def _keys_yaml(obj, indent:str='', first:str|None=None, skip:tuple=()) -> list[str]:
+    "The fields of config dataclass `obj` as commented YAML lines (comments from the fields' documentation)."
+    lines = []
+    for k, _, doc in config_fields(type(obj)):
+        if k in skip: continue
+        v, lead = getattr(obj, k), (first if first is not None and not lines else indent)
+        if dataclasses.is_dataclass(v): lines += [f"{lead}{k}:  # {doc}", *_keys_yaml(v, indent + '  ')]
+        else: lines.append(f"{lead}{k}: {_yaml_value(v)}  # {doc}")
+    return lines
+
+def _stage_yaml(s:StageConfig, full:bool) -> list[str]:
+    "One stage as a YAML list item: every key (`full`) or those that differ from the defaults, then its kind's options."
+    base = StageConfig(s.kind)
+    keep = [k for k, _, _ in config_fields(StageConfig) if k != 'options' and (full or k == 'kind' or getattr(s, k) != getattr(base, k))]
+    lines = _keys_yaml(s, '    ', '  - ', skip=tuple(k for k, _, _ in config_fields(StageConfig) if k not in keep))
+    opts = _keys_yaml(s.options, '    ')
+    if opts: lines += [f"    # the options of {s.kind} ({s.stage.doc}):", *opts]
+    return lines
+
+def example_config(cfg:RunConfig|None=None) -> str:
+    "A run config as YAML, every key commented from the dataclasses' documented fields (default: the demo's config)."
+    cfg = cfg or demo_config()
+    lines = ["# ssm-distill run config: `ssm-distill distill --config run.yaml [--out DIR] [--resume]`",
+             "# Every key is optional except a token budget (total_tokens, or tokens on each stage). Generated from the",
+             "# documented fields of RunConfig, StudentBuildConfig, DataConfig, StageConfig and each stage kind's Options.", ""]
+    lines += _keys_yaml(cfg, skip=("stages", "out"))
+    stages = [f"stages:  # {dict((k, d) for k, _, d in config_fields(RunConfig))['stages']}; the kinds: {', '.join(STAGES)}"]
+    for i, s in enumerate(cfg.stages): stages += _stage_yaml(s, full=i == 0)
+    at = next(i for i, l in enumerate(lines) if l.startswith('total_tokens:'))
+    return '\n'.join(lines[:at] + stages + lines[at:] + ["# out: runs/my-run  # the run folder (the --out flag sets it)"]) + '\n'
+
+# %% ../nbs/08_cli.ipynb #54ab5bb0
 def write_html_report(distiller:Distiller, title:str='ssm_distill run report') -> Path|None:
-    "Write `<out>/report.html` (loss curves, mixing matrices) with `ssm_distill.viz`; None if viz is missing."
-    try: from ssm_distill import viz
+    "Write `<out>/report.html` (headline, loss curves, mixing matrices) with `ssm_distill.viz.run_report`; None if viz is missing."
+    try: from ssm_distill.viz import run_report
     except ImportError:
         log.info("ssm_distill.viz is not available: no report.html"); return None
-    recs = [r for r in viz.read_metrics(distiller.out/'metrics.jsonl') if r.get('event') == 'step']
-    figs = [viz.loss_curves(recs, title='loss per stage'), viz.loss_curves(recs, x='tokens', title='loss per stage (tokens)')]
-    student = distiller.accelerator.unwrap_model(distiller.student)
-    try: figs += mixing_figures(distiller.teacher, student, distiller.data.eval.blocks[:1].to(distiller.accelerator.device),
-                                layer_map=getattr(distiller, 'layer_map', None))
-    except SsmDistillError as e: log.info(f"no mixing-matrix figures: {e}")
-    write = getattr(viz, 'write_report', None) or getattr(viz, 'report_html')
-    return write(distiller.out, figures=figs, title=title)
+    return run_report(distiller, title=title)
+
+def report_callbacks() -> list:
+    "The callbacks `report.html` draws on: one student head's snapshots across the run; none without `ssm_distill.viz`."
+    try: from ssm_distill.viz import HeadSnapshots
+    except ImportError: return []
+    return [HeadSnapshots()]
 
 def run_demo(out:str|Path|None=None, # the run folder (default runs/demo-<timestamp>)
              total_tokens:int=DEMO_TOKENS, # the budget
@@ -135,12 +107,12 @@ def run_demo(out:str|Path|None=None, # the run folder (default runs/demo-<timest
     out = run_dir(None if out is None else str(out), 'demo')
     kw = dict(seq_len=seq_len, batch_size=batch_size, device=device, teacher=teacher, max_tokens=max_tokens)
     cfg = demo_config(out, total_tokens, **kw)
-    d = Distiller(cfg, progress=progress)
+    d = Distiller(cfg, report_callbacks(), progress=progress)
     rep = d.run(resume=resume)
     write_html_report(d, title='ssm-distill demo: MOHAWK, built-in teacher -> Phi-Mamba')
     if compare_kd_only:
         cfg_kd = demo_config(out/'kd_only', total_tokens, kd_only=True, **kw)
-        d_kd = Distiller(cfg_kd, progress=progress)
+        d_kd = Distiller(cfg_kd, report_callbacks(), progress=progress)
         rep_kd = d_kd.run(resume=resume)
         write_html_report(d_kd, title='ssm-distill demo: KD only (stage 3), same budget')
         rep['kd_only'] = {k: rep_kd[k] for k in ('student_perplexity', 'teacher_perplexity', 'perplexity_ratio', 'teacher_agreement',
@@ -149,26 +121,18 @@ def run_demo(out:str|Path|None=None, # the run folder (default runs/demo-<timest
     return rep
 
 # %% ../nbs/08_cli.ipynb #b24833ee
-def eval_student(student_dir:str|Path, # a folder written by save_pretrained (a run's <out>/student)
-                 teacher:str|None=None, # also evaluate this teacher ('builtin', a folder or a hub name)
+def eval_student(student_dir:str|Path|list, # one or several folders written by save_pretrained (a run's <out>/student)
+                 teacher:str|None=None, # the teacher ('builtin', a folder or a hub name); None: perplexity only
                  data:str='builtin', # 'builtin', or a local file/folder/glob of .txt/.jsonl/.parquet
-                 seq_len:int=128, max_blocks:int=64, batch_size:int=8, device:str='cpu') -> dict:
-    "Held-out perplexity of a saved student (and of a teacher, with their top-1 agreement)."
-    import ssm_distill.students  # registers the student with the Auto classes
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from ssm_distill.data import build_data
-    from ssm_distill.train import load_run_teacher
-    p = Path(student_dir)
-    require((p/'config.json').exists(), f"--student {p}: no config.json there; give a folder written by a run (its <out>/student)")
-    student = AutoModelForCausalLM.from_pretrained(p).to(device).eval()
-    t, tok = load_run_teacher(teacher, device) if teacher else (None, None)
-    tok = AutoTokenizer.from_pretrained(p) if any(p.glob('tokenizer*')) else tok
-    require(tok is not None, f"{p} holds no tokenizer; pass --teacher so its tokenizer is used")
-    dc = DataConfig('builtin', seq_len=seq_len, eval_blocks=max_blocks) if data == 'builtin' else DataConfig('files', path=data, seq_len=seq_len, eval_blocks=max_blocks)
-    blocks = build_data(dc, tok).eval
-    res = dict(student=str(p), data=data, blocks=len(blocks), **{f'student_{k}': v for k, v in evaluate(student, blocks, teacher=t, batch_size=batch_size).items()})
-    if t is not None: res['teacher_perplexity'] = evaluate(t, blocks, batch_size=batch_size)['perplexity']
-    return res
+                 seq_len:int=128, max_blocks:int=64, batch_size:int=8, device:str='cpu',
+                 tasks:list[str]|None=None, # lm-eval tasks for the teacher and every student (the [eval] extra)
+                 limit:int|float|None=None, # documents per lm-eval task
+                 num_fewshot:int|None=None) -> dict:
+    "Distillation metrics of saved students against a teacher, and their lm-eval scores with `tasks` (`ssm_distill.eval`)."
+    from ssm_distill.eval import compare_students
+    dirs = [student_dir] if isinstance(student_dir, (str, Path)) else list(student_dir)
+    return compare_students(dirs, teacher, data, seq_len, max_blocks, batch_size, device, tasks=tasks, limit=limit,
+                            num_fewshot=num_fewshot)
 
 # %% ../nbs/08_cli.ipynb #f8dad000
 _EPILOG = textwrap.dedent("""\
@@ -229,16 +193,30 @@ def build_parser() -> argparse.ArgumentParser:
                                 '  ssm-distill teacher train --out runs/teacher --device cuda')
     _add_teacher_args(tt)
 
-    e = sub.add_parser('eval', formatter_class=fmt, help='perplexity of a saved student (and teacher agreement)',
-                       description='Held-out perplexity of a student saved by a run; with --teacher also the teacher\'s and their '
-                                   'top-1 agreement. Writes eval.json to the run folder and prints it.',
-                       epilog='example:\n  ssm-distill eval --student runs/demo/student --teacher builtin')
-    e.add_argument('--student', required=True, help="the student folder (a run's OUT/student)")
+    from ssm_distill.eval import LOCAL_TASKS
+    e = sub.add_parser('eval', formatter_class=fmt, help='how close saved students are to their teacher (and lm-eval scores)',
+                       description='Held-out perplexity of students saved by runs; with --teacher also top-1 agreement, KL, and '
+                                   'per-layer hidden-state and mixing-matrix errors, students side by side; with --tasks '
+                                   'lm-evaluation-harness scores of the teacher and every student. Writes eval.json to the run '
+                                   'folder and prints the tables.',
+                       epilog='examples:\n  ssm-distill eval --student runs/demo/student --teacher builtin\n'
+                              '  ssm-distill eval --student runs/demo/student runs/demo/kd_only/student --teacher builtin '
+                              f'--tasks {",".join(LOCAL_TASKS)}\n'
+                              '  ssm-distill eval --student runs/mine/student --teacher meta-llama/Llama-3.2-1B --device cuda '
+                              '--tasks lambada_openai,piqa,hellaswag,arc_easy,arc_challenge,winogrande   # with internet')
+    e.add_argument('--student', required=True, nargs='+', help="the student folder(s) (a run's OUT/student); several are compared side by side")
     e.add_argument('--teacher', default=None, help="'builtin', a folder or a hub name (optional)")
     e.add_argument('--data', default='builtin', help="'builtin' (default) or a .txt/.jsonl/.parquet file, folder or glob")
     e.add_argument('--seq-len', type=int, default=128)
     e.add_argument('--max-blocks', type=int, default=64, help='held-out blocks to evaluate (default 64)')
+    e.add_argument('--batch-size', type=int, default=8, help='blocks per forward (default 8)')
+    e.add_argument('--tasks', default=None, help=f'comma-separated lm-eval tasks: offline {", ".join(LOCAL_TASKS)}; '
+                                                 "or lm-eval's own, with internet (needs the [eval] extra)")
+    e.add_argument('--limit', type=lambda s: float(s) if '.' in s else int(s), default=None,
+                   help='documents per lm-eval task (an int, or a fraction < 1; default all)')
+    e.add_argument('--num-fewshot', type=int, default=None, help='lm-eval few-shot examples (default: each task\'s own)')
     e.add_argument('--device', default='cpu')
+    e.add_argument('--json', action='store_true', help='print the JSON (eval.json) instead of the tables')
     e.add_argument('--out', help='run folder (default runs/eval-<timestamp>)')
 
     c = sub.add_parser('config', help='print an example run config', description='Print a commented example run config (YAML).',
@@ -292,27 +270,32 @@ def cmd_teacher(a) -> int:
     return 0
 
 def cmd_eval(a) -> int:
+    from ssm_distill.eval import eval_report
     out = run_dir(a.out, 'eval'); out.mkdir(parents=True, exist_ok=True)
-    res = eval_student(a.student, a.teacher, a.data, a.seq_len, a.max_blocks, device=a.device)
+    tasks = [t.strip() for t in (a.tasks or '').split(',') if t.strip()]
+    res = eval_student(a.student, a.teacher, a.data, a.seq_len, a.max_blocks, a.batch_size, a.device, tasks=tasks or None,
+                       limit=a.limit, num_fewshot=a.num_fewshot)
     (out/'eval.json').write_text(json.dumps(res, indent=1))
-    _out(dict(run_folder=str(out), **res))
+    _out(dict(run_folder=str(out), **res) if a.json else f"{eval_report(res)}\n\nwrote {out/'eval.json'}")
     return 0
 
 def cmd_config(a) -> int:
-    _out(EXAMPLE_CONFIG.rstrip('\n')); return 0
+    _out(example_config().rstrip('\n')); return 0
 
 COMMANDS = dict(demo=cmd_demo, distill=cmd_distill, teacher=cmd_teacher, eval=cmd_eval, config=cmd_config)
 
 def main(argv:list[str]|None=None) -> int:
-    "The `ssm-distill` command: parse `argv` and run the command; SsmDistillError -> one line on stderr, exit status 2."
+    "The `ssm-distill` command: parse `argv` and run the command; SsmDistillError -> its message (a line per problem) on stderr, exit status 2."
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format='%(message)s')
     if not args.verbose:   # transformers' "Loading weights" bars would bury ours
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
     try: return COMMANDS[args.command](args)
-    except SsmDistillError as e:
-        sys.stderr.write(f"ssm-distill {args.command}: error: {' '.join(str(e).split())}\n")
+    except SsmDistillError as e:   # a config's problems one per line; anything else on one line
+        problems = [' '.join(p.split()) for p in getattr(e, 'problems', None) or [str(e)]]
+        sys.stderr.write(f"ssm-distill {args.command}: error: " + (problems[0] if len(problems) == 1 else
+                         f"{len(problems)} problems in the run config:\n" + '\n'.join(f"  - {p}" for p in problems)) + '\n')
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"ssm-distill {args.command}: interrupted (a run in --out continues with --resume)\n")

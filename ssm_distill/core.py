@@ -6,14 +6,15 @@ Docs: https://ssm-distill.github.io/ssm_distill/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #9aacd40b
 from __future__ import annotations
-import importlib, importlib.util, logging, os, random
+import importlib, importlib.util, logging, os, random, threading
+from contextlib import contextmanager
 
 import torch
 
 # %% auto #0
-__all__ = ['SHAPES', 'EXTRAS', 'log', 'DTYPES', 'SsmDistillError', 'require', 'check_shapes', 'Registry', 'has_module',
-           'optional_import', 'fast_backend_refusal', 'pick_backend', 'get_device', 'supports_bf16', 'get_dtype',
-           'seed_everything']
+__all__ = ['SHAPES', 'EXTRAS', 'log', 'DTYPES', 'SsmDistillError', 'require', 'checks_enabled', 'unchecked', 'check_shapes',
+           'Registry', 'has_module', 'optional_import', 'fast_backend_refusal', 'pick_backend', 'get_device',
+           'supports_bf16', 'get_dtype', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #ac3d20eb
 SHAPES = {
@@ -40,8 +41,23 @@ def require(ok:bool, # the condition that must hold
     if not ok: raise SsmDistillError(msg)
 
 # %% ../nbs/00_core.ipynb #a3e56d88
+_CHECKS = threading.local()
+
+def checks_enabled() -> bool:
+    "Whether `check_shapes` and the kernels' input checks validate (off only inside `unchecked()`)."
+    return getattr(_CHECKS, 'on', True)
+
+@contextmanager
+def unchecked():
+    "Skip the input checks inside: a decoding step, whose inputs the model itself built, pays for each check per token."
+    prev, _CHECKS.on = checks_enabled(), False
+    try: yield
+    finally: _CHECKS.on = prev
+
 def check_shapes(**named) -> dict[str, int]:
     "Check `name=(tensor, 'B T H K')` pairs for rank and consistent sizes; return `{letter: size}`."
+    if not checks_enabled():
+        return {l: n for x, p in named.values() if x is not None for l, n in zip(p.split(), x.shape) if l != '_'}
     sizes, first = {}, {}
     for name, (x, pattern) in named.items():
         if x is None: continue

@@ -16,84 +16,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from .core import Registry, check_shapes, optional_import, pick_backend, require
+from .core import Registry, check_shapes, checks_enabled, optional_import, pick_backend, require
+from .kernel_base import (FAMILIES, Family, FamilyRegistry, check_chunk_size, check_log_gate, default_scale,
+                                     from_chunks, mix, pad_time, randn, run_fast, segsum, to_chunks)
 
 # %% auto #0
-__all__ = ['FAMILIES', 'FEATURE_MAPS', 'check_chunk_size', 'check_log_gate', 'default_scale', 'pad_time', 'to_chunks',
-           'from_chunks', 'segsum', 'mix', 'decayed_scores', 'sub_chunk_size', 'factorised_limit', 'subchunk_scores',
-           'gated_chunk_scan', 'gated_recurrent_scan', 'Family', 'FamilyRegistry', 'randn', 'run_fast',
-           'chunk_simple_gla', 'recurrent_simple_gla', 'simple_gla_mixing_matrix', 'naive_simple_gla', 'simple_gla',
-           'retnet_gammas', 'retention_log_gate', 'chunk_retention', 'recurrent_retention', 'retention_mixing_matrix',
-           'naive_retention', 'retention', 'chunk_ssd', 'recurrent_ssd', 'ssd_mixing_matrix', 'naive_ssd', 'ssd',
-           'chunk_gla', 'recurrent_gla', 'gla_mixing_matrix', 'naive_gla', 'gla', 'HedgehogFeatureMap',
-           'feature_map_fn', 'chunk_linear_attention', 'recurrent_linear_attention', 'linear_attention_mixing_matrix',
-           'naive_linear_attention', 'linear_attention', 'softmax_attention_mixing_matrix', 'naive_softmax_attention',
-           'chunk_softmax_attention', 'recurrent_softmax_attention', 'naive_softmax_attention_step',
-           'softmax_attention', 'lti_kernel', 'toeplitz_matrix', 'toeplitz_mixer', 'chunk_s4d', 'recurrent_s4d',
-           's4d_mixing_matrix', 'naive_s4d', 's4d']
-
-# %% ../nbs/01_kernels.ipynb #bbc52eff
-def check_chunk_size(chunk_size:int) -> int:
-    "Return `chunk_size` if it is a positive int, else raise `SsmDistillError`."
-    require(isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size > 0,
-            f"chunk_size={chunk_size!r} must be a positive integer (a power of two such as 64 is the usual choice)")
-    return chunk_size
-
-def check_log_gate(g:torch.Tensor, # a gate in log space: log of a decay in (0, 1]
-                   name:str='g', # its name in messages
-                  ) -> torch.Tensor:
-    "Return `g` if every entry is a log-decay `<= 0`, else raise `SsmDistillError` saying how to fix it."
-    require(torch.is_floating_point(g), f"{name} must be a floating-point tensor, got {g.dtype}")
-    if g.numel():
-        top = g.detach().max().item()
-        require(not top > 0, f"{name} has an entry {top:.3g} > 0, i.e. a decay exp({name}) above 1 that makes "
-                f"the state blow up; pass log-space gates <= 0, e.g. {name} = -F.softplus(x) or F.logsigmoid(x)")
-        require(not math.isnan(top), f"{name} contains NaN; check the computation that produced the gate")
-    return g
-
-def default_scale(scale:float|None, # the scale asked for, or None
-                  dim:int, # the key / query head dim K
-                 ) -> float:
-    "The query scale: `scale`, or `dim**-0.5` as in flash-linear-attention."
-    return dim ** -0.5 if scale is None else scale
-
-# %% ../nbs/01_kernels.ipynb #ff6d12aa
-def pad_time(x:torch.Tensor, # [B, T, ...]
-             chunk_size:int, # C
-             value:float=0., # what the padded steps hold
-            ) -> torch.Tensor: # [B, NC*C, ...]
-    "Pad the time axis (dim 1) at the end to a multiple of `chunk_size`."
-    pad = -x.shape[1] % check_chunk_size(chunk_size)
-    if not pad: return x
-    return torch.cat([x, x.new_full((x.shape[0], pad, *x.shape[2:]), value)], dim=1)  # (B, NC*C, ...)
-
-def to_chunks(x:torch.Tensor, # [B, T, ...]
-              chunk_size:int, # C
-             ) -> torch.Tensor: # [B, NC, C, ...], zero-padded at the end
-    "Pad the time axis to a multiple of `chunk_size` and split it into chunks."
-    return pad_time(x, chunk_size).unflatten(1, (-1, chunk_size))  # (B, NC, C, ...)
-
-def from_chunks(x:torch.Tensor, # [B, NC, C, ...]
-                seq_len:int, # T, the length before padding
-               ) -> torch.Tensor: # [B, T, ...]
-    "Merge chunks back into one time axis and drop the padding."
-    return x.flatten(1, 2)[:, :seq_len]  # (B, T, ...)
-
-# %% ../nbs/01_kernels.ipynb #bc27d2e2
-def segsum(g:torch.Tensor, # [..., T] log gates
-          ) -> torch.Tensor: # [..., T, T]: out[..., t, s] = g[s+1] + ... + g[t] for s <= t, -inf above
-    "Stable causal segment sums of log gates: the log-decay from each step `s` to each later step `t`."
-    T = g.shape[-1]
-    x = repeat(g, '... t -> ... t s', s=T)  # (..., T, T): x[t, s] = g[t]
-    below = torch.ones(T, T, dtype=torch.bool, device=g.device).tril(-1)  # s < t
-    x = x.masked_fill(~below, 0).cumsum(-2)  # (..., T, T): x[t, s] = g[s+1] + ... + g[t]
-    return x.masked_fill(below.T, -torch.inf)  # the future (s > t) is -inf
-
-def mix(M:torch.Tensor, # [B, H, T, S] mixing matrix
-        v:torch.Tensor, # [B, S, H, V] values
-       ) -> torch.Tensor: # [B, T, H, V]
-    "Apply a mixing matrix to values: `o[t] = sum_s M[t, s] v[s]`, per batch and head."
-    return torch.einsum('bhts,bshv->bthv', M, v)
+__all__ = ['FEATURE_MAPS', 'decayed_scores', 'sub_chunk_size', 'factorised_limit', 'subchunk_scores', 'gated_chunk_scan',
+           'gated_recurrent_scan', 'chunk_simple_gla', 'recurrent_simple_gla', 'simple_gla_mixing_matrix',
+           'naive_simple_gla', 'simple_gla', 'retnet_gammas', 'retention_log_gate', 'chunk_retention',
+           'recurrent_retention', 'retention_mixing_matrix', 'naive_retention', 'retention', 'chunk_ssd',
+           'recurrent_ssd', 'ssd_mixing_matrix', 'naive_ssd', 'ssd', 'chunk_gla', 'recurrent_gla', 'gla_mixing_matrix',
+           'naive_gla', 'gla', 'HedgehogFeatureMap', 'feature_map_fn', 'chunk_linear_attention',
+           'recurrent_linear_attention', 'linear_attention_mixing_matrix', 'naive_linear_attention', 'linear_attention',
+           'softmax_attention_mixing_matrix', 'naive_softmax_attention', 'chunk_softmax_attention',
+           'recurrent_softmax_attention', 'naive_softmax_attention_step', 'softmax_attention', 'lti_kernel',
+           'toeplitz_matrix', 'toeplitz_mixer', 'chunk_s4d', 'recurrent_s4d', 's4d_mixing_matrix', 'naive_s4d', 's4d']
 
 # %% ../nbs/01_kernels.ipynb #967e41e1
 def decayed_scores(q:torch.Tensor, # [..., T, H, K] (already scaled)
@@ -186,47 +123,14 @@ def gated_recurrent_scan(q:torch.Tensor, # [B, T, H, K] queries (already scaled)
     B, T, H, K = k.shape
     S = initial_state if initial_state is not None else v.new_zeros(B, H, K, v.shape[-1])
     S = S.to(v.dtype)
+    if T == 1:   # one decoding step: broadcast products (einsum's reshapes cost more than the arithmetic here)
+        S = g[:, 0, :, :, None].exp() * S + k[:, 0, :, :, None] * v[:, 0, :, None, :]        # (B, H, K, V)
+        return (q[:, 0, :, :, None] * S).sum(-2)[:, None], S                                # (B, 1, H, V)
     o = []
     for t in range(T):
         S = g[:, t, :, :, None].exp() * S + torch.einsum('bhk,bhv->bhkv', k[:, t], v[:, t])  # (B, H, K, V)
         o.append(torch.einsum('bhk,bhkv->bhv', q[:, t], S))
     return torch.stack(o, 1), S  # (B, T, H, V)
-
-# %% ../nbs/01_kernels.ipynb #80f6ad73
-@dataclass
-class Family:
-    "One kernel family: its public op and its naive, chunked, recurrent and mixing-matrix forms."
-    op:Callable # public entry: `op(**args, initial_state=None, output_final_state=False, chunk_size=64, backend='auto')`
-    chunk:Callable # chunked parallel form, same signature minus `backend`
-    recurrent:Callable # recurrent form: `recurrent(**args, initial_state=None, output_final_state=False)`
-    naive:Callable # quadratic form through the mixing matrix: `naive(**args)`
-    mixing_matrix:Callable # `mixing_matrix(**args) -> [B, H, T, T]` (the value argument is accepted and ignored)
-    inputs:Callable|None=None # `inputs(B, T, H, K, V, dtype=torch.float64, generator=None) -> dict` of random valid args
-    fast:str|None=None # the fast backend this family dispatches to: 'fla', 'mamba_ssm' or None
-    value:str='v' # the name of the value argument (what the matrix mixes)
-    has_state:bool=True # False for families whose state is not a fixed-size tensor (softmax: a KV cache)
-    doc:str='' # one line for tables
-    name:str='' # the registry key (filled in by `FAMILIES[name] = ...`)
-
-class FamilyRegistry(Registry):
-    "The `Registry` of `Family`s; setting `FAMILIES[name] = Family(...)` also records the name in it."
-    def __setitem__(self, name:str, family:Family):
-        require(isinstance(family, Family), f"FAMILIES[{name!r}] must be a Family(...), got {type(family).__name__}")
-        family.name = name
-        super().__setitem__(name, family)
-
-FAMILIES = FamilyRegistry('kernel family', hint='families live in ssm_distill.kernels and ssm_distill.kernels_delta')
-
-# %% ../nbs/01_kernels.ipynb #7ca3e25d
-def randn(*shape, dtype=torch.float64, generator:torch.Generator|None=None) -> torch.Tensor:
-    "A standard normal tensor of `shape` (drawn from `generator` when given)."
-    return torch.randn(*shape, dtype=dtype, generator=generator)
-
-def run_fast(module:str, # e.g. 'fla.ops.gla'
-             fn:str, # e.g. 'chunk_gla'
-             *args, **kwargs):
-    "Import `module` (raising how to install it if missing) and call its `fn`."
-    return getattr(optional_import(module), fn)(*args, **kwargs)
 
 # %% ../nbs/01_kernels.ipynb #e52b3f1c
 def _check_qkv(q, k, v, g=None, g_pattern='B T H', initial_state=None):
@@ -377,11 +281,11 @@ def _ssd_args(x, dt, A, B, C, dt_bias=None, dt_softplus=False):
                          dt_bias=(dt_bias, 'H'))
     H, G = sizes['H'], sizes['G']
     require(H % G == 0, f"B and C have G={G} groups but x has H={H} heads; the number of groups must divide the heads")
-    require(bool((A <= 0).all()), f"A must be negative (a decay rate), got max {A.max().item():.3g}; "
-            f"Mamba-2 uses A = -torch.exp(A_log)")
+    if checks_enabled(): require(bool((A <= 0).all()), f"A must be negative (a decay rate), got max {A.max().item():.3g}; "
+                                 f"Mamba-2 uses A = -torch.exp(A_log)")
     if dt_bias is not None: dt = dt + dt_bias
     if dt_softplus: dt = F.softplus(dt)
-    require(bool((dt >= 0).all()), "dt has negative entries after dt_bias; pass dt_softplus=True or a positive dt")
+    if checks_enabled(): require(bool((dt >= 0).all()), "dt has negative entries after dt_bias; pass dt_softplus=True or a positive dt")
     heads = lambda t: repeat(t, 'b t g n -> b t (g r) n', r=H // G)  # (B, T, H, N)
     return heads(C), heads(B) * dt[..., None], x, dt * A  # q, k, v, g
 
@@ -824,12 +728,3 @@ def _s4d_inputs(B, T, H, K, V, dtype=torch.float64, generator=None):
 
 FAMILIES['s4d'] = Family(s4d, chunk_s4d, recurrent_s4d, naive_s4d, s4d_mixing_matrix, _s4d_inputs,
                          doc='diagonal LTI SSM: Toeplitz, data-independent')
-
-# %% ../nbs/01_kernels.ipynb #c0bfa1f2
-from .kernels_delta import *
-
-def __getattr__(name:str):
-    "Names of `kernels_delta` that the star import could not see yet (it was imported first)."
-    from ssm_distill import kernels_delta
-    if name in getattr(kernels_delta, '__all__', ()): return getattr(kernels_delta, name)
-    raise AttributeError(f"module 'ssm_distill.kernels' has no attribute {name!r}")

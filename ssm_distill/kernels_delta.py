@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from .core import require, check_shapes, pick_backend, optional_import, _say_once
-from .kernels import (FAMILIES, Family, pad_time, segsum, mix, check_log_gate, check_chunk_size,
-                                 default_scale, randn)
+from .kernel_base import (FAMILIES, Family, pad_time, segsum, mix, check_log_gate, check_chunk_size,
+                                     default_scale, randn)
 
 # %% auto #0
 __all__ = ['chunk_gated_delta_rule', 'naive_gated_delta_rule', 'recurrent_gated_delta_rule', 'gated_delta_rule_mixing_matrix',

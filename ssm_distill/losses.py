@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import Registry, SsmDistillError, check_shapes, require
+from .students import mixing_error
 
 # %% auto #0
 __all__ = ['LOSSES', 'LAYER_MAPS', 'Mapping', 'matrix_orientation_loss', 'hidden_state_alignment_loss', 'layerwise',
@@ -52,14 +53,24 @@ def _check_mask(mask, B, T):
     return mask.bool()
 
 # %% ../nbs/06_losses.ipynb #0b425f7a
+def _check_matrices(M_student:torch.Tensor, M_teacher:torch.Tensor):
+    "Both are per-head mixing/attention matrices `[B, H, T, S]` of the same shape."
+    for name, M in (('M_student', M_student), ('M_teacher', M_teacher)):
+        shape = tuple(M.shape) if isinstance(M, torch.Tensor) else type(M).__name__
+        require(isinstance(M, torch.Tensor) and M.dim() == 4,
+                f"{name} has shape {shape} but must be one matrix per head, [B, H, T, S] (batch, heads, query time, key time: 4 dims); "
+                f"pass a mixer's `materialize` output or the teacher's attention probabilities, not [B, T, D] activations")
+    bad = [(l, s, t) for l, s, t in zip('BHTS', M_student.shape, M_teacher.shape) if s != t]
+    require(not bad, f"M_teacher has {', '.join(f'{l}={t}' for l, _, t in bad)} but M_student has {', '.join(f'{l}={s}' for l, s, _ in bad)}; "
+            f"give both the same [B, H, T, S] (the same batch, heads and positions)")
+
 @LOSSES.register('matrix_orientation')
-def matrix_orientation_loss(M_student:torch.Tensor, # (B, H, T, T) the student mixer's materialized matrix
-                            M_teacher:torch.Tensor, # (B, H, T, T) the teacher's attention probabilities
+def matrix_orientation_loss(M_student:torch.Tensor, # (B, H, T, S) the student mixer's materialized matrix
+                            M_teacher:torch.Tensor, # (B, H, T, S) the teacher's attention probabilities
                            ) -> tuple[torch.Tensor, dict[str, float]]:
-    "MOHAWK stage 1: Frobenius norm of `M_teacher - M_student` per (batch, head), averaged."
-    check_shapes(M_student=(M_student, 'B H T S'), M_teacher=(M_teacher, 'B H T S'))
-    diff = M_student - M_teacher.detach().to(M_student.dtype)                  # (B, H, T, T)
-    loss = torch.linalg.matrix_norm(diff, ord='fro').mean()                    # (B, H) -> ()
+    "MOHAWK stage 1: Frobenius norm of `M_teacher - M_student` per (batch, head), averaged (`students.mixing_error`, the teacher side detached)."
+    _check_matrices(M_student, M_teacher)
+    loss = mixing_error(M_student, M_teacher.detach())                        # (B, H) -> ()
     return loss, {'matrix_orientation': _f(loss)}
 
 # %% ../nbs/06_losses.ipynb #236d5cbb

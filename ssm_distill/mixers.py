@@ -13,16 +13,19 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .core import Registry, SsmDistillError, require, check_shapes, _say_once
+from .core import Registry, SsmDistillError, require, check_shapes, checks_enabled, unchecked, _say_once
+from .kernel_base import FAMILIES
+from .kernels import HedgehogFeatureMap, feature_map_fn, retnet_gammas
+from .kernels_delta import channels_to_heads   # (importing it registers the delta-rule, mLSTM and selective-scan families)
 
 # %% auto #0
 __all__ = ['QK_NORMS', 'ACTIVATIONS', 'MIXERS', 'AttentionWeights', 'rotate_half', 'apply_rotary', 'rotary_cos_sin',
            'silu_inverse', 'FusedProjection', 'ShortConv', 'GatedNorm', 'MixerConfig', 'expand_kv', 'call_with',
            'Mixer', 'SoftmaxAttentionConfig', 'SoftmaxAttention', 'mixer_from_attention', 'dt_bias_init',
-           'Mamba2Config', 'Mamba2', 'PhiMambaConfig', 'PhiMamba', 'MambaConfig', 'Mamba', 'GLAConfig', 'GLA',
-           'RetNetConfig', 'RetNet', 'HGRN2Config', 'HGRN2', 'DeltaNetConfig', 'DeltaNet', 'GatedDeltaNetConfig',
+           'Mamba2Config', 'Mamba2', 'tiny_mixer', 'PhiMambaConfig', 'PhiMamba', 'MambaConfig', 'Mamba', 'GLAConfig',
+           'GLA', 'RetNetConfig', 'RetNet', 'HGRN2Config', 'HGRN2', 'DeltaNetConfig', 'DeltaNet', 'GatedDeltaNetConfig',
            'GatedDeltaNet', 'MLSTMConfig', 'MLSTM', 'LinearAttentionConfig', 'LinearAttention', 'HedgehogConfig',
-           'Hedgehog']
+           'Hedgehog', 'tiny_rotary', 'values_path']
 
 # %% ../nbs/02_mixers.ipynb #dc8ed565
 QK_NORMS = {'rms': nn.RMSNorm, 'layer': nn.LayerNorm}  # per-head q/k norms that teachers use (Qwen3 / OLMo-2, Phi)
@@ -179,7 +182,10 @@ class ShortConv(nn.Conv1d):
         "Return `(act(conv(x)) [B, T, C], new state [B, C, W-1])`."
         if state is None: state = self.init_state(x.shape[0], x.device, x.dtype)
         xs = torch.cat([state.to(x.dtype), x.transpose(1, 2)], dim=-1)       # (B, C, W-1+T)
-        y = F.conv1d(xs, self.weight, self.bias, groups=self.groups)           # (B, C, T)
+        if x.shape[1] == 1:   # one decoding step: a weighted sum over the window (a convolution call costs more)
+            y = (xs * self.weight[:, 0]).sum(-1, keepdim=True)                  # (B, C, 1)
+            if self.bias is not None: y = y + self.bias[:, None]
+        else: y = F.conv1d(xs, self.weight, self.bias, groups=self.groups)     # (B, C, T)
         return self.act(y.transpose(1, 2)), xs[..., xs.shape[-1] - state.shape[-1]:]
 
 # %% ../nbs/02_mixers.ipynb #1c2815dc
@@ -257,11 +263,6 @@ def expand_kv(w:torch.Tensor|None, # [Hkv*Dh, ...] key or value rows of a GQA te
     if w is None or groups == 1: return w
     return w.unflatten(0, (-1, head_dim)).repeat_interleave(groups, dim=0).flatten(0, 1)  # (H*Dh, ...)
 
-def _kernels():
-    "The functional ops (imported here so that a half-written kernels module does not break this one)."
-    from ssm_distill import kernels
-    return kernels
-
 def _mask_time(x:torch.Tensor, mask:torch.Tensor|None) -> torch.Tensor:
     "Zero `x: [B, T, ...]` where `mask: [B, T]` is 0."
     if mask is None: return x
@@ -284,7 +285,7 @@ class Mixer(nn.Module):
     family: str = ''                # the kernel family in `ssm_distill.kernels.FAMILIES`
     pad_zero: tuple = ('k', 'g')    # kernel arguments zeroed at padded positions (no write, no decay)
     qkv_parts: dict = dict(q='q', k='k', v='v')  # teacher projection -> part of `in_proj` it is copied into
-    final_state_kw: str = 'output_final_state'   # the kernel's name for "also return the final state"
+    qkv_args: tuple = ('q', 'k', 'v')  # the kernel arguments that play Q, K, V (mamba-ssm: "[x, B, C] correspond to V, K, Q")
 
     def __init__(self, d_model:int, n_heads:int, head_dim:int|None=None, n_kv_heads:int|None=None, **kw):
         super().__init__()
@@ -321,7 +322,7 @@ class Mixer(nn.Module):
     @property
     def kernel(self):
         "This layer's kernel family (`op`, `chunk`, `recurrent`, `naive`, `mixing_matrix`)."
-        return _kernels().FAMILIES[self.family]
+        return FAMILIES[self.family]
 
     def conv(self, name:str, x:torch.Tensor, conv:dict, new_conv:dict) -> torch.Tensor:
         "Run short conv `name` (if the layer has one) on `x: [B, T, C]`, carrying its state."
@@ -354,13 +355,22 @@ class Mixer(nn.Module):
 
     def kernel_inputs(self, x:torch.Tensor, state:dict|None=None, rotary=None, attention_mask=None) -> tuple[dict, dict, dict]:
         "`x: [B, T, D]` -> (the kernel's arguments, extras for `output`, the new conv states)."
-        check_shapes(x=(x, 'B T D'))
-        require(x.shape[-1] == self.config.d_model,
-                f"x has width {x.shape[-1]} but {type(self).__name__} was built with d_model={self.config.d_model}")
+        if checks_enabled():
+            check_shapes(x=(x, 'B T D'))
+            require(x.shape[-1] == self.config.d_model,
+                    f"x has width {x.shape[-1]} but {type(self).__name__} was built with d_model={self.config.d_model}")
         new_conv = {}
         args, extra = self.features(_mask_time(x, attention_mask), (state or {}).get('conv'), new_conv, rotary)
         if attention_mask is not None: self.silence(args, attention_mask)
         return args, extra, new_conv
+
+    def qkv(self, x:torch.Tensor, # [B, T, D]
+            rotary:tuple|None=None, # (cos, sin) [B, T, r] for mixers built with rotary=True
+            attention_mask:torch.Tensor|None=None, # [B, T], 1 = token, 0 = padding
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: # each [B, T, H, *]
+        "The queries, keys and values this layer computes for `x` (C, B, x for SSMs), time-major: what MiniLM-style losses compare."
+        args, _, _ = self.kernel_inputs(x, rotary=rotary, attention_mask=attention_mask)
+        return tuple(args[n] for n in self.qkv_args)
 
     def silence(self, args:dict, mask:torch.Tensor):
         "Zero the kernel arguments `pad_zero` at padded positions (`[B, T, ...]` layout), in place."
@@ -375,7 +385,7 @@ class Mixer(nn.Module):
         "The whole sequence in the chunked form: `y [B, T, D]` (and the final state)."
         args, extra, new_conv = self.kernel_inputs(x, state, rotary, attention_mask)
         c = self.config
-        o, ssm = self.kernel.op(**args, initial_state=(state or {}).get('ssm'), **{self.final_state_kw: return_state},
+        o, ssm = self.kernel.op(**args, initial_state=(state or {}).get('ssm'), output_final_state=return_state,
                                 chunk_size=c.chunk_size, backend=c.backend)
         y = self.output(o, extra)
         return (y, dict(conv=new_conv, ssm=ssm)) if return_state else y
@@ -385,8 +395,9 @@ class Mixer(nn.Module):
              rotary:tuple|None=None, # (cos, sin) of this position, [B, r] or [B, 1, r]
             ) -> tuple[torch.Tensor, dict]:
         "One token in the recurrent form: `(y_t [B, D], new state)`."
-        args, extra, new_conv = self.kernel_inputs(x_t[:, None], state, _step_rotary(rotary), None)
-        o, ssm = self.kernel.recurrent(**args, initial_state=state.get('ssm'), **{self.final_state_kw: True})
+        with unchecked():   # the model built these inputs: no per-token shape and gate checks
+            args, extra, new_conv = self.kernel_inputs(x_t[:, None], state, _step_rotary(rotary), None)
+            o, ssm = self.kernel.recurrent(**args, initial_state=state.get('ssm'), output_final_state=True)
         return self.output(o, extra)[:, 0], dict(conv=new_conv, ssm=ssm)
 
     def init_state(self, batch_size:int, device=None, dtype=None) -> dict:
@@ -454,8 +465,8 @@ class SoftmaxAttention(Mixer):
         self.out_proj = nn.Linear(c.inner, c.d_model, bias=c.out_bias)
         self.scale = c.scale or Dh ** -0.5
 
-    def qkv(self, x, rotary):
-        "Project `x: [B, T, D]` to `q [B, T, H, Dh]`, `k, v [B, T, Hkv, Dh]`, rotary applied."
+    def qkv(self, x, rotary=None, attention_mask=None):
+        "Project `x: [B, T, D]` to `q [B, T, H, Dh]`, `k, v [B, T, Hkv, Dh]`, rotary applied (padding is masked in the scores, not here)."
         c = self.config
         p = self.in_proj(x)
         q = p['q'].unflatten(-1, (c.n_heads, c.head_dim))                       # (B, T, H, Dh)
@@ -471,18 +482,20 @@ class SoftmaxAttention(Mixer):
     def forward(self, x, state=None, rotary=None, attention_mask=None, return_state=False):
         check_shapes(x=(x, 'B T D'))
         q, k, v = self.qkv(x, rotary)
-        cache = None
-        if state is not None and state['k'].shape[1]:
-            cache = (self.expand(state['k']), self.expand(state['v']))
-            if attention_mask is not None:   # the mask covers the cached keys too
-                attention_mask = torch.cat([attention_mask.new_ones(x.shape[0], cache[0].shape[1]), attention_mask], 1)
+        (B, T), S = x.shape[:2], 0 if state is None else state['k'].shape[1]
+        ones = lambda n: torch.ones(B, n, dtype=torch.long, device=x.device)
+        # which keys are tokens: the cached ones (a left-padded prompt keeps its padding closed while generating) and the new
+        seen = state['mask'] if S and state.get('mask') is not None else ones(S)                # (B, S)
+        keys = torch.cat([seen, ones(T) if attention_mask is None else attention_mask.long()], 1)  # (B, S + T)
+        cache = (self.expand(state['k']), self.expand(state['v'])) if S else None
         c = self.config
-        o, _ = self.kernel.op(q, self.expand(k), self.expand(v), scale=self.scale, attention_mask=attention_mask,
+        o, _ = self.kernel.op(q, self.expand(k), self.expand(v), scale=self.scale,
+                              attention_mask=None if bool(keys.all()) else keys,
                               initial_state=cache, chunk_size=c.chunk_size, backend=c.backend)   # (B, T, H, Dh)
         y = self.out_proj(o.flatten(2))                                          # (B, T, D)
         if not return_state: return y
-        if state is not None: k, v = torch.cat([state['k'], k], 1), torch.cat([state['v'], v], 1)
-        return y, dict(k=k, v=v)
+        if S: k, v = torch.cat([state['k'], k], 1), torch.cat([state['v'], v], 1)
+        return y, dict(k=k, v=v, mask=keys)
 
     def step(self, x_t, state, rotary=None):
         y, state = self.forward(x_t[:, None], state, _step_rotary(rotary), return_state=True)
@@ -492,7 +505,7 @@ class SoftmaxAttention(Mixer):
         "An empty KV cache (it grows by one entry per step)."
         c, w = self.config, self.out_proj.weight
         z = torch.zeros(batch_size, 0, c.n_kv_heads, c.head_dim, device=device or w.device, dtype=dtype or w.dtype)
-        return dict(k=z, v=z.clone())
+        return dict(k=z, v=z.clone(), mask=torch.ones(batch_size, 0, dtype=torch.long, device=z.device))
 
     def materialize(self, x, rotary=None):
         q, k, _ = self.qkv(x, rotary)
@@ -552,6 +565,7 @@ class Mamba2(Mixer):
     "Mamba-2: in_proj -> z, x, B, C, dt; conv + SiLU; SSD; D skip; gated RMSNorm; out_proj."
     config_cls, family, pad_zero = Mamba2Config, 'ssd', ('dt',)
     qkv_parts = dict(q='C', k='B', v='x')
+    qkv_args = ('C', 'B', 'x')
 
     def build(self, c):
         H, G, N = c.n_heads, c.n_groups, c.d_state
@@ -589,6 +603,13 @@ class Mamba2(Mixer):
         require(c.n_groups == c.n_heads and c.d_state == c.head_dim,
                 f"the QKV copy needs one B/C group per head and d_state = head_dim, but n_groups={c.n_groups}, "
                 f"d_state={c.d_state}; build with the defaults n_groups=None, d_state=None")
+
+# %% ../nbs/02_mixers.ipynb #2cb6a3f1
+def tiny_mixer(name:str, # a key of MIXERS
+               D:int=32, H:int=2, T:int=63, dtype=torch.float64, seed:int=0, **kw) -> tuple[nn.Module, torch.Tensor]:
+    "A tiny mixer `MIXERS[name](D, H, **kw)` and an input `[2, T, D]`, in float64 (for lessons and tests)."
+    torch.manual_seed(seed)
+    return MIXERS[name](D, H, **kw).to(dtype), torch.randn(2, T, D, dtype=dtype)
 
 # %% ../nbs/02_mixers.ipynb #f52fea19
 @dataclass
@@ -651,7 +672,7 @@ class MambaConfig(MixerConfig):
 @MIXERS.register('mamba')
 class Mamba(Mixer):
     "Mamba-1: in_proj -> x, z; conv + SiLU; x_proj -> dt, B, C; dt_proj; selective scan with D and silu(z)."
-    config_cls, family, final_state_kw = MambaConfig, 'selective_scan', 'return_last_state'
+    config_cls, family = MambaConfig, 'selective_scan'
     qkv_parts = dict(v='x')
 
     def build(self, c):
@@ -678,6 +699,11 @@ class Mamba(Mixer):
         # the kernel takes mamba-ssm's channel-first layout
         return dict(u=u.mT, delta=delta.mT, A=-self.A_log.exp(), B=B.mT, C=C.mT, D=self.D, z=p['z'].mT), {}
 
+    def qkv(self, x, rotary=None, attention_mask=None):
+        "C and B (shared by all channels: one head) and the conv'd input u split into `n_heads` pseudo-heads, time-major."
+        args, _, _ = self.kernel_inputs(x, None, rotary, attention_mask)
+        return args['C'].mT[:, :, None], args['B'].mT[:, :, None], args['u'].mT.unflatten(-1, (self.config.n_heads, -1))
+
     def silence(self, args, mask):
         args['delta'] = args['delta'] * mask[:, None].to(args['delta'].dtype)  # no decay, no write at pads
 
@@ -691,7 +717,7 @@ class Mamba(Mixer):
         "The SSM's per-channel matrices (without D and the z gate), averaged over each pseudo-head's channels."
         args, _, _ = self.kernel_inputs(x, None, rotary, None)
         M = call_with(self.kernel.mixing_matrix, args, D=None, z=None)          # (B, Dch, T, T)
-        return _kernels().channels_to_heads(M, self.config.n_heads)           # (B, H, T, T)
+        return channels_to_heads(M, self.config.n_heads)           # (B, H, T, T)
 
     def check_teacher(self, w):
         super().check_teacher(w)
@@ -735,7 +761,7 @@ class RetNet(Mixer):
 
     def build(self, c):
         self.build_qkv(c, **(dict(g=c.inner) if c.output_gate else {}))
-        self.register_buffer('gamma', 1 - 2.0 ** (-5.0 - torch.arange(c.n_heads, dtype=torch.float32)))   # (H,)
+        self.register_buffer('gamma', retnet_gammas(c.n_heads).float())   # (H,)
         self.norm = GatedNorm(c.inner, c.head_dim, 'layer', 'silu' if c.output_gate else None, eps=c.norm_eps)
 
     def features(self, x, conv, new_conv, rotary):
@@ -872,7 +898,7 @@ class LinearAttention(Mixer):
 
     def build_feature_maps(self, c):
         "The feature maps for q and k (a parameter-free one from the kernels' registry)."
-        self.q_map = self.k_map = _kernels().feature_map_fn(c.feature_map)
+        self.q_map = self.k_map = feature_map_fn(c.feature_map)
 
     @property
     def feature_dim(self) -> int:
@@ -900,5 +926,18 @@ class Hedgehog(LinearAttention):
     config_cls = HedgehogConfig
 
     def build_feature_maps(self, c):
-        K = _kernels()
-        self.q_map, self.k_map = K.HedgehogFeatureMap(c.head_dim, c.n_heads), K.HedgehogFeatureMap(c.head_dim, c.n_heads)
+        self.q_map, self.k_map = HedgehogFeatureMap(c.head_dim, c.n_heads), HedgehogFeatureMap(c.head_dim, c.n_heads)
+
+# %% ../nbs/02_mixers.ipynb #3913edbb
+def tiny_rotary(m:nn.Module, T:int, B:int=2, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    "A rotary `(cos, sin)` `[B, T, head_dim]` for positions `0..T-1` of mixer `m` (for lessons and tests)."
+    return tuple(r.expand(B, -1, -1) for r in rotary_cos_sin(torch.arange(T), m.config.head_dim, dtype=dtype))
+
+def values_path(m:nn.Module, x:torch.Tensor, rot) -> torch.Tensor:
+    "Rebuild `forward` from `materialize`: `M @ v` through the layer's own output (v: the kernel's value argument)."
+    M = m.materialize(x, rotary=rot)
+    if isinstance(m, SoftmaxAttention):
+        _, _, v = m.qkv(x, rot)
+        return m.out_proj(torch.einsum('bhts,bshv->bthv', M, m.expand(v)).flatten(2))
+    args, extra, _ = m.kernel_inputs(x, rotary=rot)
+    return m.output(torch.einsum('bhts,bshv->bthv', M, args[m.kernel.value]), extra)

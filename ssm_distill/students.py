@@ -8,13 +8,14 @@ Docs: https://ssm-distill.github.io/ssm_distill/students.html.md"""
 # %% ../nbs/04_students.ipynb #ec1a9f4b
 from __future__ import annotations
 import dataclasses, inspect, math
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import nn
-import torch.nn.functional as F
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .core import Registry, SsmDistillError, require, log
@@ -22,42 +23,132 @@ from .mixers import MIXERS, AttentionWeights, mixer_from_attention
 from .teachers import ADAPTERS, Teacher, load_teacher
 
 # %% auto #0
-__all__ = ['QKV_ARGS', 'STUDENT_GROUPS', 'STUDENT_INITS', 'KVCache', 'StudentContext', 'MixerAttention', 'StudentConfig',
-           'StudentForCausalLM', 'causal_mask', 'set_trainable_groups', 'qkv_copy_init', 'random_init', 'mixing_error',
-           'fit_mixing_matrix', 'calibration_batch', 'mixing_init', 'build_student', 'copy_teacher_weights',
-           'next_token', 'generate_recurrent', 'resized_config', 'uniform_teacher_layers', 'build_student_from_config']
+__all__ = ['CACHE_ARGS', 'MIRRORED', 'REMOTE_MODULE', 'AUTO_MAP', 'REMOTE_CODE', 'STUDENT_GROUPS', 'STUDENT_INITS',
+           'StudentCache', 'MixerAttention', 'cache_arg', 'find_cache', 'output_cache_field', 'check_reached',
+           'allow_checkpointing_with_cache', 'StudentConfig', 'StudentForCausalLM', 'check_transformers_contract',
+           'causal_mask', 'set_trainable_groups', 'qkv_copy_init', 'random_init', 'mixing_error', 'fit_mixing_matrix',
+           'calibration_batch', 'mixing_init', 'build_student', 'copy_teacher_weights', 'resized_config',
+           'uniform_teacher_layers', 'build_student_from_config']
 
 # %% ../nbs/04_students.ipynb #f8defdaf
-class KVCache:
-    "A plain per-layer KV cache for the kept attention layers of a hybrid (what Hugging Face attention calls `update` on)."
-    def __init__(self): self.k, self.v = {}, {}
+def _tensors_map(fn, tree):
+    "Apply `fn` to every tensor of a nested dict (a mixer's state)."
+    if isinstance(tree, dict): return {k: _tensors_map(fn, v) for k, v in tree.items()}
+    return fn(tree) if isinstance(tree, torch.Tensor) else tree
 
-    def update(self, k:torch.Tensor, # [B, Hkv, T, Dh] new keys (Hugging Face's layout)
-               v:torch.Tensor, layer_idx:int, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        "Append this step's keys and values of layer `layer_idx`; return all of them so far."
-        if layer_idx in self.k: k, v = torch.cat([self.k[layer_idx], k], -2), torch.cat([self.v[layer_idx], v], -2)
-        self.k[layer_idx], self.v[layer_idx] = k, v
-        return k, v                                                             # (B, Hkv, S, Dh)
+class StudentCache(Cache):
+    "The student's cache: each mixer's recurrent state, the kept attention layers' keys and values, the padding mask."
+    is_compileable = False  # kept layers' keys grow and mixer states are replaced each step: no static addresses
+    is_croppable = False    # a recurrent state cannot be rolled back (no assisted decoding / contrastive search)
 
-    def get_seq_length(self, layer_idx:int=0) -> int:
-        return self.k[layer_idx].shape[-2] if layer_idx in self.k else 0
+    def __init__(self, n_layers:int, # layers of the student
+                 mixer_layers:Iterable[int], # the layers that run a mixer (the others keep attention)
+                 store:bool=True): # False: carry only the padding mask through one parallel forward, keep nothing
+        # Hugging Face's `Cache` keeps one layer object per layer in `self.layers`; this cache keeps its own dicts, so the
+        # base constructor (whose arguments change between releases) is not called.
+        self.layers, self.n_layers, self.mixer_layers, self.store = [], n_layers, set(mixer_layers), store
+        self.states, self.keys, self.values = {}, {}, {}   # {layer: mixer state}, {layer: [B, Hkv, S, Dh]}
+        self.mask, self.seen, self.reached, self.new_padding = None, 0, set(), None
 
-@dataclass
-class StudentContext:
-    "What the student's mixer and kept-attention layers need beyond Hugging Face's arguments (passed as `ssm_ctx`)."
-    attention_mask: torch.Tensor|None = None # [B, S] 1 = token, 0 = padding, over every position seen so far
-    states: dict|None = None # {layer: mixer state} while generating (None: a plain parallel forward)
-    kv: KVCache|None = None  # the kept attention layers' KV cache while generating
-    step: bool = False       # True: one new token per row, mixers run `step` on their state
+    @classmethod
+    def for_model(cls, model, store:bool=True) -> StudentCache:
+        "An empty cache for `model` (a `StudentForCausalLM`)."
+        return cls(model.n_layers, model.mixer_layers, store)
+
+    def __len__(self): return self.n_layers
+    def __repr__(self):
+        return (f"StudentCache(seen={self.seen}, mixer states={sorted(self.states)}, kept attention={sorted(self.keys)}, "
+                f"state {self.state_bytes() / 1024:.1f} KiB)")
 
     @property
-    def generating(self) -> bool: return self.states is not None
+    def is_sliding(self) -> list[bool]: return [False] * self.n_layers
+    @property
+    def is_linear(self) -> list[bool]: return [i in self.mixer_layers for i in range(self.n_layers)]
+
+    def get_seq_length(self, layer_idx:int=0) -> int:
+        "Tokens seen so far (the same for every layer)."
+        return self.seen
+
+    def get_mask_sizes(self, query, layer_idx:int=0) -> tuple[int, int]:
+        "(key length, key offset) for `query` new tokens (an int, or positions `[T]`)."
+        return self.seen + (query if isinstance(query, int) else query.shape[-1]), 0
+
+    def begin(self, T:int, # new tokens in this forward
+              attention_mask:torch.Tensor|None, # [B, seen + T] or [B, T], 1 = token, 0 = padding
+             ) -> torch.Tensor|None: # [B, seen + T] the padding mask of every position (None: no padding)
+        "Start a forward over `T` new tokens: record their padding."
+        if attention_mask is not None and attention_mask.shape[-1] == T and self.seen:   # only the new part given
+            attention_mask = torch.cat([self.mask if self.mask is not None else attention_mask.new_ones(
+                attention_mask.shape[0], self.seen), attention_mask], -1)
+        if attention_mask is None and self.mask is not None: attention_mask = nn.functional.pad(self.mask, (0, T), value=1)
+        if attention_mask is not None:
+            require(attention_mask.shape[-1] == self.seen + T, f"attention_mask covers {attention_mask.shape[-1]} positions "
+                    f"but the cache has seen {self.seen} and {T} are new; pass a mask over all {self.seen + T} positions")
+            attention_mask = None if self.mask is None and bool(attention_mask.all()) else attention_mask.long()
+        require(not (self.store and attention_mask is not None and not bool(attention_mask[:, -1].all())),
+                "the batch is right-padded (a row ends in padding), so generation would continue from the padding; "
+                "pad prompts on the left (tokenizer.padding_side = 'left')")
+        self.mask, self.reached = attention_mask, set()
+        self.new_padding = None if attention_mask is None else attention_mask[:, -T:]                # (B, T)
+        return attention_mask
+
+    def end(self, T:int):
+        "Finish a forward over `T` new tokens."
+        if self.store: self.seen += T
+
+    def update(self, key_states:torch.Tensor, # [B, Hkv, T, Dh] this forward's keys (Hugging Face's layout)
+               value_states:torch.Tensor, layer_idx:int, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        "Kept attention layer `layer_idx`: append the new keys and values, return all so far `[B, Hkv, S, Dh]`."
+        self.reached.add(layer_idx)
+        if not self.store: return key_states, value_states
+        if layer_idx in self.keys:
+            key_states = torch.cat([self.keys[layer_idx], key_states], -2)
+            value_states = torch.cat([self.values[layer_idx], value_states], -2)
+        self.keys[layer_idx], self.values[layer_idx] = key_states, value_states
+        return key_states, value_states
+
+    def mix(self, layer_idx:int, mixer:nn.Module, x:torch.Tensor, # [B, T, D] the normed residual stream
+            rotary:tuple|None=None) -> torch.Tensor: # [B, T, D]
+        "Mixer layer `layer_idx` on `x`: the parallel form (from its state, if any), or one recurrent `step`."
+        self.reached.add(layer_idx)
+        if not self.store: return mixer(x, rotary=rotary, attention_mask=self.new_padding)
+        state = self.states.get(layer_idx)
+        if state is not None and x.shape[1] == 1:
+            y, self.states[layer_idx] = mixer.step(x[:, 0], state, rotary=rotary)
+            return y[:, None]                                                     # (B, 1, D)
+        y, self.states[layer_idx] = mixer(x, state, rotary=rotary, attention_mask=self.new_padding, return_state=True)
+        return y
+
+    def state_bytes(self) -> int:
+        "Bytes held by the mixers' recurrent states (constant in the sequence length)."
+        total = []
+        _tensors_map(lambda t: total.append(t.numel() * t.element_size()), self.states)
+        return sum(total)
+
+    def _map(self, fn):
+        self.states = _tensors_map(fn, self.states)
+        self.keys, self.values = _tensors_map(fn, self.keys), _tensors_map(fn, self.values)
+        if self.mask is not None: self.mask = fn(self.mask)
+
+    def reorder_cache(self, beam_idx:torch.LongTensor):
+        "Beam search: keep the rows `beam_idx`."
+        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+    def batch_repeat_interleave(self, repeats:int): self._map(lambda t: t.repeat_interleave(repeats, 0))
+    def batch_select_indices(self, indices:torch.Tensor): self._map(lambda t: t[indices])
+
+    def crop(self, max_length:int):
+        raise SsmDistillError("a student's recurrent state cannot be cropped back to an earlier position, so assisted "
+                              "decoding, prompt lookup and contrastive search are not available; use greedy, sampling or beams")
+
+    def reset(self):
+        self.states, self.keys, self.values = {}, {}, {}
+        self.mask, self.seen, self.reached, self.new_padding = None, 0, set(), None
 
 # %% ../nbs/04_students.ipynb #9e6cdae3
 class MixerAttention(nn.Module):
     "Hugging Face's attention interface around a mixer: `(hidden_states, ...) -> (y, None)`."
     def __init__(self, mixer:nn.Module, # a mixer of `ssm_distill.mixers`
-                 layer_idx:int):        # its layer (the key of its state while generating)
+                 layer_idx:int):        # its layer (the key of its state in the cache)
         super().__init__()
         self.mixer, self.layer_idx = mixer, layer_idx
 
@@ -66,53 +157,51 @@ class MixerAttention(nn.Module):
         return position_embeddings if getattr(self.mixer.config, 'rotary', False) else None
 
     def forward(self, hidden_states:torch.Tensor, # [B, T, D] the normed residual stream
-                *args, position_embeddings=None, ssm_ctx:StudentContext|None=None, **kwargs):
-        rot, ctx = self.rotary(position_embeddings), ssm_ctx or StudentContext()
-        if not ctx.generating:
-            return self.mixer(hidden_states, rotary=rot, attention_mask=ctx.attention_mask), None
-        if ctx.step:
-            y, ctx.states[self.layer_idx] = self.mixer.step(hidden_states[:, 0], ctx.states[self.layer_idx], rotary=rot)
-            return y[:, None], None                                              # (B, 1, D)
-        y, ctx.states[self.layer_idx] = self.mixer(hidden_states, rotary=rot, attention_mask=ctx.attention_mask,
-                                                   return_state=True)
+                *args, position_embeddings=None, **kwargs):
+        rot, cache = self.rotary(position_embeddings), find_cache(kwargs)
+        y = self.mixer(hidden_states, rotary=rot) if cache is None else cache.mix(self.layer_idx, self.mixer, hidden_states, rot)
         return y, None
 
     def extra_repr(self): return f"layer_idx={self.layer_idx}"
 
 # %% ../nbs/04_students.ipynb #eef7fde2
-def _cache_kw(attn:nn.Module) -> str:
-    "The keyword under which this attention module takes its KV cache (GPT-NeoX: `layer_past`)."
-    return 'layer_past' if 'layer_past' in inspect.signature(type(attn).forward).parameters else 'past_key_values'
+CACHE_ARGS = ('cache', 'past_key_values', 'layer_past')   # the names transformers releases give the cache argument
 
-def _step_mask(ctx:StudentContext, S:int, # keys after this step's update
-               window:int|None, dtype, device) -> torch.Tensor|None:
-    "Additive mask `[B|1, 1, 1, S]` of the newest query over the cached keys (None: every key visible)."
-    keep = torch.ones(1, S, dtype=torch.bool, device=device) if ctx.attention_mask is None else ctx.attention_mask.bool()
-    if window is not None: keep = keep & (torch.arange(S, device=device) > S - 1 - window)
-    if bool(keep.all()): return None
-    return torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)[:, None, None]
+def cache_arg(fn) -> str:
+    "The name under which `fn` (a model's or a decoder layer's `forward`) takes the cache, read from its signature."
+    params = inspect.signature(fn).parameters
+    name = next((n for n in CACHE_ARGS if n in params), None)
+    require(name is not None, f"transformers {transformers.__version__}: {getattr(fn, '__qualname__', fn)} takes none of "
+            f"{CACHE_ARGS}, so the student cannot hand it its cache; install a tested transformers (see the README) and report this")
+    return name
 
-def _kept_attention_hook(module, args, kwargs):
-    "Forward pre-hook of kept attention layers: the student's KV cache and step mask while generating."
-    ctx = kwargs.pop('ssm_ctx', None)
-    if ctx is None or not ctx.generating: return args, kwargs
-    kwargs[_cache_kw(module)] = ctx.kv
-    if ctx.step:
-        w = next(module.parameters())
-        window = getattr(module, 'sliding_window', None) or getattr(getattr(module, 'config', None), 'sliding_window', None)
-        kwargs['attention_mask'] = _step_mask(ctx, ctx.kv.get_seq_length(module.layer_idx) + 1, window, w.dtype, w.device)
-    return args, kwargs
+def find_cache(kwargs:dict) -> StudentCache|None:
+    "The student's cache among the keyword arguments an attention module received, under whichever name it came."
+    return next((v for v in kwargs.values() if isinstance(v, StudentCache)), None)
 
-# %% ../nbs/04_students.ipynb #5feb1073
-# MiniLMv2's relation transfer reads a layer's queries, keys and values; in an SSM they are C, B and x
-# (mamba-ssm: "[x, B, C] correspond to V, K, Q in the SSM/attention duality").
-QKV_ARGS = {'ssd': ('C', 'B', 'x'), 'selective_scan': ('C', 'B', 'u')}
+def output_cache_field() -> str:
+    "The field of `CausalLMOutputWithPast` that holds the cache (`cache` from transformers 5.24, `past_key_values` before)."
+    fields = {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
+    return next(n for n in CACHE_ARGS if n in fields)
 
-def _time_major(a:torch.Tensor, family:str) -> torch.Tensor:
-    "A kernel argument with time on axis 1 (Mamba-1's selective scan keeps time last)."
-    return a.movedim(-1, 1) if family == 'selective_scan' else a
+def check_reached(cache:StudentCache, model_type:str):
+    "Fail loudly if the skeleton did not hand the cache to every layer (a transformers signature the student relies on changed)."
+    missing = sorted(set(range(cache.n_layers)) - cache.reached)
+    require(not missing, f"transformers {transformers.__version__}: the {model_type} model did not hand the student's cache to "
+            f"layer(s) {missing}, so their state would be lost and the output wrong. Either gradient checkpointing dropped it "
+            f"(train without padding, or without gradient checkpointing), or this release changed a signature ssm_distill "
+            f"relies on: install a tested transformers (see the README) and report it")
+
+def allow_checkpointing_with_cache(layers:Iterable[nn.Module]):
+    "Let gradient checkpointing keep the student's cache (transformers >= 5.24 drops it otherwise; older releases always do)."
+    for layer in layers: layer._can_checkpoint_with_cache = True
 
 # %% ../nbs/04_students.ipynb #09e1a002
+# Read from the skeleton's config (through its attribute_map: GPT-2's n_embd is hidden_size) and kept at the top level,
+# where Hugging Face's generation, pipelines and users look for them.
+MIRRORED = ('vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'max_position_embeddings',
+            'bos_token_id', 'eos_token_id', 'pad_token_id')
+
 class StudentConfig(PretrainedConfig):
     "Config of a `StudentForCausalLM`: the skeleton's config plus which mixer replaces which attention layer."
     model_type = 'ssm_distill_student'
@@ -132,6 +221,7 @@ class StudentConfig(PretrainedConfig):
         self.mixer_configs = {str(k): dict(v) for k, v in (self.mixer_configs or {}).items()}
         self.attention_layers = sorted(int(i) for i in (self.attention_layers or []))
         super().__post_init__(**kwargs)
+        if self.base_config: self.mirror()
 
     def skeleton(self) -> PretrainedConfig:
         "The skeleton's Hugging Face config object."
@@ -140,8 +230,14 @@ class StudentConfig(PretrainedConfig):
         require('model_type' in d, "StudentConfig.base_config has no model_type; build students with build_student")
         return CONFIG_MAPPING[d['model_type']].from_dict(d)
 
+    def mirror(self, skeleton:PretrainedConfig|None=None):
+        "Copy `MIRRORED` from the skeleton's config to the top level (after a change such as a vocabulary resize)."
+        sk = skeleton or self.skeleton()
+        if skeleton is not None: self.base_config = sk.to_dict()
+        for k in MIRRORED: setattr(self, k, getattr(sk, k, None))
+
 # %% ../nbs/04_students.ipynb #65a189de
-class StudentForCausalLM(PreTrainedModel):
+class StudentForCausalLM(PreTrainedModel, GenerationMixin):
     "The teacher's architecture with mixers in place of (some of) its attention layers; a Hugging Face causal LM."
     config_class = StudentConfig
     base_model_prefix = 'lm'
@@ -153,15 +249,17 @@ class StudentForCausalLM(PreTrainedModel):
     def __init__(self, config:StudentConfig):
         super().__init__(config)
         base = config.skeleton()
-        self.lm = AutoModelForCausalLM.from_config(base, attn_implementation=config.base_attn_implementation)
+        # in the dtype being constructed (`from_pretrained(..., dtype=...)` sets it), not the one the skeleton's config records
+        self.lm = AutoModelForCausalLM.from_config(base, attn_implementation=config.base_attn_implementation,
+                                                   dtype=torch.get_default_dtype())
         self.adapter = ADAPTERS[base.model_type]
         require(self.adapter.causal, f"{base.model_type} is an encoder; students are causal language models")
         for i, block in enumerate(self.layers):
-            if i in config.attention_layers:
-                self.attention_slot(i).register_forward_pre_hook(_kept_attention_hook, with_kwargs=True)
-            else:
+            if i not in config.attention_layers:
                 cfg = config.mixer_configs[str(i)]
                 setattr(block, self.adapter.attention, MixerAttention(MIXERS[config.mixer](**cfg), i))
+        allow_checkpointing_with_cache(self.layers)
+        self._cache_arg, self._layer_cache_arg = cache_arg(type(self.lm).forward), cache_arg(type(self.layers[0]).forward)
         self.post_init()
 
     # --- structure
@@ -172,6 +270,11 @@ class StudentForCausalLM(PreTrainedModel):
 
     @property
     def n_layers(self) -> int: return len(self.layers)
+
+    @property
+    def window(self) -> int|None:
+        "The sliding window of the kept attention layers (Mistral), or None."
+        return getattr(self.lm.config, 'sliding_window', None)
 
     def _check_layer(self, i:int) -> int:
         require(-self.n_layers <= i < self.n_layers,
@@ -207,6 +310,14 @@ class StudentForCausalLM(PreTrainedModel):
     def get_input_embeddings(self): return self.lm.get_input_embeddings()
     def set_input_embeddings(self, value): self.lm.set_input_embeddings(value)
     def get_output_embeddings(self): return self.lm.get_output_embeddings()
+    def set_output_embeddings(self, value): self.lm.set_output_embeddings(value)
+
+    def resize_token_embeddings(self, new_num_tokens:int|None=None, pad_to_multiple_of:int|None=None,
+                                mean_resizing:bool=True) -> nn.Embedding:
+        "Resize the skeleton's input and output embeddings (tied or not); the student's config follows."
+        emb = self.lm.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.config.mirror(self.lm.config)
+        return emb
 
     def rotary(self, position_ids:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]|None:
         "The skeleton's rotary `(cos, sin)` `[B, T, r]` for `position_ids` `[B, T]` or `[T]`; None without rotary."
@@ -249,18 +360,20 @@ class StudentForCausalLM(PreTrainedModel):
                   position_ids:torch.Tensor|None=None, # [B, T] or [T]; None: 0..T-1
                   attention_mask:torch.Tensor|None=None) -> torch.Tensor: # [B, T] padding mask
         "Block `i` alone on the residual stream `hidden`: `[B, T, D]`, to match the teacher's `block_out` (stage 2)."
-        B, T, _ = hidden.shape
+        i, (B, T, _) = self._check_layer(i), hidden.shape
         pos = position_ids if position_ids is not None else torch.arange(T, device=hidden.device)
         if pos.dim() == 1: pos = pos[None].expand(B, -1)
-        kw = dict(attention_mask=causal_mask(T, attention_mask, getattr(self.lm.config, 'sliding_window', None),
-                                             hidden.dtype, hidden.device), position_ids=pos, use_cache=False,
-                  ssm_ctx=StudentContext(attention_mask=attention_mask))
+        kw = dict(attention_mask=causal_mask(T, attention_mask, self.window, hidden.dtype, hidden.device), position_ids=pos)
         rot = self.rotary(pos)
         if rot is not None: kw['position_embeddings'] = rot
+        cache = None
+        if attention_mask is not None:   # the mixer reads the padding from a cache that keeps nothing
+            cache = StudentCache.for_model(self, store=False)
+            cache.begin(T, attention_mask)
+            kw[self._layer_cache_arg] = cache
         out = self.block(i)(hidden, **kw)
+        if cache is not None: check_reached(cache, self.lm.config.model_type, [i])
         return out[0] if isinstance(out, tuple) else out                        # (B, T, D)
-
-    block_forward = run_block   # the name the trainer calls
 
     def capture_qkv(self, input_ids:torch.LongTensor, # [B, T]
                     layer:int=-1, # a mixer layer (MiniLMv2 uses the last)
@@ -275,8 +388,7 @@ class StudentForCausalLM(PreTrainedModel):
         finally: hook.remove()
         x = seen['x']                                                          # (B, T, D) the slot's normed input
         rot = self._rotary_for(x, None) if m.config.rotary else None
-        args, _, _ = m.kernel_inputs(x, rotary=rot, attention_mask=attention_mask)
-        return tuple(_time_major(args[n], m.family).flatten(2) for n in QKV_ARGS.get(m.family, ('q', 'k', 'v')))
+        return tuple(a.flatten(2) for a in m.qkv(x, rot, attention_mask))   # (B, T, H * K) each; C, B, x for SSMs
 
     # --- which parameters train
     def param_groups(self) -> dict[str, list[str]]:
@@ -289,42 +401,124 @@ class StudentForCausalLM(PreTrainedModel):
 
     # --- the whole model
     def forward(self, input_ids:torch.LongTensor|None=None, # [B, T]
-                attention_mask:torch.Tensor|None=None, # [B, T] 1 = token, 0 = padding
+                attention_mask:torch.Tensor|None=None, # [B, S] 1 = token, 0 = padding (S = cached + new positions)
+                position_ids:torch.LongTensor|None=None, # [B, T]; None: continuing after the cached positions
+                inputs_embeds:torch.Tensor|None=None, # [B, T, D] instead of input_ids
                 labels:torch.LongTensor|None=None, # [B, T] for the language-modelling loss (shifted inside)
-                ssm_ctx:StudentContext|None=None, # set by `generate`; leave None
+                use_cache:bool|None=None, # True: return a `StudentCache` to continue from (None: only if one was given)
+                logits_to_keep:int|torch.Tensor=0, # compute the logits of the last n positions only (0: all)
+                cache:StudentCache|None=None, # the state to continue from (as transformers >= 5.24 name it)
+                past_key_values:StudentCache|None=None, # the same, as transformers < 5.24 name it
                 **kwargs) -> CausalLMOutputWithPast:
-        "The parallel (chunked) forward of the whole student: Hugging Face's output with `.logits` `[B, T, V]`."
-        if ssm_ctx is None:
-            mask = attention_mask if attention_mask is not None and not bool(attention_mask.all()) else None
-            ssm_ctx = StudentContext(attention_mask=mask)
-        kwargs.setdefault('use_cache', False)
-        return self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, ssm_ctx=ssm_ctx, **kwargs)
+        "Hugging Face's causal-LM forward: the parallel (chunked) form over the new tokens, continuing from `cache` if given."
+        cache = cache if cache is not None else past_key_values
+        require(cache is None or isinstance(cache, StudentCache), f"the student's cache is a StudentCache, not a "
+                f"{type(cache).__name__}; pass the cache a previous call returned (or none, and use_cache=True)")
+        x = input_ids if input_ids is not None else inputs_embeds
+        require(x is not None and x.dim() >= 2, "pass input_ids [B, T] (or inputs_embeds [B, T, D])")
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if cache is None and (use_cache or padded): cache = StudentCache.for_model(self, store=bool(use_cache))
+        kw = dict(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids, labels=labels,
+                  logits_to_keep=logits_to_keep, **kwargs)
+        if cache is None: return self.lm(attention_mask=attention_mask, use_cache=False, **kw)   # the skeleton's own forward
+        checkpointing = any(getattr(b, 'gradient_checkpointing', False) for b in self.layers)
+        require(not (cache.store and checkpointing and self.training and torch.is_grad_enabled()),
+                "use_cache=True while training with gradient checkpointing would replay the cache's updates; pass use_cache=False")
+        B, T = x.shape[:2]
+        past, p = cache.seen, next(self.parameters())
+        mask = cache.begin(T, attention_mask)                                             # (B, past + T) or None
+        if position_ids is None: kw['position_ids'] = torch.arange(past, past + T, device=x.device)[None].expand(B, -1)
+        out = self.lm(attention_mask=self._attention_mask(mask, B, T, past, p.dtype, x.device), use_cache=True,
+                      **{self._cache_arg: cache}, **kw)
+        check_reached(cache, self.lm.config.model_type)
+        cache.end(T)
+        return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, hidden_states=out.hidden_states,
+                                      attentions=out.attentions, **{output_cache_field(): cache if cache.store else None})
 
-    @torch.no_grad()
-    def generate(self, input_ids:torch.LongTensor, # [B, T] the prompt
-                 max_new_tokens:int=20, # tokens to add
-                 do_sample:bool=False, # False: greedy (argmax)
-                 temperature:float=1.0, # sampling temperature
-                 top_k:int|None=None, # sample among the k most likely tokens only
-                 eos_token_id:int|None=None, # a row stops at this token (then repeats it)
-                 attention_mask:torch.Tensor|None=None, # [B, T] for left-padded prompts
-                 generator:torch.Generator|None=None, # for reproducible sampling
-                ) -> torch.LongTensor: # [B, T + n]
-        "Recurrent generation: prefill in the parallel form, then one token at a time with `mixer.step` (see `generate_recurrent`)."
-        return generate_recurrent(self, input_ids, max_new_tokens, do_sample, temperature, top_k, eos_token_id,
-                                  attention_mask, generator)
+    def _attention_mask(self, mask:torch.Tensor|None, B:int, T:int, past:int, dtype, device) -> torch.Tensor|None:
+        "The 4-D mask `[B|1, 1, T, past + T]` of the kept attention layers (a free zero view when every layer is a mixer)."
+        if not self.config.attention_layers: return torch.zeros((), dtype=dtype, device=device).expand(B, 1, T, past + T)
+        # a plain causal prefill: no mask at all, so that attention runs its causal kernel (a dense [T, T] mask is
+        # 4 GiB at 32k tokens); Hugging Face then asks the cache only for its length (`get_mask_sizes`)
+        if past == 0 and mask is None and self.window is None: return None
+        return causal_mask(T, mask, self.window, dtype, device, past=past)
+
+    # --- generation (Hugging Face's GenerationMixin drives these)
+    def prepare_inputs_for_generation(self, input_ids:torch.LongTensor, # [B, S] the tokens so far
+                                      attention_mask:torch.Tensor|None=None, inputs_embeds:torch.Tensor|None=None,
+                                      position_ids:torch.Tensor|None=None, use_cache:bool=True,
+                                      logits_to_keep:int|None=None, **kwargs) -> dict:
+        "Before each forward of `generate`: only the positions the cache has not seen, with their positions."
+        cache = next((kwargs.pop(n) for n in CACHE_ARGS if kwargs.get(n) is not None), None)
+        for n in CACHE_ARGS + ('next_sequence_length', 'is_first_iteration', 'cache_position'): kwargs.pop(n, None)
+        past = cache.seen if isinstance(cache, StudentCache) else 0
+        prompt_embeds = inputs_embeds is not None and past == 0
+        total = input_ids.shape[1] + (inputs_embeds.shape[1] if inputs_embeds is not None else 0)
+        new = total - past                                                                    # positions to run
+        inputs = dict(kwargs, attention_mask=attention_mask, cache=cache, use_cache=use_cache,
+                      input_ids=None if prompt_embeds else input_ids[:, input_ids.shape[1] - new:],
+                      inputs_embeds=inputs_embeds if prompt_embeds else None)
+        if logits_to_keep is not None: inputs['logits_to_keep'] = logits_to_keep
+        if position_ids is None and attention_mask is not None:   # left padding: each row counts its own tokens from 0
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if position_ids is not None: inputs['position_ids'] = position_ids[:, -new:]
+        return inputs
+
+    def generate(self, inputs:torch.Tensor|None=None, generation_config=None, **kwargs):
+        "Hugging Face's `generate` (greedy, sampling, beams, streamers, ...) with a `StudentCache`: one recurrent step per token."
+        use_cache = kwargs.get('use_cache', getattr(generation_config or self.generation_config, 'use_cache', True))
+        if use_cache is not False and all(kwargs.get(n) is None for n in CACHE_ARGS):
+            kwargs[self._cache_arg] = StudentCache.for_model(self)
+        return super().generate(inputs, generation_config, **kwargs)
+
+    def compile_decoding(self, **options) -> StudentForCausalLM: # options of torch.compile (mode, backend, ...)
+        "Compile each mixer's one-token `step` with `torch.compile` (minutes once per layer, then a faster step per token)."
+        for i in self.mixer_layers:
+            m = self.mixer(i)
+            m.step = torch.compile(type(m).step.__get__(m), dynamic=False, **options)
+        return self
+
+    # --- saving
+    def save_pretrained(self, save_directory:str|Path, *args, **kwargs):
+        "Hugging Face's `save_pretrained`, plus the loader that `from_pretrained(..., trust_remote_code=True)` needs."
+        self.config.auto_map = dict(AUTO_MAP)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get('is_main_process', True): (Path(save_directory)/f'{REMOTE_MODULE}.py').write_text(REMOTE_CODE)
 
 # %% ../nbs/04_students.ipynb #d7eebc90
+REMOTE_MODULE = 'modeling_ssm_distill'
+AUTO_MAP = {'AutoConfig': f'{REMOTE_MODULE}.StudentConfig', 'AutoModelForCausalLM': f'{REMOTE_MODULE}.StudentForCausalLM'}
+REMOTE_CODE = ('"Loads an ssm_distill student with `trust_remote_code=True`: the code is the installed package '
+               '(pip install ssm_distill)."\nfrom ssm_distill.students import StudentConfig, StudentForCausalLM\n')
+
 AutoConfig.register(StudentConfig.model_type, StudentConfig, exist_ok=True)
 AutoModelForCausalLM.register(StudentConfig, StudentForCausalLM, exist_ok=True)
 
+# %% ../nbs/04_students.ipynb #a1c0ffee
+def check_transformers_contract(student:StudentForCausalLM) -> dict:
+    "Run `student` through what it relies on in transformers (a cached prefill and step reaching every layer); say what was used."
+    p = next(student.parameters())
+    ids = torch.zeros(1, 3, dtype=torch.long, device=p.device)
+    cache = StudentCache.for_model(student)
+    with torch.no_grad():
+        student(ids, use_cache=True, **{student._cache_arg: cache})   # raises, naming the version, if a layer was skipped
+        student(ids[:, :1], **{student._cache_arg: cache})
+    require(cache.seen == 4 and set(cache.states) == set(student.mixer_layers)
+            and set(cache.keys) == set(student.config.attention_layers),
+            f"transformers {transformers.__version__}: the cache did not record every layer's state ({cache}); "
+            f"install a tested transformers (see the README) and report this")
+    return dict(transformers=transformers.__version__, model_cache_arg=student._cache_arg,
+                layer_cache_arg=student._layer_cache_arg, output_field=output_cache_field())
+
 # %% ../nbs/04_students.ipynb #bc6ea6d0
-def causal_mask(T:int, # sequence length
-                attention_mask:torch.Tensor|None=None, # [B, T] 1 = token, 0 = padding
+def causal_mask(T:int, # new positions (queries)
+                attention_mask:torch.Tensor|None=None, # [B, past + T] 1 = token, 0 = padding
                 window:int|None=None, # sliding window (Mistral): query t sees keys t - window < s <= t
-                dtype=torch.float32, device=None) -> torch.Tensor:
-    "Additive attention mask `[B|1, 1, T, T]`: 0 where query `t` may see key `s`, the dtype's minimum elsewhere."
-    t, s = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None]
+                dtype=torch.float32, device=None,
+                past:int=0, # positions before the queries, already in a cache (keys 0..past + T - 1)
+               ) -> torch.Tensor: # [B|1, 1, T, past + T]
+    "Additive attention mask: 0 where query `past + t` may see key `s`, the dtype's minimum elsewhere."
+    t, s = torch.arange(past, past + T, device=device)[:, None], torch.arange(past + T, device=device)[None]
     ok = (s <= t) if window is None else (s <= t) & (t - s < window)
     ok = ok[None]                                                                # (1, T, S)
     if attention_mask is not None: ok = ok & attention_mask.to(device=ok.device, dtype=torch.bool)[:, None, :]
@@ -537,48 +731,6 @@ def copy_teacher_weights(student:StudentForCausalLM, teacher:Teacher) -> list[st
     theirs = {k: v for k, v in teacher.model.state_dict().items() if k in mine and mine[k].shape == v.shape}
     missing, _ = student.lm.load_state_dict(theirs, strict=False)
     return [k for k in missing if k not in theirs]
-
-# %% ../nbs/04_students.ipynb #93926cb2
-def next_token(logits:torch.Tensor, # [B, V] the last position's logits
-               do_sample:bool=False, temperature:float=1.0, top_k:int|None=None,
-               generator:torch.Generator|None=None) -> torch.Tensor: # [B]
-    "Greedy argmax, or a sample from `softmax(logits / temperature)` restricted to the `top_k` most likely tokens."
-    if not do_sample: return logits.argmax(-1)
-    require(temperature > 0, f"temperature={temperature}: use a positive temperature such as 0.7 or 1.0 (or do_sample=False)")
-    logits = logits.float() / temperature
-    if top_k:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]   # (B, 1)
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
-
-@torch.no_grad()
-def generate_recurrent(student:StudentForCausalLM, input_ids:torch.LongTensor, # [B, T] the prompt
-                       max_new_tokens:int=20, do_sample:bool=False, temperature:float=1.0, top_k:int|None=None,
-                       eos_token_id:int|None=None, attention_mask:torch.Tensor|None=None,
-                       generator:torch.Generator|None=None) -> torch.LongTensor: # [B, T + n]
-    "Prefill with the parallel form, then one token at a time with each mixer's recurrent `step` (constant-size state)."
-    require(input_ids.dim() == 2 and input_ids.shape[1] >= 1,
-            f"input_ids has shape {tuple(input_ids.shape)}; pass a [B, T] batch of prompt ids with T >= 1")
-    require(max_new_tokens >= 0, f"max_new_tokens={max_new_tokens}: use 0 or more")
-    B, T = input_ids.shape
-    dev = input_ids.device
-    mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.to(dev).long()
-    ctx = StudentContext(attention_mask=mask, states={}, kv=KVCache())
-    pos = torch.arange(T, device=dev)[None].expand(B, -1)
-    logits = student.lm(input_ids=input_ids, attention_mask=mask, position_ids=pos, ssm_ctx=ctx, use_cache=False).logits
-    ctx.step = True
-    out, done = [input_ids], torch.zeros(B, dtype=torch.bool, device=dev)
-    for n in range(max_new_tokens):
-        tok = next_token(logits[:, -1], do_sample, temperature, top_k, generator)                  # (B,)
-        if eos_token_id is not None:
-            tok = torch.where(done, torch.full_like(tok, eos_token_id), tok)
-            done = done | (tok == eos_token_id)
-        out.append(tok[:, None])
-        if n == max_new_tokens - 1 or bool(done.all()): break
-        if ctx.attention_mask is not None: ctx.attention_mask = F.pad(ctx.attention_mask, (0, 1), value=1)
-        pos = torch.full((B, 1), T + n, device=dev)
-        logits = student.lm(input_ids=tok[:, None], position_ids=pos, ssm_ctx=ctx, use_cache=False).logits
-    return torch.cat(out, 1)
 
 # %% ../nbs/04_students.ipynb #019170a4
 _SIZE_FIELDS = dict(n_layers='num_hidden_layers', hidden_size='hidden_size', n_heads='num_attention_heads')

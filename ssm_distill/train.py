@@ -6,12 +6,13 @@ Docs: https://ssm-distill.github.io/ssm_distill/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #57ab217f
 from __future__ import annotations
-import contextlib, dataclasses, difflib, itertools, json, math, os, random, shutil, time, types, typing
+import contextlib, dataclasses, difflib, itertools, json, math, os, random, shutil, threading, time, types, typing
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
+from fastcore.basics import patch
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -20,67 +21,55 @@ from torch.utils.data import DataLoader, Dataset
 from .core import SsmDistillError, Registry, get_device, log, require, seed_everything, supports_bf16
 from .data import DataConfig, PackedDataset, ResumableBatchSampler, build_data
 from .mixers import MIXERS
+from .stages import MOHAWK_TOKENS, STAGES, Stage, causal_lm, field_default, kinds_taking, stage_options, teacher_rotary
 from .students import STUDENT_GROUPS, build_student, build_student_from_config, set_trainable_groups, uniform_teacher_layers
 
 # %% auto #0
-__all__ = ['STAGES', 'MOHAWK_TOKENS', 'SCHEDULES', 'LIST_ITEM_TYPES', 'MIXED_PRECISION', 'TRACKERS', 'StageKind',
-           'StudentBuildConfig', 'StageConfig', 'mohawk_stages', 'RunConfig', 'config_from_dict', 'stage_budgets',
-           'stage_batch_size', 'tokens_per_step', 'stage_steps', 'can_materialize', 'resolve_mixed_precision',
-           'validate_config', 'student_teacher_layers', 'validate_for_teacher', 'load_config', 'lr_factor',
-           'make_optimizer', 'make_scheduler', 'evaluate', 'Callback', 'JSONLLogger', 'ProgressBar', 'TrackerLogger',
-           'StopAfter', 'RunState', 'rng_state', 'set_rng_state', 'checkpoints', 'latest_checkpoint', 'save_checkpoint',
-           'read_checkpoint_state', 'load_student_weights', 'NonFiniteLossError', 'teacher_rotary', 'mo_targets',
-           'mo_loss', 'hsa_targets', 'hsa_loss', 'logits_targets', 'kd_stage_loss', 'od_stage_loss', 'hs_targets',
-           'hs_stage_loss', 'hs_aux', 'qkv_targets', 'mha_stage_loss', 'direct_minilm_stage_loss', 'qkv_aux',
-           'StageModule', 'StageStream', 'load_run_teacher', 'default_callbacks', 'Distiller', 'distill',
-           'save_tiny_teacher', 'tiny_run_config']
+__all__ = ['SCHEDULES', 'LIST_ITEM_TYPES', 'MIXED_PRECISION', 'TRACKERS', 'EVENT_HOOKS', 'ConfigError', 'raise_problems',
+           'StudentBuildConfig', 'StageConfig', 'mohawk_stages', 'RunConfig', 'config_fields', 'config_table',
+           'config_from_dict', 'stage_budgets', 'stage_batch_size', 'tokens_per_step', 'stage_steps',
+           'resolve_mixed_precision', 'teacher_problem', 'teacher_sizes', 'validate_config', 'student_teacher_layers',
+           'validate_for_teacher', 'load_config', 'lr_factor', 'make_optimizer', 'make_scheduler', 'evaluate', 'Event',
+           'Callback', 'JSONLLogger', 'ProgressBar', 'TrackerLogger', 'StopAfter', 'RunState', 'rng_state',
+           'set_rng_state', 'checkpoints', 'latest_checkpoint', 'save_checkpoint', 'read_checkpoint_state',
+           'load_student_weights', 'NonFiniteLossError', 'StageModule', 'StageStream', 'load_run_teacher',
+           'default_callbacks', 'Distiller', 'distill', 'save_tiny_teacher', 'tiny_run_config']
 
 # %% ../nbs/07_train.ipynb #8f5b6463
-@dataclass
-class StageKind:
-    "One kind of distillation stage: budget share, default trainable groups, teacher targets and student loss."
-    name:str
-    share:float # default share of the run's total_tokens (relative to the other stages without a budget)
-    trainable:tuple # default trainable parameter groups (keys of students.STUDENT_GROUPS)
-    targets:Callable|None = None # (teacher, input_ids, stage, layers) -> dict of teacher tensors (no grad)
-    loss:Callable|None = None # (student, input_ids, targets, stage, layers) -> (loss, logs)
-    needs_materialize:bool = False # the student's mixers must produce their mixing matrix
-    layerwise:bool = False # the loss is per mixer layer (stages 1 and 2): `layers` applies
-    aux:Callable|None = None # (student, teacher, stage, input_ids) -> nn.Module of the loss's own learned parameters, or None
-    doc:str = ''
-
-STAGES = Registry('stage kind', hint='MOHAWK is matrix_orientation -> hidden_state_alignment -> kd.')
-MOHAWK_TOKENS = dict(matrix_orientation=80e6, hidden_state_alignment=160e6, kd=2.76e9)  # the paper's 3B-token split
-for _k, _tr, _doc in [('matrix_orientation', ('mixers',), 'MOHAWK stage 1: mixing matrices against attention probabilities'),
-                      ('hidden_state_alignment', ('mixers',), 'MOHAWK stage 2: per-layer outputs given the teacher input'),
-                      ('kd', ('all',), 'MOHAWK stage 3: end-to-end knowledge distillation on logits')]:
-    STAGES[_k] = StageKind(_k, MOHAWK_TOKENS[_k] / sum(MOHAWK_TOKENS.values()), _tr, needs_materialize=_k == 'matrix_orientation',
-                           layerwise=_k != 'kd', doc=_doc)
 # learning-rate shapes after warm-up (used in "Schedules and the optimizer" below): factor of progress p in [0, 1]
 SCHEDULES = Registry('schedule', hint='Add one with SCHEDULES["name"] = fn(progress in [0, 1], min_ratio) -> lr factor.')
 SCHEDULES['cosine'] = lambda p, m: m + (1 - m) * 0.5 * (1 + math.cos(math.pi * p))
 SCHEDULES['linear'] = lambda p, m: 1 - (1 - m) * p
 SCHEDULES['constant'] = lambda p, m: 1.0
 
-for _k, _doc in [('od', 'task-agnostic: output distribution (Udagawa et al. 2023)'),
-                 ('hs', 'task-agnostic: mapped hidden states, MSE'),
-                 ('mha', 'task-agnostic: MiniLMv2 Q/K/V relations'),
-                 ('direct_minilm', 'task-agnostic: projected Q/K/V, MSE')]:
-    STAGES[_k] = StageKind(_k, 1.0, ('all',), doc=_doc)
-
 # %% ../nbs/07_train.ipynb #7263de12
+class ConfigError(SsmDistillError):
+    "Everything wrong with a run config, each problem starting with its key path."
+    def __init__(self, problems:list[str]):
+        self.problems = list(dict.fromkeys(problems))   # in order, without repeats
+        n = len(self.problems)
+        super().__init__(self.problems[0] if n == 1 else f"{n} problems in the run config:\n" + '\n'.join(f"  - {p}" for p in self.problems))
+
+def raise_problems(checks:Iterable[tuple[bool, str]]):
+    "Raise a `ConfigError` listing the messages of the failed `(ok, message)` checks; nothing if all pass."
+    problems = [msg for ok, msg in checks if not ok]
+    if problems: raise ConfigError(problems)
+
+def _int_or_none(v) -> bool: return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+def _int_list(v) -> bool: return isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+
 @dataclass
 class StudentBuildConfig:
     "How the student is built from the teacher (`students.build_student`, or `build_student_from_config` for another size)."
-    mixer:str = 'phi_mamba' # a key of mixers.MIXERS
-    attention_layers:list = field(default_factory=list) # layers that keep the teacher's attention (0-based, student layers)
-    init:str = 'qkv_copy' # 'qkv_copy', 'mixing' or 'random' (another width: 'random' only)
-    options:dict = field(default_factory=dict) # mixer keyword arguments
-    n_layers:int|None = None # student depth (None: the teacher's); a shallower student copies a subset of the teacher's blocks
-    hidden_size:int|None = None # student width (None: the teacher's); another width starts from random blocks
-    n_heads:int|None = None # student heads (None: the teacher's, or keep the teacher's head dim at another width)
-    intermediate_size:int|None = None # MLP width (None: the teacher's, or 4 x hidden_size at another width)
-    teacher_layers:list|None = None # the teacher layer each student layer copies and is aligned to (None: uniform, ending at the last)
+    mixer:str = 'phi_mamba' # a key of mixers.MIXERS: mamba2, phi_mamba, mamba, gla, retnet, deltanet, gated_deltanet, hgrn2, mlstm, ...
+    attention_layers:list = field(default_factory=list) # student layers that keep the teacher's attention (a hybrid student), 0-based
+    init:str = 'qkv_copy' # qkv_copy (teacher Q->C, K->B, V->x, O->out_proj), mixing (then fit the teacher's matrices) or random
+    options:dict = field(default_factory=dict) # extra mixer arguments (its <Name>Config fields), e.g. {conv_size: 4}
+    n_layers:int|None = None # student depth (null: the teacher's); a shallower student copies one teacher block per layer
+    hidden_size:int|None = None # student width (null: the teacher's); another width starts from random blocks (init: random)
+    n_heads:int|None = None # student heads (null: the teacher's, or the teacher's head size at another width)
+    intermediate_size:int|None = None # MLP width (null: the teacher's, or 4 x hidden_size at another width)
+    teacher_layers:list|None = None # the teacher layer each student layer copies and stages 1-2 align it with (null: spread uniformly, ending at the last)
 
     @property
     def resized(self) -> bool:
@@ -88,74 +77,78 @@ class StudentBuildConfig:
         return any(getattr(self, k) is not None for k in ('n_layers', 'hidden_size', 'n_heads', 'intermediate_size', 'teacher_layers'))
 
     def __post_init__(self):
-        for k in ('n_layers', 'hidden_size', 'n_heads', 'intermediate_size'):
-            v = getattr(self, k)
-            require(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), f"{k}={v!r}: use a positive integer or null (the teacher's)")
         tl = self.teacher_layers
-        require(tl is None or (isinstance(tl, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in tl)),
-                f"teacher_layers={tl!r}: use a list of teacher layer indices, one per student layer, such as [1, 3]")
-        require(tl is None or self.n_layers is None or len(tl) == self.n_layers,
-                f"teacher_layers has {len(tl or [])} entries but n_layers={self.n_layers}; give one teacher layer per student layer")
-        require(all(isinstance(i, int) and not isinstance(i, bool) for i in self.attention_layers),
-                f"attention_layers={self.attention_layers!r}: use a list of layer indices such as [0, 3]")
-        require(len(set(self.attention_layers)) == len(self.attention_layers), f"attention_layers={self.attention_layers!r} repeats a layer")
+        raise_problems([*[(_int_or_none(getattr(self, k)), f"{k}={getattr(self, k)!r}: use a positive integer or null (the teacher's)")
+                          for k in ('n_layers', 'hidden_size', 'n_heads', 'intermediate_size')],
+            (tl is None or _int_list(tl), f"teacher_layers={tl!r}: use a list of teacher layer indices, one per student layer, such as [1, 3]"),
+            (tl is None or not _int_list(tl) or self.n_layers is None or len(tl) == self.n_layers,
+             f"teacher_layers has {len(tl or [])} entries but n_layers={self.n_layers}; give one teacher layer per student layer"),
+            (_int_list(self.attention_layers), f"attention_layers={self.attention_layers!r}: use a list of layer indices such as [0, 3]"),
+            (len(set(self.attention_layers)) == len(self.attention_layers), f"attention_layers={self.attention_layers!r} repeats a layer")])
 
 @dataclass
 class StageConfig:
-    "One stage of a run: what it distils, its token budget, optimiser, schedule and loss options."
-    kind:str = 'kd' # a key of STAGES
-    tokens:int|None = None # token budget (None: a share of RunConfig.total_tokens)
+    "One stage of a run: its kind and that kind's options, its token budget, optimiser and schedule."
+    kind:str = 'kd' # a key of stages.STAGES; its options (see the table of kinds) sit beside `kind`
+    tokens:int|None = None # token budget (null: the kind's share of total_tokens); at least one optimizer step's worth
     lr:float = 1e-3 # peak AdamW learning rate
-    weight_decay:float = 0.0 # AdamW weight decay (not on biases and norms)
+    weight_decay:float = 0.0 # AdamW weight decay (never on biases and norm weights)
     betas:list = field(default_factory=lambda: [0.9, 0.95]) # AdamW betas
-    warmup:float = 0.1 # linear warm-up share of the stage's steps
-    schedule:str = 'cosine' # a key of SCHEDULES
-    min_lr_ratio:float = 0.1 # final lr / peak lr
-    batch_size:int|None = None # blocks per micro-batch (None: data.batch_size)
+    warmup:float = 0.1 # linear warm-up, as a share of the stage's optimizer steps
+    schedule:str = 'cosine' # after warm-up: cosine (down to min_lr_ratio x lr), linear, constant (keys of SCHEDULES)
+    min_lr_ratio:float = 0.1 # the learning rate at the end of the schedule, relative to lr
+    batch_size:int|None = None # blocks per micro-batch, global over all processes (null: data.batch_size)
     grad_accum:int = 1 # micro-batches per optimizer step
-    grad_clip:float|None = 1.0 # max gradient norm (None: no clipping)
-    trainable:list|None = None # parameter groups (None: the kind's default)
-    freeze_mlp:bool|None = None # stage 2: mixer-vs-attention outputs (True) or blocks (False); kd: freeze MLPs
-    layers:list|None = None # stages 1-2: layers to align (None: all mixer layers)
-    temperature:float = 1.0 # kd/od temperature
-    hard_weight:float = 0.0 # kd: hard-label cross-entropy weight
-    layer_map:str = 'uniform' # hs: layer mapping
-    last_k:int = 1 # hs: k for 'last_k'
-    relation_heads:int|None = None # mha: relation heads
-    teacher_layer:int = -1 # mha/direct_minilm: teacher layer
-    name:str|None = None # label
+    grad_clip:float|None = 1.0 # clip the gradient norm to this (null: no clipping)
+    trainable:list|None = None # parameter groups: mixers, attention, mlps, norms, embeddings, head, all (null: the kind's default)
+    name:str|None = None # a label for logs and the report (null: <number>-<kind>)
+    options:Any = None # the kind's options (its `Options` dataclass, or a dict of them); in YAML they may sit beside `kind`
 
     def __post_init__(self):
         STAGES[self.kind]
-        SCHEDULES[self.schedule]
-        require(self.tokens is None or (isinstance(self.tokens, int) and self.tokens >= 1), f"tokens={self.tokens!r}: use a positive integer or null")
-        require(self.lr > 0, f"lr={self.lr!r}: use a positive learning rate such as 1e-3")
-        require(self.weight_decay >= 0, f"weight_decay={self.weight_decay!r}: use 0 or more")
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas={self.betas!r}: use two numbers in [0, 1) such as [0.9, 0.95]")
-        require(0 <= self.warmup < 1, f"warmup={self.warmup!r}: a share of the stage's steps in [0, 1), such as 0.1")
-        require(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio={self.min_lr_ratio!r}: use a number in [0, 1]")
-        require(self.batch_size is None or self.batch_size >= 1, f"batch_size={self.batch_size!r}: use a positive integer or null")
-        require(self.grad_accum >= 1, f"grad_accum={self.grad_accum!r}: use a positive integer")
-        require(self.grad_clip is None or self.grad_clip > 0, f"grad_clip={self.grad_clip!r}: use a positive norm or null")
-        require(self.temperature > 0, f"temperature={self.temperature!r}: use a positive temperature such as 1.0 or 2.0")
-        require(self.hard_weight >= 0, f"hard_weight={self.hard_weight!r}: use 0 or more")
-        require(self.last_k >= 1, f"last_k={self.last_k!r}: use a positive integer")
-        for g in self.trainable or []: STUDENT_GROUPS[g]
-        require(self.layers is None or all(isinstance(i, int) for i in self.layers), f"layers={self.layers!r}: use a list of layer indices or null")
-        require(self.layers is None or STAGES[self.kind].layerwise,
-                f"layers={self.layers!r} applies to matrix_orientation and hidden_state_alignment stages only, not {self.kind!r}; remove it")
+        if not isinstance(self.options, STAGES[self.kind].Options): self.options = STAGES[self.kind].Options(**(self.options or {}))
+        raise_problems([(self.schedule in SCHEDULES, f"schedule={self.schedule!r}: use one of {', '.join(SCHEDULES)}"),
+            (self.tokens is None or (isinstance(self.tokens, int) and self.tokens >= 1), f"tokens={self.tokens!r}: use a positive integer or null"),
+            (self.lr > 0, f"lr={self.lr!r}: use a positive learning rate such as 1e-3"),
+            (self.weight_decay >= 0, f"weight_decay={self.weight_decay!r}: use 0 or more"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas={self.betas!r}: use two numbers in [0, 1) such as [0.9, 0.95]"),
+            (0 <= self.warmup < 1, f"warmup={self.warmup!r}: a share of the stage's steps in [0, 1), such as 0.1"),
+            (0 <= self.min_lr_ratio <= 1, f"min_lr_ratio={self.min_lr_ratio!r}: use a number in [0, 1]"),
+            (self.batch_size is None or self.batch_size >= 1, f"batch_size={self.batch_size!r}: use a positive integer or null"),
+            (self.grad_accum >= 1, f"grad_accum={self.grad_accum!r}: use a positive integer"),
+            (self.grad_clip is None or self.grad_clip > 0, f"grad_clip={self.grad_clip!r}: use a positive norm or null"),
+            *[(g in STUDENT_GROUPS, f"trainable: unknown parameter group {g!r}; choose from {', '.join(STUDENT_GROUPS)}")
+              for g in self.trainable or []]])
+
+    @classmethod
+    def from_dict(cls, d:dict, path:str) -> tuple[dict, list[str]]:
+        "Move the kind's options written beside `kind` into `options` (built with their own checks); the problems found."
+        d, kind = dict(d), d.get('kind', cls.kind)
+        own = [f.name for f in fields(cls)]
+        known = stage_options(kind) if kind in STAGES else sorted({o for k in STAGES for o in stage_options(k)})
+        problems = []
+        for k in [k for k in d if k not in own and not kinds_taking(str(k))]:
+            near = difflib.get_close_matches(str(k), own + known, n=1, cutoff=0.6)
+            problems.append(f"{path}.{k}: unknown key{f'; did you mean {near[0]!r}' if near else ''}? The keys of a stage are: "
+                            f"{', '.join(own[:-1])}, and the kind's options ({kind}: {', '.join(known) or 'none'})")
+            d.pop(k)
+        opts = {**{k: d.pop(k) for k in list(d) if k not in own}, **(d.pop('options', None) or {})}
+        if kind not in STAGES: return d, problems   # the unknown kind is reported by the class; its options cannot be checked
+        wrong = [k for k in opts if k not in known]
+        problems += [f"{path}.{k}: {kind} takes no option {k!r} ({', '.join(kinds_taking(k)) or 'no kind'} take it); "
+                     f"remove it or change the kind. The options of {kind}: {', '.join(known) or 'none'}" for k in wrong]
+        try: d['options'] = config_from_dict(STAGES[kind].Options, {k: v for k, v in opts.items() if k not in wrong}, path)
+        except ConfigError as e: problems += e.problems
+        return d, problems
 
     @property
-    def frozen_mlp(self) -> bool:
-        "Whether MLPs stay frozen (and stage 2 matches mixer outputs): `freeze_mlp`, defaulting per kind."
-        return self.kind == 'hidden_state_alignment' if self.freeze_mlp is None else self.freeze_mlp
+    def stage(self) -> Stage:
+        "The stage object of this config's kind, with its options."
+        return STAGES[self.kind](self.options)
 
     def groups(self) -> tuple:
-        "The trainable parameter groups of this stage."
-        if self.trainable is not None: return tuple(self.trainable)
-        if self.kind == 'hidden_state_alignment' and not self.frozen_mlp: return ('mixers', 'mlps', 'norms')
-        if self.kind == 'kd' and self.frozen_mlp: return ('mixers', 'attention', 'norms', 'embeddings', 'head')
-        return STAGES[self.kind].trainable
+        "The trainable parameter groups of this stage: `trainable`, else the kind's default."
+        return tuple(self.trainable) if self.trainable is not None else self.stage.groups()
 
 def mohawk_stages(**kw) -> list[StageConfig]:
     "MOHAWK's three stages (1 -> 2 -> 3) with the same options `kw`."
@@ -164,24 +157,44 @@ def mohawk_stages(**kw) -> list[StageConfig]:
 @dataclass
 class RunConfig:
     "One distillation run: teacher, student, data, stages, and where and how to run it."
-    teacher:str = 'builtin' # 'builtin', a local folder, or a hub name
-    student:StudentBuildConfig = field(default_factory=StudentBuildConfig)
-    data:DataConfig = field(default_factory=DataConfig)
-    stages:list = field(default_factory=mohawk_stages) # list of StageConfig
-    total_tokens:int|None = None # budget shared by stages without `tokens`
-    out:str|None = None # the run folder
-    seed:int = 0 # seeds python/numpy/torch
-    device:str = 'auto' # 'auto', 'cpu', 'cuda'
-    mixed_precision:str = 'auto' # 'no', 'bf16', 'fp16', 'auto'
-    eval_every:int = 0 # evaluate every this many optimizer steps (0: at stage ends)
-    eval_batches:int|None = None # at most this many held-out batches per evaluation
+    teacher:str = 'builtin' # builtin (the packaged small Llama), a local folder, or a hub name of a causal LM
+    student:StudentBuildConfig = field(default_factory=StudentBuildConfig) # how the student is built from the teacher
+    data:DataConfig = field(default_factory=DataConfig) # the text, the block length, the held-out split, the batch size
+    stages:list = field(default_factory=mohawk_stages) # the stages, run in order (default: MOHAWK 1 -> 2 -> 3)
+    total_tokens:int|None = None # the budget shared by stages without `tokens` (MOHAWK split: 2.67% / 5.33% / 92%)
+    out:str|None = None # the run folder (metrics.jsonl, checkpoints/, report.json, student/); the CLI's --out sets it
+    seed:int = 0 # seeds Python, NumPy and torch (the student's random parts; the data order has data.seed)
+    device:str = 'auto' # auto (CUDA if available), cpu, cuda
+    mixed_precision:str = 'auto' # no, bf16, fp16 (CUDA only) or auto (bf16 where the device runs it natively, else no)
+    eval_every:int = 0 # also evaluate (held-out perplexity, teacher agreement) every this many optimizer steps (0: at stage ends)
+    eval_batches:int|None = None # evaluate on at most this many held-out batches (null: all)
     checkpoint_every:int = 0 # checkpoint every this many optimizer steps (0: at stage ends and on stop)
-    keep_checkpoints:int = 1 # how many checkpoints to keep
-    log_with:list = field(default_factory=list) # Accelerate trackers: 'tensorboard', 'wandb'
+    keep_checkpoints:int = 1 # how many checkpoints to keep (the newest)
+    log_with:list = field(default_factory=list) # Accelerate trackers to log to as well: tensorboard, wandb
+
+# %% ../nbs/07_train.ipynb #c6a6449f
+def config_fields(cls) -> list[tuple[str, Any, str]]:
+    "`(key, default, meaning)` of each field of the config dataclass `cls`; the meaning is the field's comment (fastcore's docments)."
+    from fastcore.docments import docments
+    docs = docments(cls)
+    return [(f.name, field_default(f), docs.get(f.name) or '') for f in fields(cls) if f.init]
+
+def config_table(cls, skip:Iterable[str]=()):
+    "A markdown table of the keys of config dataclass `cls`: key, default, meaning."
+    from IPython.display import Markdown
+    def show(v): return 'see below' if dataclasses.is_dataclass(v) or (isinstance(v, list) and v and dataclasses.is_dataclass(v[0])) else f"`{json.dumps(v)}`"
+    rows = [f"| `{k}` | {show(v)} | {doc} |" for k, v, doc in config_fields(cls) if k not in skip]
+    return Markdown('\n'.join(['| key | default | meaning |', '|---|---|---|', *rows]))
 
 # %% ../nbs/07_train.ipynb #e9b95162
 def _fail(path:str, msg:str):
     raise SsmDistillError(f"{path}: {msg}" if path else msg)
+
+def _at(path:str, names:list, msg:str) -> str:
+    "Put the key path in front of a dataclass's message: 'lr=-1: ...' -> 'stages[1].lr=-1: ...'."
+    head = msg.split('=')[0].split(' ')[0].split(':')[0]
+    if head in names: return f"{path + '.' if path else ''}{msg}"
+    return f"{path}: {msg}" if path else msg
 
 def _type_name(tp) -> str:
     return getattr(tp, '__name__', None) or str(tp).replace('typing.', '')
@@ -217,29 +230,42 @@ def _coerce(value, tp, path:str):
 
 LIST_ITEM_TYPES = {('RunConfig', 'stages'): 'StageConfig'}  # list fields whose items are dataclasses
 
+def _problems(e:SsmDistillError) -> list[str]:
+    return e.problems if isinstance(e, ConfigError) else [str(e)]
+
+def _field_value(cls, k:str, v, hint, p:str):
+    "One key's value: a list of dataclasses (`LIST_ITEM_TYPES`), else `v` checked against its annotation."
+    item = LIST_ITEM_TYPES.get((cls.__name__, k))
+    if not item: return _coerce(v, hint, p)
+    if not isinstance(v, (list, tuple)): _fail(p, f"expected a list of stages, got {v!r}")
+    out, problems = [], []
+    for i, s in enumerate(v):
+        try: out.append(config_from_dict(globals()[item], s, f"{p}[{i}]"))
+        except SsmDistillError as e: problems += _problems(e)
+    if problems: raise ConfigError(problems)
+    return out
+
 def config_from_dict(cls, d, path:str=''):
-    "Build the dataclass `cls` from a dict `d`, checking keys and types; errors name the key path."
+    "Build the dataclass `cls` from a dict `d`, checking keys and types; raise one `ConfigError` listing every problem, each with its key path."
     if isinstance(d, cls): return d
     if d is None: d = {}
     if not isinstance(d, dict): _fail(path, f"expected a mapping of {cls.__name__} keys, got {d!r} ({type(d).__name__})")
     hints, names = typing.get_type_hints(cls), [f.name for f in fields(cls) if f.init]
+    d, problems = cls.from_dict(d, path) if hasattr(cls, 'from_dict') else (d, [])   # a class may rearrange its keys first
     kw = {}
     for k, v in d.items():
         p = f"{path}.{k}" if path else str(k)
         if k not in names:
             near = difflib.get_close_matches(str(k), names, n=1, cutoff=0.6)
-            _fail(p, f"unknown key{f'; did you mean {near[0]!r}' if near else ''}? The keys of "
-                     f"{path or 'the run config'} are: {', '.join(names)}")
-        item = LIST_ITEM_TYPES.get((cls.__name__, k))
-        if item:
-            if not isinstance(v, (list, tuple)): _fail(p, f"expected a list of stages, got {v!r}")
-            kw[k] = [config_from_dict(globals()[item], s, f"{p}[{i}]") for i, s in enumerate(v)]
-        else: kw[k] = _coerce(v, hints[k], p)
-    try: return cls(**kw)
-    except SsmDistillError as e:
-        msg = str(e); head = msg.split('=')[0].split(' ')[0].split(':')[0]
-        if head in names: _fail('', f"{path + '.' if path else ''}{msg}")  # "lr=-1: ..." -> "stages[1].lr=-1: ..."
-        _fail(path, msg)
+            problems.append(f"{p}: unknown key{f'; did you mean {near[0]!r}' if near else ''}? The keys of "
+                            f"{path or 'the run config'} are: {', '.join(names)}")
+            continue
+        try: kw[k] = _field_value(cls, k, v, hints[k], p)
+        except SsmDistillError as e: problems += _problems(e)
+    try: obj = cls(**kw)   # its own rules, on the keys that passed (the others keep their valid defaults)
+    except SsmDistillError as e: problems += [_at(path, names, m) for m in _problems(e)]
+    if problems: raise ConfigError(problems)
+    return obj
 
 # %% ../nbs/07_train.ipynb #6c98099c
 def stage_budgets(cfg:RunConfig) -> list[int]:
@@ -266,51 +292,79 @@ def stage_steps(cfg:RunConfig) -> list[int]:
 MIXED_PRECISION = ('no', 'bf16', 'fp16', 'auto')
 TRACKERS = ('tensorboard', 'wandb')
 
-def _mixer_class(name:str):
-    return MIXERS[name]
-
-def can_materialize(mixer:str) -> bool:
-    "Whether the mixer `mixer` can produce its mixing matrix (needed by matrix_orientation)."
-    cls = _mixer_class(mixer)
-    return callable(getattr(cls, 'materialize', None)) and getattr(cls, 'can_materialize', True)
-
 def resolve_mixed_precision(mp:str, device:torch.device) -> str:
     "'auto' -> 'bf16' where the device runs it natively, else 'no'."
     if mp != 'auto': return mp
     return 'bf16' if supports_bf16(device) else 'no'
 
-def validate_config(cfg:RunConfig) -> RunConfig:
-    "Cross-key checks of a run config (before any work); errors name the key path."
-    require(cfg.stages, "stages: the run has no stages; add some, e.g. the MOHAWK three (matrix_orientation, hidden_state_alignment, kd)")
-    require(cfg.mixed_precision in MIXED_PRECISION, f"mixed_precision={cfg.mixed_precision!r}: use one of {', '.join(MIXED_PRECISION)}")
-    try: dev = get_device(cfg.device)
-    except SsmDistillError as e: _fail('device', str(e))
-    require(not (dev.type == 'cpu' and cfg.mixed_precision == 'fp16'),
-            "mixed_precision='fp16' needs a CUDA device (this run is on the CPU); use 'no', 'bf16' or 'auto'")
-    require(cfg.total_tokens is None or cfg.total_tokens >= 1, f"total_tokens={cfg.total_tokens!r}: use a positive integer or null")
-    require(cfg.eval_every >= 0 and cfg.checkpoint_every >= 0, "eval_every and checkpoint_every: use 0 (stage ends only) or a positive number of steps")
-    require(cfg.keep_checkpoints >= 1, f"keep_checkpoints={cfg.keep_checkpoints!r}: keep at least 1 (the last good checkpoint)")
-    for t in cfg.log_with: require(t in TRACKERS, f"log_with: unknown tracker {t!r}; use any of {', '.join(TRACKERS)}")
-    try: _mixer_class(cfg.student.mixer)
-    except SsmDistillError as e: _fail('student.mixer', str(e))
-    budgets = stage_budgets(cfg)
-    for i, (s, b) in enumerate(zip(cfg.stages, budgets)):
-        p = f"stages[{i}]"
-        require(s.tokens is not None or cfg.total_tokens is not None,
-                f"{p}.tokens: stage {i} ({s.kind}) has no token budget; give it `tokens`, or give the run `total_tokens`")
-        need = tokens_per_step(cfg, s)
-        require(b >= need, f"{p}.tokens: the budget of stage {i} ({s.kind}) is {b} tokens, less than one optimizer step "
-                f"(batch_size {stage_batch_size(cfg, s)} x seq_len {cfg.data.seq_len} x grad_accum {s.grad_accum} = {need}); "
-                f"raise tokens/total_tokens or lower the batch size")
-        if STAGES[s.kind].needs_materialize:
-            require(can_materialize(cfg.student.mixer),
-                    f"{p}.kind: matrix_orientation matches the student's mixing matrices, but mixer {cfg.student.mixer!r} cannot "
-                    f"materialize one; choose a mixer with `materialize` (mamba2, phi_mamba, gla, ...) or drop this stage")
-        if s.kind == 'hs':
-            from ssm_distill.losses import LAYER_MAPS
-            try: LAYER_MAPS[s.layer_map]
-            except SsmDistillError as e: _fail(f"{p}.layer_map", str(e))
-    return cfg
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, '').upper() in ('1', 'ON', 'YES', 'TRUE') for v in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'))
+
+def teacher_problem(name:str) -> str|None:
+    "Why the teacher `name` ('builtin', a folder or a hub name) cannot be loaded, found without loading anything; None if it can."
+    if name == 'builtin': return None
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return None if (p/'config.json').is_file() else (
+            f"teacher: the folder {name} has no config.json; give a folder written by save_pretrained (config, weights, tokenizer)")
+    if p.exists() or p.is_absolute() or name.startswith(('.', '~')) or name.count('/') > 1:
+        return f"teacher: the folder {name} does not exist; check the path, or use 'builtin' or a hub name such as HuggingFaceTB/SmolLM2-135M"
+    from huggingface_hub import try_to_load_from_cache
+    try: cached = isinstance(try_to_load_from_cache(name, 'config.json'), str)
+    except Exception as e:   # huggingface_hub refuses names that cannot be repo ids
+        return f"teacher: {name!r} is neither a folder nor a valid hub name ({e}); give a local folder, a hub name or 'builtin'"
+    if cached or not _hub_offline(): return None
+    return (f"teacher: {name!r} is not a folder and not in the Hugging Face cache, and the hub is offline (HF_HUB_OFFLINE=1); "
+            f"download it where the hub is reachable (`huggingface-cli download {name}`), give its local folder, or use 'builtin'")
+
+def teacher_sizes(name:str) -> tuple[int, dict]|None:
+    "The depth and `hidden_size`, `n_heads`, `intermediate_size` of teacher `name`, read from its config.json (None if unreadable)."
+    from transformers import AutoConfig
+    if name == 'builtin':
+        from ssm_distill.builtin import builtin_teacher_path
+        name = str(builtin_teacher_path())
+    try: c = AutoConfig.from_pretrained(name, local_files_only=True)
+    except Exception: return None   # a hub teacher not cached yet: checked once loaded
+    return c.num_hidden_layers, dict(hidden_size=c.hidden_size, n_heads=c.num_attention_heads,
+                                     intermediate_size=getattr(c, 'intermediate_size', None) or getattr(c, 'n_inner', None) or 4 * c.hidden_size)
+
+def _device_problem(device:str) -> str|None:
+    try: get_device(device)
+    except SsmDistillError as e: return f"device: {e}"
+
+def _budget_checks(cfg:RunConfig) -> list[tuple[bool, str]]:
+    "Every stage has a token budget of at least one optimizer step."
+    out = []
+    for i, (s, b) in enumerate(zip(cfg.stages, stage_budgets(cfg))):
+        p, need = f"stages[{i}]", tokens_per_step(cfg, s)
+        out.append((s.tokens is not None or cfg.total_tokens is not None,
+                    f"{p}.tokens: stage {i} ({s.kind}) has no token budget; give it `tokens`, or give the run `total_tokens`"))
+        out.append((b >= need or (s.tokens is None and cfg.total_tokens is None),
+                    f"{p}.tokens: the budget of stage {i} ({s.kind}) is {b} tokens, less than one optimizer step (batch_size "
+                    f"{stage_batch_size(cfg, s)} x seq_len {cfg.data.seq_len} x grad_accum {s.grad_accum} = {need}); "
+                    f"raise tokens/total_tokens or lower the batch size"))
+    return out
+
+def validate_config(cfg:RunConfig, # the run config
+                    teacher:bool=True, # also check the teacher's name, and its sizes where its config.json can be read
+                   ) -> RunConfig:
+    "Cross-key checks of a run config, before any model loads; raise one `ConfigError` listing every problem with its key path."
+    dev = _device_problem(cfg.device)
+    checks = [(bool(cfg.stages), "stages: the run has no stages; add some, e.g. the MOHAWK three (matrix_orientation, hidden_state_alignment, kd)"),
+        (cfg.mixed_precision in MIXED_PRECISION, f"mixed_precision={cfg.mixed_precision!r}: use one of {', '.join(MIXED_PRECISION)}"),
+        (dev is None, dev),
+        (not (dev is None and get_device(cfg.device).type == 'cpu' and cfg.mixed_precision == 'fp16'),
+         "mixed_precision='fp16' needs a CUDA device (this run is on the CPU); use 'no', 'bf16' or 'auto'"),
+        (cfg.total_tokens is None or cfg.total_tokens >= 1, f"total_tokens={cfg.total_tokens!r}: use a positive integer or null"),
+        (cfg.eval_every >= 0 and cfg.checkpoint_every >= 0, "eval_every and checkpoint_every: use 0 (stage ends only) or a positive number of steps"),
+        (cfg.keep_checkpoints >= 1, f"keep_checkpoints={cfg.keep_checkpoints!r}: keep at least 1 (the last good checkpoint)"),
+        *[(t in TRACKERS, f"log_with: unknown tracker {t!r}; use any of {', '.join(TRACKERS)}") for t in cfg.log_with],
+        (cfg.student.mixer in MIXERS, f"student.mixer: unknown mixer {cfg.student.mixer!r}; choose one of: {', '.join(sorted(MIXERS))}"),
+        *_budget_checks(cfg), *[(False, m) for i, s in enumerate(cfg.stages) for m in s.stage.check(cfg, i)]]
+    if teacher: checks.append((not (t := teacher_problem(cfg.teacher)), t))
+    raise_problems(checks)
+    sizes = teacher_sizes(cfg.teacher) if teacher else None
+    return validate_for_teacher(cfg, *sizes) if sizes else cfg
 
 def student_teacher_layers(cfg:RunConfig, n_layers:int) -> list[int]:
     "The teacher layer each student layer copies and is aligned to: `student.teacher_layers`, else spread uniformly."
@@ -325,33 +379,21 @@ def validate_for_teacher(cfg:RunConfig, # the run config
     "Checks that need the teacher's size: layer indices in range; copying and layer-wise stages only at the teacher's width."
     st = cfg.student
     try: src = student_teacher_layers(cfg, n_layers)
-    except SsmDistillError as e: _fail('student.n_layers', str(e))
-    bad = [i for i in src if not 0 <= i < n_layers]
-    require(not bad, f"student.teacher_layers: {bad} out of range; the teacher has {n_layers} layers (0..{n_layers - 1})")
+    except SsmDistillError as e: raise ConfigError([f"student.n_layers: {e}"])
     L = len(src)
-    bad = [i for i in st.attention_layers if not 0 <= i < L]
-    require(not bad, f"student.attention_layers: {bad} out of range; the student has {L} layers "
-            f"(0..{L - 1}: the teacher's depth unless student.n_layers or student.teacher_layers says otherwise)")
+    bad_src, bad_attn = [i for i in src if not 0 <= i < n_layers], [i for i in st.attention_layers if not 0 <= i < L]
     other = {k: v for k, v in (sizes or {}).items() if getattr(st, k) not in (None, v)}   # sizes that differ from the teacher's
-    require(not other or st.init == 'random',
-            f"student.init={st.init!r} copies the teacher's attention into the mixers, which needs the teacher's "
-            f"{', '.join(f'{k}={v}' for k, v in (sizes or {}).items() if k in other)}; use init: random for this student")
     mixer_layers = [i for i in range(L) if i not in st.attention_layers]
-    for i, s in enumerate(cfg.stages):
-        require(-n_layers <= s.teacher_layer < n_layers, f"stages[{i}].teacher_layer={s.teacher_layer}: the teacher has {n_layers} layers "
-                f"(0..{n_layers - 1}, or negative from the end)")
-        if not STAGES[s.kind].layerwise: continue
-        require(not other, f"stages[{i}]: {s.kind} aligns each student layer with a teacher layer, which needs the teacher's "
-                f"sizes, but the student's {', '.join(sorted(other))} differ; use kd, od, hs or mha stages for this student")
-        require(len(set(src)) == len(src), f"student.teacher_layers={src} repeats a teacher layer; {s.kind} (stages[{i}]) aligns "
-                f"each student layer with its own teacher layer")
-        require(mixer_layers, f"stages[{i}]: {s.kind} aligns mixer layers, but every layer keeps attention "
-                f"(student.attention_layers); keep attention in fewer layers or drop this stage")
-        bad = [l for l in s.layers or [] if l not in mixer_layers]
-        require(not bad, f"stages[{i}].layers: {bad} are not mixer layers; choose among {mixer_layers}")
+    raise_problems([(not bad_src, f"student.teacher_layers: {bad_src} out of range; the teacher has {n_layers} layers (0..{n_layers - 1})"),
+        (not bad_attn, f"student.attention_layers: {bad_attn} out of range; the student has {L} layers "
+                       f"(0..{L - 1}: the teacher's depth unless student.n_layers or student.teacher_layers says otherwise)"),
+        (not other or st.init == 'random', f"student.init={st.init!r} copies the teacher's attention into the mixers, which needs the teacher's "
+            f"{', '.join(f'{k}={v}' for k, v in (sizes or {}).items() if k in other)}; use init: random for this student"),
+        *[(False, m) for i, s in enumerate(cfg.stages) for m in s.stage.check_teacher(cfg, i, n_layers, sorted(other), src, mixer_layers)]])
     return cfg
 
 def load_config(src:str|Path|dict|RunConfig, # a YAML file, a YAML string, a dict, or a RunConfig
+                check_teacher:bool=True, # check the teacher's name and sizes too (False: the caller brings a loaded teacher)
                 **overrides, # top-level keys to replace (e.g. out=...)
                ) -> RunConfig:
     "Read and validate a run config; raise `SsmDistillError` naming the bad key before any work starts."
@@ -367,7 +409,11 @@ def load_config(src:str|Path|dict|RunConfig, # a YAML file, a YAML string, a dic
         except yaml.YAMLError as e: raise SsmDistillError(f"{src}: not valid YAML ({e})") from e
         require(isinstance(d, dict), f"{src}: a run config is a YAML mapping (teacher:, student:, data:, stages:, ...), got {type(d).__name__}")
     d.update({k: v for k, v in overrides.items() if v is not None})
-    return validate_config(config_from_dict(RunConfig, d))
+    try: cfg = config_from_dict(RunConfig, d)
+    except ConfigError as e:   # the teacher is checked too, so that one error lists everything
+        t = teacher_problem(str(d.get('teacher', RunConfig.teacher))) if check_teacher else None
+        raise ConfigError(e.problems + [t] * bool(t)) from None
+    return validate_config(cfg, teacher=check_teacher)
 
 # %% ../nbs/07_train.ipynb #005486fa
 def lr_factor(step:int, total:int, warmup:float, schedule:str='cosine', min_ratio:float=0.1) -> float:
@@ -390,10 +436,6 @@ def make_scheduler(opt, stage:StageConfig, total_steps:int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, stage.warmup, stage.schedule, stage.min_lr_ratio))
 
 # %% ../nbs/07_train.ipynb #37d150bf
-def _lm(m):
-    "The causal LM inside a `Teacher` (its `.model`), or `m` itself."
-    return m.model if hasattr(m, 'capture') and hasattr(m, 'model') else m
-
 def _blocks(blocks) -> torch.Tensor:
     return blocks.blocks if isinstance(blocks, PackedDataset) else torch.as_tensor(blocks)
 
@@ -406,7 +448,7 @@ def evaluate(model, # a causal LM (returns `.logits`), or a Teacher
              device=None, # default: the model's device
             ) -> dict:
     "Held-out loss and perplexity of `model`; with `teacher`, the share of positions where their top-1 tokens agree."
-    model = _lm(model); was_training = model.training; model.eval()
+    model = causal_lm(model); was_training = model.training; model.eval()
     device = device or next(model.parameters()).device
     x_all = _blocks(blocks)
     nll, n, agree = 0.0, 0, 0
@@ -417,7 +459,7 @@ def evaluate(model, # a causal LM (returns `.logits`), or a Teacher
         nll += F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(), reduction='sum').item()
         n += x[:, 1:].numel()
         if teacher is not None:
-            t_logits = _lm(teacher)(input_ids=x).logits                      # (B, T, V)
+            t_logits = causal_lm(teacher)(input_ids=x).logits                      # (B, T, V)
             agree += (logits[:, :-1].argmax(-1) == t_logits[:, :-1].argmax(-1)).sum().item()
     model.train(was_training)
     require(n > 0, "evaluate: no held-out tokens; give blocks of at least 2 tokens")
@@ -426,9 +468,28 @@ def evaluate(model, # a causal LM (returns `.logits`), or a Teacher
     return res
 
 # %% ../nbs/07_train.ipynb #58240f38
+@dataclass
+class Event:
+    "One moment of a run, as every callback sees it: a progress bar, a notebook loop and a widget watch the same stream."
+    name:str # 'run_start' | 'stage_start' | 'step' | 'eval' | 'stage_end' | 'paused' | 'resumed' | 'stopped' | 'run_end'
+    stage:int # index into cfg.stages (-1 before the first stage)
+    kind:str # the stage's kind (a key of STAGES: 'matrix_orientation', 'kd', ...); '' when none
+    step:int # global optimizer step so far
+    tokens:int # training tokens seen so far, all stages together
+    loss:float|None = None # this step's loss (None where not a step)
+    lr:float|None = None # current learning rate (None where not a step)
+    elapsed:float = 0.0 # seconds since `run()` started (wall clock)
+    metrics:dict = field(default_factory=dict) # everything else the event carries (step or eval metrics, stage summary, report)
+
+# the named hook each event also calls, and how its arguments come out of the event
+EVENT_HOOKS = dict(run_start=('on_run_start', lambda e: ()), stage_start=('on_stage_start', lambda e: (e.stage,)),
+                   step=('on_step_end', lambda e: (e.metrics,)), eval=('on_eval', lambda e: (e.metrics,)),
+                   stage_end=('on_stage_end', lambda e: (e.stage, e.metrics)), run_end=('on_run_end', lambda e: (e.metrics,)))
+
 class Callback:
-    "Hooks into a `Distiller` run; override the events you need (each gets the distiller)."
+    "Hooks into a `Distiller` run; override the events you need (each gets the distiller), or `on_event` for all of them."
     order = 0 # callbacks run in increasing order
+    def on_event(self, distiller, event:Event): pass # every event (after its named hook, if it has one)
     def on_run_start(self, distiller): pass
     def on_stage_start(self, distiller, stage:int): pass
     def on_step_end(self, distiller, metrics:dict): pass
@@ -577,124 +638,15 @@ def _layer(cap, name:str, i:int):
     v = getattr(cap, name)
     return v[i] if isinstance(v, (dict, list, tuple)) else v
 
-def _stage_layers(student, stage:StageConfig) -> list[int]:
-    return list(stage.layers) if stage.layers is not None else student.mixer_layers
-
-def teacher_rotary(teacher, ids:torch.Tensor):
-    "The teacher's rotary `(cos, sin)` [B, T, r] for the positions of `ids` [B, T] (None without rotary); mixers built without rotary ignore it."
-    fn = getattr(teacher, 'rotary', None)
-    if not callable(fn): return None
-    rot = fn(torch.arange(ids.shape[1], device=ids.device))
-    return None if rot is None else tuple(r.expand(ids.shape[0], -1, -1) for r in rot)
-
-def mo_targets(teacher, ids, stage, layers):
-    cap = teacher.capture(ids, layers=layers, what={'attn_in', 'attn_probs'})
-    return dict(x={l: _layer(cap, 'attn_in', l) for l in layers}, M={l: _layer(cap, 'attn_probs', l) for l in layers},
-                rotary=teacher_rotary(teacher, ids))
-
-def mo_loss(student, ids, t, stage, layers):
-    from ssm_distill.losses import matrix_orientation_loss
-    total, logs = 0.0, {}
-    for l in layers:
-        x = t['x'][l]
-        M_s = student.layer_mixing_matrix(l, x, rotary=t['rotary'])             # (B, H, T, T)
-        loss, _ = matrix_orientation_loss(M_s, t['M'][l].to(M_s.dtype))
-        total = total + loss; logs[f'layer{l}'] = loss.item()
-    return total, logs
-
-def hsa_targets(teacher, ids, stage, layers):
-    what = {'attn_in', 'attn_out'} if stage.frozen_mlp else {'block_in', 'block_out'}
-    cap = teacher.capture(ids, layers=layers, what=what)
-    return {**{w: {l: _layer(cap, w, l) for l in layers} for w in what}, 'rotary': teacher_rotary(teacher, ids)}
-
-def hsa_loss(student, ids, t, stage, layers):
-    from ssm_distill.losses import hidden_state_alignment_loss
-    total, logs = 0.0, {}
-    for l in layers:
-        if stage.frozen_mlp:
-            x = t['attn_in'][l]
-            h_s, h_t = student.run_mixer(l, x, rotary=t['rotary']), t['attn_out'][l]            # (B, T, D)
-        else:
-            h_s, h_t = student.run_block(l, t['block_in'][l]), t['block_out'][l]                # (B, T, D)
-        loss, _ = hidden_state_alignment_loss(h_s, h_t.to(h_s.dtype))
-        total = total + loss; logs[f'layer{l}'] = loss.item()
-    return total, logs
-
-def logits_targets(teacher, ids, stage, layers):
-    return dict(logits=_lm(teacher)(input_ids=ids).logits)
-
-def kd_stage_loss(student, ids, t, stage, layers):
-    from ssm_distill.losses import kd_loss
-    logits = student(input_ids=ids).logits                                      # (B, T, V)
-    return kd_loss(logits, t['logits'].to(logits.dtype), temperature=stage.temperature,
-                   labels=ids if stage.hard_weight > 0 else None, hard_weight=stage.hard_weight)
-
-def od_stage_loss(student, ids, t, stage, layers):
-    from ssm_distill.losses import od_loss
-    logits = student(input_ids=ids).logits                                      # (B, T, V)
-    return od_loss(logits, t['logits'].to(logits.dtype), temperature=stage.temperature)
-
-def hs_targets(teacher, ids, stage, layers):
-    return dict(hidden=_lm(teacher)(input_ids=ids, output_hidden_states=True).hidden_states)
-
-def _map_kw(stage): return dict(k=stage.last_k) if stage.layer_map == 'last_k' else {}
-
-def hs_stage_loss(student, ids, t, stage, layers, aux=None):
-    from ssm_distill.losses import hs_loss
-    hidden = student(input_ids=ids, output_hidden_states=True).hidden_states    # L+1 x (B, T, D)
-    return hs_loss(list(hidden), list(t['hidden']), mapping=stage.layer_map, projections=aux, **_map_kw(stage))
-
-@torch.no_grad()
-def hs_aux(student, teacher, stage, ids):
-    "HS across widths: a learned linear map per mapped student layer, on the student side only (None at equal widths)."
-    from ssm_distill.losses import hidden_projectors, resolve_mapping
-    hs = student(input_ids=ids, output_hidden_states=True).hidden_states
-    ht = _lm(teacher)(input_ids=ids, output_hidden_states=True).hidden_states
-    d_s, d_t = hs[0].shape[-1], ht[0].shape[-1]
-    if d_s == d_t: return None
-    return hidden_projectors(resolve_mapping(stage.layer_map, len(hs) - 1, len(ht) - 1, **_map_kw(stage)), d_s, d_t)
-
-def qkv_targets(teacher, ids, stage, layers):
-    l = stage.teacher_layer % teacher.n_layers
-    cap = teacher.capture(ids, layers=[l], what={'q', 'k', 'v'})
-    return {w: _layer(cap, w, l) for w in 'qkv'}
-
-def _student_qkv(student, ids):
-    require(hasattr(student, 'capture_qkv'), "mha/direct_minilm stages need the student's Q/K/V (student.capture_qkv); "
-            "this student does not provide them: use od or hs, or a student with capture_qkv")
-    return student.capture_qkv(ids, layer=-1)
-
-def mha_stage_loss(student, ids, t, stage, layers):
-    from ssm_distill.losses import minilm_relation_loss
-    q, k, v = _student_qkv(student, ids)
-    return minilm_relation_loss((q, k, v), (t['q'], t['k'], t['v']), n_relation_heads=stage.relation_heads, causal=True)
-
-def direct_minilm_stage_loss(student, ids, t, stage, layers, aux=None):
-    from ssm_distill.losses import direct_minilm_loss
-    q, k, v = _student_qkv(student, ids)
-    return direct_minilm_loss((q, k, v), (t['q'], t['k'], t['v']), projections=aux)
-
-@torch.no_grad()
-def qkv_aux(student, teacher, stage, ids):
-    "DirectMiniLM across widths: learned student -> teacher maps of Q, K and V (None at equal widths)."
-    from ssm_distill.losses import QKVProjector
-    d_s, d_t = _student_qkv(student, ids)[0].flatten(2).shape[-1], qkv_targets(teacher, ids, stage, None)['q'].flatten(2).shape[-1]
-    return None if d_s == d_t else QKVProjector(d_s, d_t)
-
-for _k, _t, _l in [('matrix_orientation', mo_targets, mo_loss), ('hidden_state_alignment', hsa_targets, hsa_loss),
-                   ('kd', logits_targets, kd_stage_loss), ('od', logits_targets, od_stage_loss), ('hs', hs_targets, hs_stage_loss),
-                   ('mha', qkv_targets, mha_stage_loss), ('direct_minilm', qkv_targets, direct_minilm_stage_loss)]:
-    STAGES[_k].targets, STAGES[_k].loss = _t, _l
-STAGES['hs'].aux, STAGES['direct_minilm'].aux = hs_aux, qkv_aux
-
 class StageModule(nn.Module):
     "The student and one stage's loss as one module, so Accelerate/DDP wraps a single forward per micro-batch."
-    def __init__(self, student, stage:StageConfig, layers:list[int], aux:nn.Module|None=None):
+    def __init__(self, student, stage:Stage, # the stage object (`StageConfig.stage`)
+                 layers:dict, # {student layer: teacher layer} the loss looks at
+                 aux:nn.Module|None=None): # the loss's own learned parameters (projections), trained with the student
         super().__init__()
-        self.student, self.stage, self.layers, self.kind, self.aux = student, stage, layers, STAGES[stage.kind], aux
+        self.student, self.stage, self.layers, self.aux = student, stage, layers, aux
     def forward(self, input_ids, targets):
-        extra = {} if self.aux is None else dict(aux=self.aux)   # the loss's own learned parameters (projections)
-        return self.kind.loss(self.student, input_ids, targets, self.stage, self.layers, **extra)
+        return self.stage.loss(self.student, input_ids, targets, self.layers, self.aux)
 
 # %% ../nbs/07_train.ipynb #7b02e31a
 class StageStream(Dataset):
@@ -728,6 +680,7 @@ def default_callbacks(cfg:RunConfig, progress:bool=True) -> list[Callback]:
     "The callbacks every run has: the JSON-lines log, a progress bar (if `progress`), trackers (if `log_with`)."
     return [JSONLLogger()] + ([ProgressBar()] if progress else []) + ([TrackerLogger()] if cfg.log_with else [])
 
+# %% ../nbs/07_train.ipynb #57323412
 class Distiller:
     "Run a `RunConfig`'s stages headlessly; callbacks watch, checkpoints make it resumable."
     def __init__(self, config:RunConfig|dict|str|Path, # a RunConfig, a dict, or a YAML file
@@ -735,12 +688,14 @@ class Distiller:
                  teacher=None, # a ready `(Teacher, tokenizer)` to use instead of loading `config.teacher`
                  progress:bool=True, # show tqdm progress bars
                 ):
-        self.cfg = load_config(config)
+        self.cfg = load_config(config, check_teacher=teacher is None)
         self.out = Path(self.cfg.out or f"runs/distill-{time.strftime('%Y%m%d-%H%M%S')}")
         self.callbacks = sorted(default_callbacks(self.cfg, progress) + list(callbacks), key=lambda c: c.order)
         self.steps = stage_steps(self.cfg)
-        self._teacher_in, self.state, self._stop = teacher, RunState(), False
-        self.accelerator = None
+        self._teacher_in, self.state = teacher, RunState()
+        self.accelerator, self._prepared, self._stage = None, False, -1
+        self._lock = threading.Condition()   # guards the requests below: callbacks and widgets call them from other threads
+        self._stop, self._pause, self._paused, self._t_run = False, False, False, time.time()
 
     def config_dict(self) -> dict:
         "The config as plain data (what the checkpoint stores), without `out`."
@@ -749,232 +704,329 @@ class Distiller:
     @property
     def is_main(self) -> bool: return self.accelerator is None or self.accelerator.is_main_process
 
+    # ---- requests (thread-safe; honoured at the next step boundary)
     def request_stop(self):
-        "Ask the run to stop after the current step (it checkpoints first)."
-        self._stop = True
+        "Stop after the current step: write a checkpoint and a loadable student, emit 'stopped' (also while paused)."
+        with self._lock: self._stop = True; self._lock.notify_all()
 
-    def _event(self, name, *args):
-        for cb in self.callbacks: getattr(cb, name)(self, *args)
+    def request_pause(self):
+        "Hold the training loop after the current step until `resume_training()` (emits 'paused', then 'resumed')."
+        with self._lock: self._pause = True
 
-    # ---- setup
-    def _setup(self):
-        from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-        cfg = self.cfg
-        dev = get_device(cfg.device)
-        self.accelerator = Accelerator(cpu=dev.type == 'cpu', mixed_precision=resolve_mixed_precision(cfg.mixed_precision, dev),
-                                       gradient_accumulation_steps=cfg.stages[0].grad_accum, log_with=cfg.log_with or None,
-                                       project_dir=str(self.out), dataloader_config=DataLoaderConfiguration(split_batches=True),
-                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-        for i, s in enumerate(cfg.stages):
-            require(stage_batch_size(cfg, s) % self.accelerator.num_processes == 0,
-                    f"stages[{i}].batch_size: {stage_batch_size(cfg, s)} blocks cannot be split evenly over "
-                    f"{self.accelerator.num_processes} processes; use a multiple of {self.accelerator.num_processes}")
-        seed_everything(cfg.seed)
-        self.teacher, self.tokenizer = self._teacher_in or load_run_teacher(cfg.teacher, self.accelerator.device)
-        tc = self.teacher.config
-        validate_for_teacher(cfg, self.teacher.n_layers, dict(hidden_size=tc.hidden_size, n_heads=self.teacher.n_heads,
-                                                              intermediate_size=getattr(tc, 'intermediate_size', None) or getattr(tc, 'n_inner', None) or 4 * tc.hidden_size))
-        _lm(self.teacher).to(self.accelerator.device).eval().requires_grad_(False)
-        self.data = build_data(cfg.data, self.tokenizer)
-        require(len(self.data.eval) > 0, "data: no held-out blocks to evaluate on; raise data.eval_fraction")
-        st = cfg.student
-        build = dict(mixer=st.mixer, attention_layers=tuple(st.attention_layers), init=st.init, **st.options)
-        self.layer_map = dict(enumerate(student_teacher_layers(cfg, self.teacher.n_layers)))  # student layer -> teacher layer
-        self.student = (build_student_from_config(self.teacher, n_layers=st.n_layers, hidden_size=st.hidden_size, n_heads=st.n_heads,
-                                                  intermediate_size=st.intermediate_size, teacher_layers=list(self.layer_map.values()),
-                                                  seed=cfg.seed, **build)
-                        if st.resized else build_student(self.teacher, **build)).to(self.accelerator.device)
-        if cfg.log_with: self.accelerator.init_trackers('ssm_distill', config=_flat(self.config_dict()))
+    def resume_training(self):
+        "Let a paused run go on."
+        with self._lock: self._pause = False; self._lock.notify_all()
 
-    def _resume(self):
-        ck = latest_checkpoint(self.out)
-        if ck is None:
-            log.info(f"resume: no checkpoint in {self.out}/checkpoints; starting from the beginning")
-            return None
-        state, saved = read_checkpoint_state(ck)
-        require(saved == json.loads(json.dumps(self.config_dict())),
-                f"resume: the checkpoint {ck} was written by a different run config; resume with the same config "
-                f"(only `out` may differ) or start a new run folder")
-        load_student_weights(self.accelerator.unwrap_model(self.student), ck)
-        self.state = state
-        log.info(f"resuming from {ck}: stage {state.stage}, step {state.step}")
-        return ck
+    @property
+    def paused(self) -> bool:
+        "Whether the training loop is held by `request_pause()` right now."
+        with self._lock: return self._paused
 
-    # ---- evaluation
-    def evaluate(self, teacher_too:bool=False) -> dict:
-        "Held-out perplexity and teacher agreement of the student (and the teacher's perplexity if `teacher_too`)."
-        kw = dict(batch_size=self.cfg.data.batch_size, max_batches=self.cfg.eval_batches, device=self.accelerator.device)
-        with self.accelerator.autocast():
-            res = evaluate(self.accelerator.unwrap_model(self.student), self.data.eval, teacher=self.teacher, **kw)
-            if teacher_too or not hasattr(self, '_teacher_eval'): self._teacher_eval = evaluate(self.teacher, self.data.eval, **kw)
-        return dict(perplexity=res['perplexity'], eval_loss=res['loss'], teacher_agreement=res['teacher_agreement'],
-                    teacher_perplexity=self._teacher_eval['perplexity'])
+    def _hold_if_paused(self):
+        "At a step boundary: wait while a pause is requested (a stop request ends the wait)."
+        with self._lock:
+            if not self._pause or self._stop: return
+            self._paused = True
+        self._emit('paused')
+        with self._lock:
+            while self._pause and not self._stop: self._lock.wait()
+            self._paused = False
+        if not self._stop: self._emit('resumed')
 
-    # ---- one stage
-    def _targets(self, kind:StageKind, ids:torch.Tensor, stage:StageConfig, layers:list[int]) -> dict:
-        "The teacher's targets for student `layers`: layer-wise ones come from the teacher layer each student layer maps to."
-        if not kind.layerwise: return kind.targets(self.teacher, ids, stage, layers)
-        to_student = {self.layer_map[l]: l for l in layers}
-        t = kind.targets(self.teacher, ids, stage, list(to_student))
-        return {k: ({to_student[l]: x for l, x in v.items()} if isinstance(v, dict) else v) for k, v in t.items()}
+    # ---- the event stream
+    def _emit(self, name:str, metrics:dict|None=None, loss:float|None=None, lr:float|None=None) -> Event:
+        "Give every callback the `Event` `name` (its named hook, then `on_event`)."
+        st, si = self.state, self._stage
+        ev = Event(name, si, self.cfg.stages[si].kind if si >= 0 else '', st.global_step, st.total_tokens, loss, lr,
+                   time.time() - self._t_run, metrics if metrics is not None else {})
+        hook, args = EVENT_HOOKS.get(name, (None, None))
+        for cb in self.callbacks:
+            if hook: getattr(cb, hook)(self, *args(ev))
+            cb.on_event(self, ev)
+        return ev
 
-    def _stage_aux(self, si:int, kind:StageKind, ckpt:Path|None) -> nn.Module|None:
-        "Stage `si`'s loss parameters (projections across widths): seeded by the run seed and the stage, restored from `ckpt` mid-stage."
-        if kind.aux is None: return None
-        with torch.random.fork_rng(devices=[]):   # the same initial maps whatever the global RNG went through (resume reads data again)
-            torch.manual_seed(self.cfg.seed + si)
-            aux = kind.aux(self.student, self.teacher, self.cfg.stages[si], self.data.train[:1].to(self.accelerator.device))
-        if aux is None: return None
-        aux = aux.to(self.accelerator.device)
-        if ckpt is not None:
-            from safetensors.torch import load_model
-            load_model(aux, str(ckpt/'stage_aux.safetensors'))
-        return aux
+# %% ../nbs/07_train.ipynb #2ae19d73
+@patch
+def prepare(self:Distiller, force:bool=False # build everything again (a fresh student) even if prepared already
+           ) -> 'Distiller':
+    "Build the accelerator, teacher, data and student (no training); `run()` calls it. Returns the distiller."
+    if self._prepared and not force: return self
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+    cfg = self.cfg
+    dev = get_device(cfg.device)
+    self.accelerator = Accelerator(cpu=dev.type == 'cpu', mixed_precision=resolve_mixed_precision(cfg.mixed_precision, dev),
+                                   gradient_accumulation_steps=cfg.stages[0].grad_accum, log_with=cfg.log_with or None,
+                                   project_dir=str(self.out), dataloader_config=DataLoaderConfiguration(split_batches=True),
+                                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    for i, s in enumerate(cfg.stages):
+        require(stage_batch_size(cfg, s) % self.accelerator.num_processes == 0,
+                f"stages[{i}].batch_size: {stage_batch_size(cfg, s)} blocks cannot be split evenly over "
+                f"{self.accelerator.num_processes} processes; use a multiple of {self.accelerator.num_processes}")
+    seed_everything(cfg.seed)
+    self.teacher, self.tokenizer = self._teacher_in or load_run_teacher(cfg.teacher, self.accelerator.device)
+    tc = self.teacher.config
+    validate_for_teacher(cfg, self.teacher.n_layers, dict(hidden_size=tc.hidden_size, n_heads=self.teacher.n_heads,
+                                                          intermediate_size=getattr(tc, 'intermediate_size', None) or getattr(tc, 'n_inner', None) or 4 * tc.hidden_size))
+    causal_lm(self.teacher).to(self.accelerator.device).eval().requires_grad_(False)
+    self.data = build_data(cfg.data, self.tokenizer)
+    require(len(self.data.eval) > 0, "data: no held-out blocks to evaluate on; raise data.eval_fraction")
+    st = cfg.student
+    build = dict(mixer=st.mixer, attention_layers=tuple(st.attention_layers), init=st.init, **st.options)
+    self.layer_map = dict(enumerate(student_teacher_layers(cfg, self.teacher.n_layers)))  # student layer -> teacher layer
+    self.student = (build_student_from_config(self.teacher, n_layers=st.n_layers, hidden_size=st.hidden_size, n_heads=st.n_heads,
+                                              intermediate_size=st.intermediate_size, teacher_layers=list(self.layer_map.values()),
+                                              seed=cfg.seed, **build)
+                    if st.resized else build_student(self.teacher, **build)).to(self.accelerator.device)
+    if cfg.log_with: self.accelerator.init_trackers('ssm_distill', config=_flat(self.config_dict()))
+    self.state, self._stage, self._prepared, self._trained = RunState(), -1, True, False
+    return self
 
-    def _run_stage(self, si:int, ckpt:Path|None) -> bool:
-        "Run stage `si` from `self.state`; return False if stopped early."
-        cfg, acc, st = self.cfg, self.accelerator, self.state
-        stage, n_steps = cfg.stages[si], self.steps[si]
-        bs, ga = stage_batch_size(cfg, stage), stage.grad_accum
-        set_trainable_groups(self.student, stage.groups())
-        layers = _stage_layers(self.student, stage)
-        kind, name = STAGES[stage.kind], stage.name or f"{si + 1}-{stage.kind}"
-        aux = self._stage_aux(si, kind, ckpt if st.step > 0 else None)
-        opt = make_optimizer(self.student, stage, aux)
-        sched = make_scheduler(opt, stage, n_steps)
-        stream = StageStream(self.data.train, bs, cfg.data.seed + si, start=st.data_step, n_batches=(n_steps - st.step) * ga)
-        loader = DataLoader(stream, batch_size=bs, shuffle=False)
-        acc.gradient_accumulation_steps = ga
-        module, opt, loader, sched = acc.prepare(StageModule(self.student, stage, layers, aux), opt, loader, sched)
-        if ckpt is not None and st.step > 0:
-            opt.load_state_dict(torch.load(ckpt/'optimizer.pt', weights_only=False))
-            sched.scheduler.load_state_dict(torch.load(ckpt/'scheduler.pt', weights_only=False))
-        if ckpt is not None:
-            rng = ckpt/f'rng-{acc.process_index}.pt'
-            set_rng_state(torch.load(rng if rng.exists() else ckpt/'rng-0.pt', weights_only=False))
-        acc.step = 0
-        params = [p for p in module.parameters() if p.requires_grad]
-        self._event('on_stage_start', si)
-        t_session, wall0, stage_wall0 = time.time(), st.wall_s, st.stage_wall_s
-        micro, losses = 0, []
-        module.train()
-        for ids in loader:
-            with acc.accumulate(module):
-                with torch.no_grad(), acc.autocast(): targets = self._targets(kind, ids, stage, layers)
-                with self._nan_guard(si), acc.autocast(): loss, logs = module(ids, targets)
-                loss_all = acc.reduce(loss.detach().float(), 'mean')
-                if not torch.isfinite(loss_all): self._nonfinite('loss', loss_all, si)
-                acc.backward(loss)
-                losses.append(loss_all.item())
-                if acc.sync_gradients:
-                    gn = acc.clip_grad_norm_(params, stage.grad_clip if stage.grad_clip else float('inf'))
-                    if gn is not None and not torch.isfinite(torch.as_tensor(gn)): self._nonfinite('gradient norm', gn, si)
-                opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-            micro += 1
-            if micro % ga: continue
-            st.step += 1; st.global_step += 1; st.data_step += ga
-            st.stage_tokens += tokens_per_step(cfg, stage); st.total_tokens += tokens_per_step(cfg, stage)
-            st.last_loss = sum(losses) / len(losses); losses = []
-            now = time.time(); st.wall_s, st.stage_wall_s = wall0 + now - t_session, stage_wall0 + now - t_session
-            metrics = dict(stage=name, stage_index=si, kind=stage.kind, step=st.step, global_step=st.global_step, loss=st.last_loss,
-                           lr=sched.get_last_lr()[0], tokens=st.stage_tokens, total_tokens=st.total_tokens,
-                           tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), **logs)
-            last = st.step == n_steps
-            if not last and cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0: self._checkpoint(si, opt, sched, aux)
-            self._event('on_step_end', metrics)
-            if not last and cfg.eval_every and st.global_step % cfg.eval_every == 0:
-                with self._nan_guard(si): ev = self.evaluate()
-                self._event('on_eval', dict(stage=name, stage_index=si, global_step=st.global_step, **ev))
-            if self._stop and not last:
-                self._checkpoint(si, opt, sched, aux)
-                return False
-        with self._nan_guard(si): ev = self.evaluate()
-        self._event('on_eval', dict(stage=name, stage_index=si, global_step=st.global_step, **ev))
-        summary = dict(stage=name, stage_index=si, kind=stage.kind, steps=st.step, tokens=st.stage_tokens, final_loss=st.last_loss,
-                       wall_s=st.stage_wall_s, tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), eval=ev)
-        st.finished.append(summary)
-        st.stage, st.step, st.data_step, st.stage_tokens, st.stage_wall_s, st.last_loss = si + 1, 0, 0, 0, 0.0, None
-        self._checkpoint(si)
-        self._event('on_stage_end', si, summary)
-        acc.free_memory()
-        return True
+@patch
+def _same_config(self:Distiller, ck:Path) -> bool:
+    return read_checkpoint_state(ck)[1] == json.loads(json.dumps(self.config_dict()))
 
-    def _first_nonfinite(self) -> str|None:
-        "The name of a student parameter holding NaN/inf, or None."
-        return next((n for n, p in self.student.named_parameters() if not torch.isfinite(p).all()), None)
+@patch
+def _resume(self:Distiller):
+    ck = latest_checkpoint(self.out)
+    if ck is None:
+        log.info(f"resume: no checkpoint in {self.out}/checkpoints; starting from the beginning")
+        return None
+    state, _ = read_checkpoint_state(ck)
+    require(self._same_config(ck),
+            f"resume: the checkpoint {ck} was written by a different run config; resume with the same config "
+            f"(only `out` may differ) or start a new run folder")
+    load_student_weights(self.accelerator.unwrap_model(self.student), ck)
+    self.state = state
+    log.info(f"resuming from {ck}: stage {state.stage}, step {state.step}")
+    return ck
 
-    @contextlib.contextmanager
-    def _nan_guard(self, si:int):
-        "Turn a kernel's refusal of NaN inputs into a `NonFiniteLossError` when the student's weights are to blame."
-        try: yield
-        except NonFiniteLossError: raise
-        except SsmDistillError as e:
-            bad = self._first_nonfinite()
-            if bad is None: raise
-            self._nonfinite(f'weight {bad}', float('nan'), si, cause=str(e))
+@patch
+def evaluate(self:Distiller, teacher_too:bool=False) -> dict:
+    "Held-out perplexity and teacher agreement of the student (and the teacher's perplexity if `teacher_too`)."
+    kw = dict(batch_size=self.cfg.data.batch_size, max_batches=self.cfg.eval_batches, device=self.accelerator.device)
+    with self.accelerator.autocast():
+        res = evaluate(self.accelerator.unwrap_model(self.student), self.data.eval, teacher=self.teacher, **kw)
+        if teacher_too or not hasattr(self, '_teacher_eval'): self._teacher_eval = evaluate(self.teacher, self.data.eval, **kw)
+    return dict(perplexity=res['perplexity'], eval_loss=res['loss'], teacher_agreement=res['teacher_agreement'],
+                teacher_perplexity=self._teacher_eval['perplexity'])
 
-    def _checkpoint(self, si:int, opt=None, sched=None, aux=None):
-        "Save a checkpoint, unless a weight is no longer finite (then stop: the last good checkpoint stays)."
+# %% ../nbs/07_train.ipynb #6b767752
+@patch
+def _stage_aux(self:Distiller, si:int, stage:Stage, ckpt:Path|None) -> nn.Module|None:
+    "Stage `si`'s loss parameters (projections across widths): seeded by the run seed and the stage, restored from `ckpt` mid-stage."
+    with torch.random.fork_rng(devices=[]):   # the same initial maps whatever the global RNG went through (resume reads data again)
+        torch.manual_seed(self.cfg.seed + si)
+        aux = stage.aux(self.student, self.teacher, self.data.train[:1].to(self.accelerator.device))
+    if aux is None: return None
+    aux = aux.to(self.accelerator.device)
+    if ckpt is not None:
+        from safetensors.torch import load_model
+        load_model(aux, str(ckpt/'stage_aux.safetensors'))
+    return aux
+
+@patch
+def _start_stage(self:Distiller, si:int, ckpt:Path|None) -> types.SimpleNamespace:
+    "Steps 1-2: freeze all but the stage's groups; its loss, AdamW, schedule and data stream, prepared; restored from `ckpt`."
+    cfg, acc, st = self.cfg, self.accelerator, self.state
+    sc, n_steps = cfg.stages[si], self.steps[si]
+    stage, bs, ga = sc.stage, stage_batch_size(cfg, sc), sc.grad_accum
+    set_trainable_groups(self.student, sc.groups())
+    layers = {l: self.layer_map[l] for l in stage.student_layers(self.student)}   # student layer -> its teacher layer
+    aux = self._stage_aux(si, stage, ckpt if st.step > 0 else None)
+    opt = make_optimizer(self.student, sc, aux)
+    sched = make_scheduler(opt, sc, n_steps)
+    stream = StageStream(self.data.train, bs, cfg.data.seed + si, start=st.data_step, n_batches=(n_steps - st.step) * ga)
+    acc.gradient_accumulation_steps = ga
+    module, opt, loader, sched = acc.prepare(StageModule(self.student, stage, layers, aux), opt,
+                                             DataLoader(stream, batch_size=bs, shuffle=False), sched)
+    if ckpt is not None and st.step > 0:
+        opt.load_state_dict(torch.load(ckpt/'optimizer.pt', weights_only=False))
+        sched.scheduler.load_state_dict(torch.load(ckpt/'scheduler.pt', weights_only=False))
+    if ckpt is not None:
+        rng = ckpt/f'rng-{acc.process_index}.pt'
+        set_rng_state(torch.load(rng if rng.exists() else ckpt/'rng-0.pt', weights_only=False))
+    acc.step = 0
+    return types.SimpleNamespace(si=si, cfg=sc, stage=stage, layers=layers, module=module, opt=opt, sched=sched, loader=loader,
+                                 aux=aux, n_steps=n_steps, name=sc.name or f"{si + 1}-{sc.kind}",
+                                 params=[p for p in module.parameters() if p.requires_grad])
+
+@patch
+def train_step(self:Distiller, r:types.SimpleNamespace, ids:torch.Tensor) -> tuple[float, dict]:
+    "Step 3: one micro-batch `ids` of stage `r`: teacher targets, loss, NaN check, backward; clip and step where an accumulation ends."
+    acc, si = self.accelerator, r.si
+    with acc.accumulate(r.module):
+        with torch.no_grad(), acc.autocast(): targets = r.stage.targets(self.teacher, ids, r.layers)
+        with self._nan_guard(si), acc.autocast(): loss, logs = r.module(ids, targets)
+        loss_all = acc.reduce(loss.detach().float(), 'mean')
+        if not torch.isfinite(loss_all): self._nonfinite('loss', loss_all, si)
+        acc.backward(loss)
+        if acc.sync_gradients:
+            gn = acc.clip_grad_norm_(r.params, r.cfg.grad_clip if r.cfg.grad_clip else float('inf'))
+            if gn is not None and not torch.isfinite(torch.as_tensor(gn)): self._nonfinite('gradient norm', gn, si)
+        r.opt.step(); r.sched.step(); r.opt.zero_grad(set_to_none=True)
+    return loss_all.item(), logs
+
+@patch
+def _count_step(self:Distiller, r:types.SimpleNamespace, losses:list[float], logs:dict, clock:tuple) -> dict:
+    "Step 4a: advance the run state by one optimizer step; its metrics."
+    st, per_step = self.state, tokens_per_step(self.cfg, r.cfg)
+    st.step += 1; st.global_step += 1; st.data_step += r.cfg.grad_accum
+    st.stage_tokens += per_step; st.total_tokens += per_step
+    st.last_loss = sum(losses) / len(losses)
+    t_session, wall0, stage_wall0 = clock
+    now = time.time(); st.wall_s, st.stage_wall_s = wall0 + now - t_session, stage_wall0 + now - t_session
+    return dict(stage=r.name, stage_index=r.si, kind=r.cfg.kind, step=st.step, global_step=st.global_step, loss=st.last_loss,
+                lr=r.sched.get_last_lr()[0], tokens=st.stage_tokens, total_tokens=st.total_tokens,
+                tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), **logs)
+
+@patch
+def _after_step(self:Distiller, r:types.SimpleNamespace, metrics:dict) -> bool:
+    "Step 4b: checkpoint and evaluate when due, the `step` event, hold while paused; False if the run must stop here."
+    cfg, st = self.cfg, self.state
+    last = st.step == r.n_steps   # the stage's end checkpoints and evaluates anyway
+    if not last and cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0: self._checkpoint(r.si, r.opt, r.sched, r.aux)
+    self._emit('step', metrics, loss=st.last_loss, lr=metrics['lr'])
+    if not last and cfg.eval_every and st.global_step % cfg.eval_every == 0:
+        with self._nan_guard(r.si): ev = self.evaluate()
+        self._emit('eval', dict(stage=r.name, stage_index=r.si, global_step=st.global_step, **ev))
+    if last: return True
+    self._hold_if_paused()
+    if self._stop: self._checkpoint(r.si, r.opt, r.sched, r.aux)
+    return not self._stop
+
+@patch
+def _end_stage(self:Distiller, r:types.SimpleNamespace):
+    "Step 5: evaluate, summarise, checkpoint at the stage boundary, the `stage_end` event."
+    st, si = self.state, r.si
+    with self._nan_guard(si): ev = self.evaluate()
+    self._emit('eval', dict(stage=r.name, stage_index=si, global_step=st.global_step, **ev))
+    summary = dict(stage=r.name, stage_index=si, kind=r.cfg.kind, steps=st.step, tokens=st.stage_tokens, final_loss=st.last_loss,
+                   wall_s=st.stage_wall_s, tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), eval=ev)
+    st.finished.append(summary)
+    st.stage, st.step, st.data_step, st.stage_tokens, st.stage_wall_s, st.last_loss = si + 1, 0, 0, 0, 0.0, None
+    self._checkpoint(si)
+    self._emit('stage_end', summary)
+    self.accelerator.free_memory()
+
+@patch
+def _run_stage(self:Distiller, si:int, ckpt:Path|None) -> bool:
+    "Run stage `si` from `self.state` (steps 1-5); return False if stopped early."
+    r = self._start_stage(si, ckpt)
+    self._stage = si; self._emit('stage_start')
+    clock, losses = (time.time(), self.state.wall_s, self.state.stage_wall_s), []
+    r.module.train()
+    for micro, ids in enumerate(r.loader, 1):
+        loss, logs = self.train_step(r, ids)
+        losses.append(loss)
+        if micro % r.cfg.grad_accum: continue
+        metrics = self._count_step(r, losses, logs, clock); losses = []
+        if not self._after_step(r, metrics): return False
+    self._end_stage(r)
+    return True
+
+# %% ../nbs/07_train.ipynb #f8c202a8
+@patch
+def _first_nonfinite(self:Distiller) -> str|None:
+    "The name of a student parameter holding NaN/inf, or None."
+    return next((n for n, p in self.student.named_parameters() if not torch.isfinite(p).all()), None)
+
+@patch
+@contextlib.contextmanager
+def _nan_guard(self:Distiller, si:int):
+    "Turn a kernel's refusal of NaN inputs into a `NonFiniteLossError` when the student's weights are to blame."
+    try: yield
+    except NonFiniteLossError: raise
+    except SsmDistillError as e:
         bad = self._first_nonfinite()
-        if bad is not None: self._nonfinite(f'weight {bad}', float('nan'), si)
-        save_checkpoint(self, opt, sched, aux)
+        if bad is None: raise
+        self._nonfinite(f'weight {bad}', float('nan'), si, cause=str(e))
 
-    def _nonfinite(self, what, value, si, cause:str=''):
-        ck = latest_checkpoint(self.out)
-        raise NonFiniteLossError(
-            f"the {what} became {float(value)} in stage {si + 1} ({self.cfg.stages[si].kind}) at step {self.state.step + 1}"
-            f"{f' ({cause})' if cause else ''}; "
-            f"the run stopped. The last good checkpoint is {ck or 'none (no checkpoint was written yet)'}. "
-            f"Lower stages[{si}].lr, set stages[{si}].grad_clip, or use mixed_precision: no; then resume or restart")
+@patch
+def _checkpoint(self:Distiller, si:int, opt=None, sched=None, aux=None):
+    "Save a checkpoint, unless a weight is no longer finite (then stop: the last good checkpoint stays)."
+    bad = self._first_nonfinite()
+    if bad is not None: self._nonfinite(f'weight {bad}', float('nan'), si)
+    save_checkpoint(self, opt, sched, aux)
 
-    # ---- the whole run
-    def run(self, resume:bool=False, # continue from the newest checkpoint in `out`
-            max_steps:int|None=None, # stop (with a checkpoint) once the run has done this many optimizer steps
-           ) -> dict:
-        "Run every stage (from the checkpoint if `resume`); return the report (also `<out>/report.json`)."
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._setup()
-        ckpt = self._resume() if resume else None
-        if not resume and checkpoints(self.out) and self.is_main:
-            log.warning(f"{self.out} already holds checkpoints of an earlier run; starting afresh, they are deleted (resume=True continues them)")
-            shutil.rmtree(self.out/'checkpoints')
-        self.accelerator.wait_for_everyone()
-        stopper = StopAfter(max_steps) if max_steps is not None else None
-        if stopper: self.callbacks.append(stopper)
-        self._stop = False
-        self._event('on_run_start')
-        try:
-            for si in range(self.state.stage, len(self.cfg.stages)):
-                if not self._run_stage(si, ckpt if si == self.state.stage else None):
-                    return dict(status='stopped', state=asdict(self.state), checkpoint=str(latest_checkpoint(self.out)))
-                ckpt = None
-            report = self._report()
-        finally:
-            if stopper: self.callbacks.remove(stopper)
-        self._event('on_run_end', report)
-        if self.cfg.log_with: self.accelerator.end_training()
-        return report
+@patch
+def _nonfinite(self:Distiller, what, value, si, cause:str=''):
+    ck = latest_checkpoint(self.out)
+    raise NonFiniteLossError(
+        f"the {what} became {float(value)} in stage {si + 1} ({self.cfg.stages[si].kind}) at step {self.state.step + 1}"
+        f"{f' ({cause})' if cause else ''}; "
+        f"the run stopped. The last good checkpoint is {ck or 'none (no checkpoint was written yet)'}. "
+        f"Lower stages[{si}].lr, set stages[{si}].grad_clip, or use mixed_precision: no; then resume or restart")
 
-    def _report(self) -> dict:
-        ev = self.evaluate(teacher_too=True)
-        st = self.state
-        rep = dict(status='finished', teacher=self.cfg.teacher, student=asdict(self.cfg.student),
-                   teacher_perplexity=ev['teacher_perplexity'], student_perplexity=ev['perplexity'],
-                   perplexity_ratio=ev['perplexity'] / ev['teacher_perplexity'], teacher_agreement=ev['teacher_agreement'],
-                   stages=st.finished, final_losses={s['stage']: s['final_loss'] for s in st.finished},
-                   tokens_per_stage={s['stage']: s['tokens'] for s in st.finished}, total_tokens=st.total_tokens,
-                   wall_s=st.wall_s, tokens_per_s=st.total_tokens / max(st.wall_s, 1e-9),
-                   n_parameters=sum(p.numel() for p in self.student.parameters()), data=self.data.stats,
-                   processes=self.accelerator.num_processes, device=str(self.accelerator.device),
-                   mixed_precision=str(self.accelerator.mixed_precision), config=self.config_dict())
-        if self.is_main:
-            student = self.accelerator.unwrap_model(self.student)
-            student.save_pretrained(self.out/'student')
-            if hasattr(self.tokenizer, 'save_pretrained'): self.tokenizer.save_pretrained(self.out/'student')
-            (self.out/'report.json').write_text(json.dumps(rep, indent=1, default=str))
-        self.accelerator.wait_for_everyone()
-        return rep
+# %% ../nbs/07_train.ipynb #99fe578c
+@patch
+def run(self:Distiller, resume:bool|None=None, # continue from the newest checkpoint in `out` (None: if it was written by this config)
+        max_steps:int|None=None, # stop (with a checkpoint) once the run has done this many optimizer steps
+       ) -> dict:
+    "Run every stage (from the newest checkpoint of `out` when resuming); return the report (also `<out>/report.json`)."
+    self.out.mkdir(parents=True, exist_ok=True)
+    ck = latest_checkpoint(self.out)
+    if resume is None: resume = ck is not None and self._same_config(ck)
+    self.prepare(force=self._prepared and self._trained and not resume)   # a fresh start after training: a fresh student
+    ckpt = self._resume() if resume else None
+    if not resume and checkpoints(self.out) and self.is_main:
+        log.warning(f"{self.out} already holds checkpoints of an earlier run; starting afresh, they are deleted (resume=True continues them)")
+        shutil.rmtree(self.out/'checkpoints')
+    self.accelerator.wait_for_everyone()
+    stopper = StopAfter(max_steps) if max_steps is not None else None
+    if stopper: self.callbacks.append(stopper)
+    with self._lock: self._stop, self._pause = False, False
+    self._t_run, self._stage, self._trained = time.time(), -1, True
+    self._emit('run_start')
+    try:
+        first = self.state.stage
+        for si in range(first, len(self.cfg.stages)):
+            if si > first: self._hold_if_paused()
+            if si > first and self._stop: return self._stopped()   # between stages: the stage end wrote the checkpoint
+            if not self._run_stage(si, ckpt if si == first else None): return self._stopped()
+            ckpt = None
+        report = self._report()
+    finally:
+        if stopper: self.callbacks.remove(stopper)
+    self._emit('run_end', report)
+    if self.cfg.log_with: self.accelerator.end_training()
+    return report
 
+@patch
+def _stopped(self:Distiller) -> dict:
+    "After a stop: the student is saved too (loadable with `from_pretrained`); emit 'stopped'."
+    self._save_student()
+    res = dict(status='stopped', state=asdict(self.state), checkpoint=str(latest_checkpoint(self.out)))
+    self._emit('stopped', res)
+    return res
+
+@patch
+def _save_student(self:Distiller):
+    "`save_pretrained` the student (and the tokenizer) into `<out>/student`."
+    if self.is_main:
+        student = self.accelerator.unwrap_model(self.student)
+        student.save_pretrained(self.out/'student')
+        if hasattr(self.tokenizer, 'save_pretrained'): self.tokenizer.save_pretrained(self.out/'student')
+    self.accelerator.wait_for_everyone()
+
+@patch
+def _report(self:Distiller) -> dict:
+    ev = self.evaluate(teacher_too=True)
+    st = self.state
+    rep = dict(status='finished', teacher=self.cfg.teacher, student=asdict(self.cfg.student),
+               teacher_perplexity=ev['teacher_perplexity'], student_perplexity=ev['perplexity'],
+               perplexity_ratio=ev['perplexity'] / ev['teacher_perplexity'], teacher_agreement=ev['teacher_agreement'],
+               stages=st.finished, final_losses={s['stage']: s['final_loss'] for s in st.finished},
+               tokens_per_stage={s['stage']: s['tokens'] for s in st.finished}, total_tokens=st.total_tokens,
+               wall_s=st.wall_s, tokens_per_s=st.total_tokens / max(st.wall_s, 1e-9),
+               n_parameters=sum(p.numel() for p in self.student.parameters()), data=self.data.stats,
+               processes=self.accelerator.num_processes, device=str(self.accelerator.device),
+               mixed_precision=str(self.accelerator.mixed_precision), config=self.config_dict())
+    self._save_student()
+    if self.is_main: (self.out/'report.json').write_text(json.dumps(rep, indent=1, default=str))
+    self.accelerator.wait_for_everyone()
+    return rep
+
+# %% ../nbs/07_train.ipynb #83bb0709
 def _flat(d:dict, prefix:str='') -> dict:
     "Flatten nested config dicts for trackers (`stages.0.lr`)."
     out = {}

@@ -5,29 +5,11 @@ import torch.nn.functional as F
 
 from ssm_distill.core import SsmDistillError
 from ssm_distill.mixers import (MIXERS, AttentionWeights, SoftmaxAttention, apply_rotary, rotary_cos_sin, expand_kv,
-                                mixer_from_attention, call_with)
+                                mixer_from_attention, call_with, values_path)
+from ssm_distill.mixers import tiny_mixer as tiny, tiny_rotary as rotary_for   # the notebook's float64 helpers
 
 NAMES = sorted(MIXERS)
 F64 = torch.float64
-
-
-def tiny(name, D=32, H=2, T=63, seed=0, **kw):
-    torch.manual_seed(seed)
-    return MIXERS[name](D, H, **kw).to(F64), torch.randn(2, T, D, dtype=F64)
-
-
-def rotary_for(m, T, B=2):
-    return tuple(r.expand(B, -1, -1) for r in rotary_cos_sin(torch.arange(T), m.config.head_dim, dtype=F64))
-
-
-def values_path(m, x, rot):
-    "forward rebuilt from materialize: M @ v through the layer's own output."
-    M = m.materialize(x, rotary=rot)
-    if isinstance(m, SoftmaxAttention):
-        _, _, v = m.qkv(x, rot)
-        return m.out_proj(torch.einsum('bhts,bshv->bthv', M, m.expand(v)).flatten(2))
-    args, extra, _ = m.kernel_inputs(x, rotary=rot)
-    return m.output(torch.einsum('bhts,bshv->bthv', M, args[m.kernel.value]), extra)
 
 
 @pytest.mark.parametrize('T', [1, 63, 64])

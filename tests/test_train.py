@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from ssm_distill.core import SsmDistillError
-from ssm_distill.train import (Callback, Distiller, NonFiniteLossError, StopAfter, latest_checkpoint, load_config,
+from ssm_distill.train import (Callback, ConfigError, Distiller, NonFiniteLossError, StopAfter, latest_checkpoint, load_config,
                                load_student_weights, read_checkpoint_state, save_tiny_teacher, stage_steps, tiny_run_config,
                                validate_for_teacher)
 
@@ -42,7 +42,11 @@ def _weights(out):
     ({'stages': [{'kind': 'kd', 'tokens': 100}]}, 'stages[0].tokens: the budget of stage 0 (kd) is 100 tokens'),
     ({'stages': [{'kind': 'kd'}]}, 'stages[0].tokens: stage 0 (kd) has no token budget'),
     ({'total_tokens': 10**6, 'stages': [{'kind': 'kd', 'trainable': ['mixer']}]}, "unknown parameter group 'mixer'"),
-    ({'total_tokens': 10**6, 'stages': [{'kind': 'kd', 'layers': [0]}]}, 'stages[0].layers=[0] applies to'),
+    ({'total_tokens': 10**6, 'stages': [{'kind': 'kd', 'layers': [0]}]},
+     "stages[0].layers: kd takes no option 'layers' (matrix_orientation, hidden_state_alignment take it)"),
+    ({'total_tokens': 10**6, 'stages': [{'kind': 'od', 'options': {'hard_weight': 1.0}}]}, "stages[0].hard_weight: od takes no option"),
+    ({'total_tokens': 10**6, 'teacher': '/no/such/teacher'}, 'teacher: the folder /no/such/teacher does not exist'),
+    ({'total_tokens': 10**6, 'stages': [{'kind': 'matrix_orientation'}], 'student': {'mixer': 'deltanet_x'}}, "unknown mixer 'deltanet_x'"),
     ({'total_tokens': 10**6, 'stages': [{'kind': 'hs', 'layer_map': 'zigzag'}]}, 'stages[0].layer_map'),
     ({'total_tokens': 10**6, 'device': 'cpu', 'mixed_precision': 'fp16'}, "mixed_precision='fp16' needs a CUDA"),
     ({'total_tokens': 10**6, 'log_with': ['mlflow']}, "log_with: unknown tracker 'mlflow'"),
@@ -53,13 +57,42 @@ def test_config_errors_name_the_key(cfg, where):
 
 
 def test_config_errors_that_need_the_teacher():
-    cfg = load_config({'total_tokens': 10**6, 'student': {'attention_layers': [1, 7]}})
+    "The built-in teacher's sizes are read from its config.json, so these are refused by load_config, before any model loads."
     with pytest.raises(SsmDistillError, match=r'student.attention_layers: \[7\] out of range; the student has 4 layers'):
-        validate_for_teacher(cfg, 4)
-    cfg = load_config({'total_tokens': 10**6, 'student': {'attention_layers': [1]},
-                       'stages': [{'kind': 'matrix_orientation', 'layers': [1]}, {'kind': 'kd'}]})
+        load_config({'total_tokens': 10**6, 'student': {'attention_layers': [1, 7]}})
     with pytest.raises(SsmDistillError, match=r'stages\[0\].layers: \[1\] are not mixer layers'):
-        validate_for_teacher(cfg, 4)
+        load_config({'total_tokens': 10**6, 'student': {'attention_layers': [1]},
+                     'stages': [{'kind': 'matrix_orientation', 'layers': [1]}, {'kind': 'kd'}]})
+    cfg = load_config({'total_tokens': 10**6, 'student': {'attention_layers': [1, 3]}})
+    with pytest.raises(SsmDistillError, match=r'student.attention_layers: \[3\] out of range; the student has 3 layers'):
+        validate_for_teacher(cfg, 3)
+
+
+def test_every_problem_is_reported_at_once():
+    "Type errors, class rules, options of other kinds and cross-key checks, each with its key path, in one error."
+    bad = {'studnet': {}, 'seed': 'x', 'stages': [{'kind': 'kd', 'lr': -1.0, 'grad_accum': 0, 'layers': [0]},
+                                                  {'kind': 'hs', 'layer_map': 'zigzag'}]}
+    with pytest.raises(ConfigError) as e: load_config(bad)
+    heads = sorted(p.split(':')[0].split('=')[0] for p in e.value.problems)
+    assert heads == ['seed', 'stages[0].grad_accum', 'stages[0].layers', 'stages[0].lr', 'stages[1].layer_map', 'studnet'], e.value.problems
+    assert str(e.value).startswith('6 problems in the run config:')
+    with pytest.raises(ConfigError) as e:   # parsed fine: the cross-key checks report together too
+        load_config({'teacher': '/no/such/teacher', 'log_with': ['mlflow'], 'stages': [{'kind': 'kd'}, {'kind': 'kd', 'tokens': 10}]})
+    assert len(e.value.problems) == 4, e.value.problems
+
+
+def test_teacher_resolved_up_front(tmp_path, monkeypatch):
+    "A folder without config.json, a missing folder, and a hub name that is not cached while offline: refused before any work."
+    (tmp_path/'empty').mkdir()
+    with pytest.raises(SsmDistillError, match='has no config.json'): load_config({'total_tokens': 10**6, 'teacher': str(tmp_path/'empty')})
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path/'cache'))
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, 'HF_HUB_CACHE', str(tmp_path/'cache'))
+    with pytest.raises(SsmDistillError, match=r"teacher: 'someone/not-cached' is not a folder and not in the Hugging Face cache, and the hub is offline"):
+        Distiller({'total_tokens': 10**6, 'teacher': 'someone/not-cached'})
+    monkeypatch.setenv('HF_HUB_OFFLINE', '0')
+    load_config({'total_tokens': 10**6, 'teacher': 'someone/not-cached'})   # online: it would be downloaded
 
 
 def test_config_from_yaml_file(tmp_path):
@@ -246,27 +279,26 @@ def test_resized_student_config_errors():
         assert where in str(e.value), str(e.value)
     sizes = dict(hidden_size=32, n_heads=2, intermediate_size=64)
     with pytest.raises(SsmDistillError, match=r"student.init='qkv_copy' copies .* hidden_size=32; use init: random"):
-        validate_for_teacher(load_config({**base, 'student': {'hidden_size': 16}}), 2, sizes)
+        validate_for_teacher(load_config({**base, 'student': {'hidden_size': 16}}, check_teacher=False), 2, sizes)
     with pytest.raises(SsmDistillError, match=r"stages\[0\]: matrix_orientation aligns each student layer .* hidden_size differ"):
-        validate_for_teacher(load_config({**base, 'student': {'hidden_size': 16, 'init': 'random'}}), 2, sizes)
+        validate_for_teacher(load_config({**base, 'student': {'hidden_size': 16, 'init': 'random'}}, check_teacher=False), 2, sizes)
     with pytest.raises(SsmDistillError, match=r'student.n_layers: .*give teacher_layers explicitly'):
-        validate_for_teacher(load_config({**base, 'student': {'n_layers': 3}}), 2, sizes)
+        validate_for_teacher(load_config({**base, 'student': {'n_layers': 3}}, check_teacher=False), 2, sizes)
     with pytest.raises(SsmDistillError, match=r'student.teacher_layers: \[5\] out of range'):
-        validate_for_teacher(load_config({**base, 'student': {'teacher_layers': [5]}}), 2, sizes)
+        validate_for_teacher(load_config({**base, 'student': {'teacher_layers': [5]}}, check_teacher=False), 2, sizes)
     with pytest.raises(SsmDistillError, match=r'repeats a teacher layer'):
-        validate_for_teacher(load_config({**base, 'student': {'teacher_layers': [1, 1]}}), 2, sizes)
+        validate_for_teacher(load_config({**base, 'student': {'teacher_layers': [1, 1]}}, check_teacher=False), 2, sizes)
     # a deeper student with explicit teacher layers is fine for logit stages
-    validate_for_teacher(load_config({**base, 'student': {'teacher_layers': [0, 0, 1]}, 'stages': [{'kind': 'kd'}]}), 2, sizes)
+    validate_for_teacher(load_config({**base, 'student': {'teacher_layers': [0, 0, 1]}, 'stages': [{'kind': 'kd'}]}, check_teacher=False), 2, sizes)
 
 
 def test_shallower_student_aligns_with_its_teacher_layers(teacher_dir, tmp_path):
     "A 1-layer student of the 2-layer teacher copies teacher layer 1 and stages 1-2 align it with teacher layer 1."
     cfg = {**_tiny_dict(teacher_dir, tmp_path), 'student': {'mixer': 'phi_mamba', 'n_layers': 1}}
-    d = Distiller(cfg, progress=False); d._setup()
+    d = Distiller(cfg, progress=False); d.prepare()
     assert d.student.config.base_config['num_hidden_layers'] == 1 and d.student.config.teacher_layers == [1] and d.layer_map == {0: 1}
     ids = d.data.train[:2]
-    from ssm_distill.train import STAGES
-    t = d._targets(STAGES['matrix_orientation'], ids, d.cfg.stages[0], [0])
+    t = d.cfg.stages[0].stage.targets(d.teacher, ids, {0: d.layer_map[0]})   # the stage's own teacher targets
     cap = d.teacher.capture(ids, layers=[1], what={'attn_in', 'attn_probs'})
     torch.testing.assert_close(t['M'][0], cap.attn_probs[1]); torch.testing.assert_close(t['x'][0], cap.attn_in[1])
     rep = Distiller(cfg, progress=False).run()
@@ -291,4 +323,34 @@ def test_narrower_student_runs_task_agnostic_stages(teacher_dir, tmp_path):
     rep2 = Distiller(cfg2, progress=False).run(resume=True)
     assert rep2['final_losses'] == rep['final_losses']
     a, b = _weights(tmp_path/'run'), _weights(tmp_path/'run2')
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+# ---- the event stream, pause and stop from another thread
+def test_stop_while_paused_checkpoints_and_resumes_exactly(full_run, teacher_dir, tmp_path):
+    "Pause from outside, stop while paused: a checkpoint and a loadable student; run() then continues to the same weights."
+    import threading
+    _, rep, out = full_run
+    seen, at3 = [], threading.Event()
+    class Watch(Callback):
+        def on_event(self, d, e):
+            seen.append(e.name)
+            if e.name == 'step' and e.step == 3: d.request_pause(); at3.set()
+    d = Distiller(tiny_run_config(teacher_dir, tmp_path/'run'), [Watch()], progress=False)
+    res = {}
+    th = threading.Thread(target=lambda: res.update(d.run())); th.start()
+    assert at3.wait(60)
+    for _ in range(200):
+        if d.paused: break
+        time.sleep(0.05)
+    assert d.paused and d.state.global_step == 3
+    d.request_stop(); th.join(60)
+    assert res['status'] == 'stopped' and seen[-2:] == ['paused', 'stopped'] and not d.paused
+    import ssm_distill.students  # noqa: F401
+    from transformers import AutoModelForCausalLM
+    assert AutoModelForCausalLM.from_pretrained(tmp_path/'run'/'student') is not None
+    assert read_checkpoint_state(latest_checkpoint(tmp_path/'run'))[0].global_step == 3
+    rep2 = d.run()                                   # the same Distiller continues from its checkpoint
+    assert rep2['final_losses'] == rep['final_losses']
+    a, b = _weights(out), _weights(tmp_path/'run')
     assert [k for k in a if not torch.equal(a[k], b[k])] == []

@@ -1,0 +1,56 @@
+"""The benchmarks' measuring code, without timing anything: the decode state does not grow with context (the teacher's
+keys and values do), and the helpers that turn measurements into slopes and ratios."""
+import importlib.util, sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1]/'benchmarks'
+
+
+def load(name):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f'bench_{name}', BENCH/f'{name}.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_decode_state_does_not_grow_with_context():
+    "generate's cache after 16 and after 96 tokens of context: a pure student's is the same size, the teacher's grows."
+    gen = load('generation')
+    models, tok = gen.build_models(128, ['mamba2', 'hybrid_mamba2_attn1'])
+    rows = gen.bench(models, [16, 96], new=3, repeats=1, max_call_s=1e9, max_gib=1e9, vocab=len(tok))
+    cache = {(r['model'], r['context']): r['cache_bytes'] for r in rows}
+    assert cache['mamba2', 16] == cache['mamba2', 96] > 0
+    # keys and values of every layer grow by (96 - 16) positions; the hybrid keeps one attention layer of four
+    grow_t = cache['teacher', 96] - cache['teacher', 16]
+    grow_h = cache['hybrid_mamba2_attn1', 96] - cache['hybrid_mamba2_attn1', 16]
+    cfg = models['teacher'].config
+    assert grow_t == cfg.num_hidden_layers * 2 * (96 - 16) * cfg.hidden_size * 4
+    assert grow_h == grow_t // cfg.num_hidden_layers
+    # the decode rows are complete and the targets section reports every student against the teacher
+    rats = gen.ratios(rows)
+    assert {r['model'] for r in rats} == {'mamba2', 'hybrid_mamba2_attn1'}
+    assert all(r['tokens_per_s'] > 0 and r['prefill_s'] > 0 for r in rows)
+    assert set(gen.targets(rows, rats)) == {'mamba2', 'hybrid_mamba2_attn1'}
+
+
+def test_slopes_and_extrapolation():
+    common = load('common')
+    T = [256, 1024, 4096]
+    assert common.loglog_slope(T, [t ** 2 * 3e-9 for t in T]) == pytest.approx(2.0)
+    assert common.loglog_slope(T, [t * 1e-6 for t in T]) == pytest.approx(1.0)
+    assert common.extrapolate([(256, 1.0), (512, 4.0)], 1024) == pytest.approx(16.0)   # quadratic so far
+    assert common.extrapolate([(256, 1.0), (512, 1.5)], 1024) == pytest.approx(3.0)    # never below linear
+    assert common.rotated(['a', 'b', 'c'], 4) == ['b', 'c', 'a']
+    scaling = load('scaling')
+    rows = [dict(mixer='m', T=t, seconds=t * 2e-6, cpu_seconds=t * 1e-6, peak_bytes=t * 8) for t in T] + [dict(mixer='m', T=8192, skipped='x')]
+    assert scaling.slopes(rows)['m'] == dict(lengths=T, time=1.0, memory=1.0)

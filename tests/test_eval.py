@@ -1,0 +1,101 @@
+"""Evaluation: the distillation metrics of saved students, lm-eval through its own HFLM on the packaged offline tasks
+(checked against a direct computation with the model), and `ssm-distill eval --tasks` for a teacher and a student."""
+import json
+
+import pytest
+import torch
+
+from ssm_distill.builtin import load_builtin_teacher
+from ssm_distill.cli import main
+from ssm_distill.core import SsmDistillError
+from ssm_distill.eval import (LOCAL_TASKS, direct_scores, distill_metrics, eval_blocks, lm_eval_table, results_table,
+                              run_lm_eval)
+from ssm_distill.losses import hidden_state_alignment_loss
+from ssm_distill.students import build_student, build_student_from_config
+from ssm_distill.teachers import load_teacher
+from ssm_distill.train import teacher_rotary
+
+lm_eval = pytest.importorskip('lm_eval', reason='lm-eval is the [eval] extra')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def builtin():
+    model, tok = load_builtin_teacher()
+    return load_teacher(model), tok
+
+
+@pytest.fixture(scope='module')
+def blocks(builtin):
+    return eval_blocks('builtin', builtin[1], seq_len=48, max_blocks=3)
+
+
+def test_lm_eval_scores_equal_the_direct_computation(builtin, capsys):
+    "Every local task through lm-eval's HFLM scores what the model computes directly, for the teacher and its student."
+    teacher, tok = builtin
+    torch.manual_seed(0)
+    models = {'teacher': (teacher, tok), 'phi_mamba': (build_student(teacher, 'phi_mamba'), tok)}
+    scores = run_lm_eval(models, list(LOCAL_TASKS), limit=8)
+    for name, (m, _) in models.items():
+        for task in LOCAL_TASKS:
+            direct = direct_scores(m, tok, task, limit=8)
+            assert direct and set(direct) <= set(scores[name][task])
+            for k, v in direct.items(): assert scores[name][task][k] == pytest.approx(v, rel=1e-4), (name, task, k)
+    table = lm_eval_table(scores)
+    print(table)
+    assert table.splitlines()[0].split()[-2:] == ['teacher', 'phi_mamba']
+    # the two models are not the same model: some score differs
+    assert any(scores['teacher'][t] != scores['phi_mamba'][t] for t in LOCAL_TASKS)
+
+
+def test_layer_errors_follow_the_teacher_layer_map(builtin, blocks):
+    "A 2-layer student copied from teacher layers [1, 3] is compared with those layers (MOHAWK stage 2's loss)."
+    teacher, _ = builtin
+    st = build_student_from_config(teacher, n_layers=2, teacher_layers=[1, 3], mixer='phi_mamba')
+    res = distill_metrics(st, teacher, blocks, name='half-depth')
+    cap = teacher.capture(blocks, layers=[3], what={'attn_in', 'attn_out'})
+    with torch.no_grad():
+        want, _ = hidden_state_alignment_loss(st.run_mixer(1, cap.attn_in[3], rotary=teacher_rotary(teacher, blocks)), cap.attn_out[3])
+    assert sorted(res.hidden_error) == [0, 1] and res.hidden_error[1] == pytest.approx(want.item(), rel=1e-4)
+    assert len(res.mixing_error[1]) == teacher.n_heads
+
+
+def test_hybrid_and_unmeasurable_students(builtin, blocks):
+    "A hybrid's kept attention layer has no mixer error; a wider student has no layer errors and says why."
+    teacher, _ = builtin
+    hyb = distill_metrics(build_student(teacher, 'gla', attention_layers=[2]), teacher, blocks, name='hybrid')
+    assert sorted(hyb.hidden_error) == [0, 1, 3]
+    wide = build_student_from_config(teacher, hidden_size=2 * teacher.config.hidden_size, mixer='gla')
+    res = distill_metrics(wide, teacher, blocks, name='wide')
+    assert res.hidden_error == {} and any('width' in n for n in res.notes)
+    table = results_table([hyb, res])
+    assert 'hidden error L2' not in table and 'wide: student width' in table
+
+
+def test_eval_cli_offline_with_a_local_task(builtin, tmp_path, capsys):
+    "`ssm-distill eval --student DIR --teacher builtin --tasks <local task>`: the table, then teacher and student scores."
+    teacher, tok = builtin
+    for name, mixer in (('demo', 'phi_mamba'), ('gla', 'gla')):
+        s = build_student(teacher, mixer)
+        s.save_pretrained(tmp_path/name/'student'); tok.save_pretrained(tmp_path/name/'student')
+    argv = ['eval', '--student', str(tmp_path/'demo'/'student'), str(tmp_path/'gla'/'student'), '--teacher', 'builtin',
+            '--seq-len', '48', '--max-blocks', '2', '--tasks', 'ssm_next_word,ssm_docstring_choice', '--limit', '3',
+            '--out', str(tmp_path/'ev')]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    header = next(l for l in out.splitlines() if l.startswith('metric'))
+    assert header.split()[1:] == ['teacher', 'demo', 'gla']
+    assert 'exact_match,first_word' in out and 'acc_norm' in out
+    res = json.loads((tmp_path/'ev'/'eval.json').read_text())
+    assert set(res['lm_eval']) == {'teacher', 'demo', 'gla'} and set(res['lm_eval']['demo']) == {'ssm_next_word', 'ssm_docstring_choice'}
+
+
+def test_unknown_local_task_is_a_clean_error(builtin):
+    with pytest.raises(SsmDistillError, match='not a local task'):
+        direct_scores(builtin[0], builtin[1], 'lambada')
