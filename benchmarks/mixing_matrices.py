@@ -2,7 +2,8 @@
 (GLA, Mamba-1's selective scan) against their naive twins built through the per-channel `[N, T, T]` decay tensor.
 
 Each row is one (family, T), measured side by side in one process: seconds per call (median of `--repeats`), the
-ratio to SSD's matrix at the same shape, and for the per-channel families the naive/fast ratio. Peak memory on CPU:
+ratio to SSD's matrix at the same shape, per output matrix (Mamba-1 returns one `[T, T]` matrix per channel, the
+others one per head), and for the per-channel families the naive/fast ratio. Peak memory on CPU:
 the resident-set growth of a fresh child process that runs just that call (as in `benchmarks/kernels.py`). Writes
 benchmarks/results/mixing_matrices-<device>.json.
 
@@ -67,8 +68,10 @@ def bench(a):
                     row[form] = dict(skipped=f'decay tensor over {NAIVE_BYTES_CAP / 2**30:.0f} GiB'); continue
                 row[form] = _time(call(family, form, args), torch.device('cpu'), a.repeats)
                 row[form]['peak_bytes'] = peak_bytes(family, form, T, a)
-            if family == 'ssd': ssd_s = row['fast']['seconds']
-            row['ratios'] = {'fast/ssd': round(row['fast']['seconds'] / ssd_s, 2)}
+            with torch.no_grad(): row['matrices'] = call(family, 'fast', args)()[..., 0, 0].numel()   # [T, T] matrices out
+            per_matrix = row['fast']['seconds'] / row['matrices']
+            if family == 'ssd': ssd_s = per_matrix
+            row['ratios'] = {'fast/ssd per matrix': round(per_matrix / ssd_s, 2)}
             if 'seconds' in row.get('naive', {}): row['ratios']['naive/fast'] = round(row['naive']['seconds'] / row['fast']['seconds'], 1)
             rows.append(row)
             print(f"{family:>18} T={T:>4}  {row['fast']['seconds'] * 1e3:9.2f} ms  {row['fast']['peak_bytes'] / 2**20:8.1f} MiB  "

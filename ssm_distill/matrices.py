@@ -39,7 +39,7 @@ def frobenius_errors(M:torch.Tensor, # [B, H, T, T] fitted matrices
 class FitConfig:
     "How a fit descends: Adam on a warm-up + cosine schedule, the best point kept, a stop once it plateaus."
     steps:int = 500 # at most this many Adam steps
-    lr:float = 0.02 # peak learning rate
+    lr:float = 0.03 # peak learning rate
     warmup:int = 10 # steps of linear warm-up
     min_lr_ratio:float = 0.01 # the cosine ends at lr * min_lr_ratio
     patience:int = 100 # stop once the best total error has not dropped by rel_tol for this many steps
@@ -49,7 +49,7 @@ class FitConfig:
 
     def __post_init__(self):
         require(isinstance(self.steps, int) and self.steps >= 0, f"steps={self.steps!r}: use an integer >= 0, such as 500")
-        require(self.lr > 0, f"lr={self.lr!r}: use a positive learning rate, such as 0.02")
+        require(self.lr > 0, f"lr={self.lr!r}: use a positive learning rate, such as 0.03")
         require(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio={self.min_lr_ratio!r}: use a share in [0, 1], such as 0.01")
         require(self.patience >= 1, f"patience={self.patience!r}: use a positive number of steps, such as 100")
         require(self.dtype in ('float32', 'float64'), f"dtype={self.dtype!r}: use 'float32' or 'float64'")
@@ -180,7 +180,7 @@ def lti_start(A:torch.Tensor, # [B, H, T, T]
 @dataclass
 class MatrixClass:
     "A class of causal [T, T] matrices fitted per head: its matrices, a principled start, its constraints."
-    matrix:Callable|None = None # (**params) -> [B, H, T, T]; every parameter leads with [B, H]
+    matrix:Callable|None = None # (T, **params) -> [B, H, T, T]; every parameter leads with [B, H]
     start:Callable|None = None # (A [B, H, T, T], N) -> the parameters of the class's principled start
     project:dict = field(default_factory=dict) # parameter -> in-place map back onto its valid set (after each step)
     exact:Callable|None = None # A -> [B, H, T, T]: a closed-form best fit (no descent, no state size)
@@ -208,8 +208,8 @@ def lti_matrix(T, log_a, c):
     return toeplitz_matrix(kernel).unflatten(0, c.shape[:2])                                        # (B, H, T, T)
 
 def low_rank_matrix(T, q, k):
-    "`M = tril(q kᵀ)`: causal linear attention with the identity feature map."
-    return _per_head(linear_attention_mixing_matrix(_heads(q), _heads(k), scale=1.0), q)
+    "`M = tril(q kᵀ)`: causal linear attention with the identity feature map (one matmul, no decay mask)."
+    return torch.einsum('bhtn,bhsn->bhts', q, k).tril()                        # (B, H, T, T)
 
 def ssd_matrix(T, q, k, g):
     "`M[t, s] = q_t·k_s exp(g[s+1] + … + g[t])`: one decay per head and step (Mamba-2's SSD, 1-semiseparable)."
@@ -254,11 +254,11 @@ MIXER_CLASSES = dict(   # each mixer's own parametrisation of its kernel's matri
         _heads(q), _heads(k), feature_map='hedgehog', normalize=True, scale=1.0), q), svd_start, doc='normalised hedgehog features'),
     mamba2=MatrixClass(lambda T, q, k, a, A_log: _per_head(ssd_mixing_matrix(
         F.softplus(_heads(a)), -A_log.exp().flatten(), _heads(k), _heads(q)), q),
-        lambda A, N: svd_start(A, N) | gates(A, N, a=('t', _SOFTPLUS_1), A_log=('', math.log(0.01))),
+        svd_and_gates(a=('t', _SOFTPLUS_1), A_log=('', math.log(0.01))),
         doc='SSD: dt = softplus(a), A = −exp(A_log) per head, B = k, C = q'),
     phi_mamba=MatrixClass(lambda T, q, k, a: ssd_matrix(T, q, k, -F.softplus(a)), svd_and_gates(a=('t', -5.)),
                           doc='discrete SSD: g = −softplus(a)'),
-    mamba=MatrixClass(_selective_matrix, lambda A, N: svd_start(A, N) | gates(A, N, a=('t', _SOFTPLUS_1), A_log=('n', math.log(0.01))),
+    mamba=MatrixClass(_selective_matrix, svd_and_gates(a=('t', _SOFTPLUS_1), A_log=('n', math.log(0.01))),
                       doc='selective scan, one channel per head: Δ = softplus(a), A = −exp(A_log) per state'),
     gla=MatrixClass(lambda T, q, k, a: diagonal_matrix(T, q, k, F.logsigmoid(a) / 16), svd_and_gates(a=('tn', 6.)),
                     doc='g = logsigmoid(a) / 16 per key channel'),
