@@ -8,6 +8,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/students.html.md"""
 # %% ../nbs/04_students.ipynb #ec1a9f4b
 from __future__ import annotations
 import dataclasses, inspect, math
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
@@ -19,6 +20,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .core import Registry, SsmDistillError, require, log
+from .matrices import Descent, FitConfig, descend, frobenius_errors
 from .mixers import MIXERS, AttentionWeights, mixer_from_attention
 from .teachers import ADAPTERS, Teacher, load_teacher
 
@@ -570,9 +572,6 @@ def set_trainable_groups(student:StudentForCausalLM, groups:Iterable[str]) -> li
     return [n for n, p in student.named_parameters() if p.requires_grad]
 
 # %% ../nbs/04_students.ipynb #83036796
-from dataclasses import replace
-from .matrices import Descent, FitConfig, descend, frobenius_errors
-
 STUDENT_INITS = Registry('student init', hint='Add one with STUDENT_INITS["name"] = fn(student, teacher, weights, **options).')
 
 def qkv_copy_init(student, teacher, weights:dict, **_):
@@ -692,9 +691,9 @@ def build_student(teacher, # a `Teacher`, a transformers model, a hub name or a 
                   init:str='qkv_copy', # a key of STUDENT_INITS: 'qkv_copy', 'mixing' or 'random'
                   freeze:Iterable[str]=(), # parameter groups to freeze (keys of STUDENT_GROUPS), e.g. ('mlp',)
                   calibration:torch.Tensor|None=None, # 'mixing': calibration ids [B, T] (default: a random batch)
-                  mixing_steps:int=200, # 'mixing': Adam steps per layer
-                  mixing_lr:float=1e-2, # 'mixing': Adam learning rate
-                  mixing_params:str='free', # 'mixing': 'free' (not the QKV-copied projections) or 'all'
+                  mixing_steps:int|None=None, # 'mixing': Adam steps per layer at most (None: the fitter's default)
+                  mixing_lr:float|None=None, # 'mixing': peak Adam learning rate (None: the fitter's default)
+                  mixing_params:str|None=None, # 'mixing': 'all' (None: the default) or 'free' (not the QKV-copied rows)
                   **mixer_kw) -> StudentForCausalLM: # mixer options (fields of the mixer's <Name>Config)
     "The teacher's model with a `mixer` in each attention layer not in `attention_layers`, initialised by `init`."
     teacher = load_teacher(teacher)
