@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from .core import require, check_shapes, pick_backend, optional_import, _say_once
+from .kernels import gla_mixing_matrix   # one way only: kernels never imports this module
 from .kernel_base import (FAMILIES, Family, pad_time, segsum, mix, check_log_gate, check_chunk_size,
                                      default_scale, randn)
 
@@ -386,7 +387,6 @@ def naive_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 def selective_scan_mixing_matrix(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                                 ) -> torch.Tensor: # M [B, Dch, T, T], one matrix per channel
     "Mamba-1's per-channel mixing matrices: `einsum('bdts,bds->bdt', M, u)` is the output (D and z included)."
-    from ssm_distill.kernels import gla_mixing_matrix   # here, not at the top: kernels imports this module at its end
     delta, Bc, Cc = _prep_selective(u, delta, A, B, C, D, z, delta_bias, delta_softplus, None)
     # each channel is one GLA head: query C_t, key delta_s B_s, a log decay delta_t A[d, n] per state channel, so
     # GLA's secondary chunking builds it with matmuls and no [N, T, T] decay tensor per channel
