@@ -7,7 +7,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/students.html.md"""
 
 # %% ../nbs/04_students.ipynb #ec1a9f4b
 from __future__ import annotations
-import dataclasses, inspect, math
+import dataclasses, inspect
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
