@@ -2,6 +2,7 @@
 
 Modules:
 
+- `ssm_distill.encoders`: Task-agnostic distillation of a bidirectional encoder (BERT, MiniLM): the encoder as the stages see a model, a shallower student of the same width, a training loop over one `stages.STAGES` kind, and sentence-embedding agreement.
 - `ssm_distill.eval`: How good is a distilled student: held-out perplexity, agreement and KL with its teacher, per-layer errors (MOHAWK's stage-1 and stage-2 measures), and zero-shot scores through lm-evaluation-harness's own `HFLM`.
 - `ssm_distill.kernels`: Softmax attention, linear attention, RetNet, simple GLA / Mamba-2 SSD, GLA and an LTI (S4D-like) mixer, each as a mixing matrix, a chunked parallel form and a recurrent form, plus the shared machinery.
 - `ssm_distill.kernels_delta`: The mixers whose mixing matrix is not a plain decayed `Q K^T`: DeltaNet, Gated DeltaNet, xLSTM's mLSTM and Mamba-1's selective scan. Each in a quadratic, a chunked and a recurrent form, plus its mixing matrix.

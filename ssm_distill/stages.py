@@ -281,7 +281,8 @@ class QKVStage(Stage):
     def targets(self, teacher, ids, layers):
         l = self.opt.teacher_layer % teacher.n_layers
         t = capture_layers(teacher, ids, {l: l}, {'q', 'k', 'v'})
-        return {w: t[w][l] for w in 'qkv'}
+        # an encoder teacher (BERT, MiniLM) relates every token to every other: its relations are not masked causally
+        return {w: t[w][l] for w in 'qkv'} | dict(causal=getattr(teacher, 'causal', True))
 
     def student_qkv(self, student, ids) -> tuple:
         require(hasattr(student, 'capture_qkv'), f"{type(self).__name__} stages need the student's Q/K/V (student.capture_qkv); "
@@ -300,7 +301,7 @@ class MHA(QKVStage):
     Options, doc = MHAOptions, 'task-agnostic: MiniLMv2 Q/K/V relations'
     def loss(self, student, ids, t, layers, aux=None):
         return minilm_relation_loss(self.student_qkv(student, ids), (t['q'], t['k'], t['v']),
-                                    n_relation_heads=self.opt.relation_heads, causal=True)
+                                    n_relation_heads=self.opt.relation_heads, causal=t.get('causal', True))
 
 @dataclass
 class DirectMiniLMOptions:
