@@ -7,7 +7,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/eval.html.md"""
 
 # %% ../nbs/11_eval.ipynb #66e19415
 from __future__ import annotations
-import json, random, re
+import json, random, re, time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ __all__ = ['LOCAL_TASKS', 'DIRECT_SCORERS', 'logit_metrics', 'teacher_layer_of',
            'EvalResult', 'distill_metrics', 'results_table', 'load_student', 'eval_blocks', 'LocalTask',
            'lm_eval_tasks_dir', 'load_local_docs', 'sentences', 'task_docs', 'write_local_tasks', 'encode_pair',
            'loglikelihood', 'greedy_until', 'direct_scores', 'hflm', 'run_lm_eval', 'lm_eval_table', 'compare_students',
-           'eval_report']
+           'eval_report', 'decode_speed']
 
 # %% ../nbs/11_eval.ipynb #4319edf6
 def logit_metrics(student_logits:torch.Tensor, # (B, T, V)
@@ -419,3 +419,30 @@ def eval_report(res:dict) -> str:
                                                   ('hidden_error', 'hidden_rel_error', 'mixing_error')}}) for m in res['metrics']])]
     if 'lm_eval' in res: parts.append('lm-eval (teacher and students):\n' + lm_eval_table(res['lm_eval']))
     return '\n\n'.join(parts)
+
+# %% ../nbs/11_eval.ipynb #0a71074f
+class _TokenClock:
+    "A logits processor that records when each new token's logits arrive (CPU time of the process, and wall time)."
+    def __init__(self): self.cpu, self.wall = [], []
+    def __call__(self, input_ids, scores):
+        self.cpu.append(time.process_time()); self.wall.append(time.perf_counter())
+        return scores
+
+@torch.no_grad()
+def decode_speed(model, # a causal LM with `generate` (a student or a teacher)
+                 context:int, # prompt length in tokens
+                 new_tokens:int=32, # tokens to generate (at least 2)
+                 vocab:int|None=None, # draw the prompt from ids 3..vocab-1 (default: the model's vocabulary)
+                 seed:int=0) -> dict:
+    "Greedy `generate` after a random `context`-token prompt: prefill seconds and ms per new token (CPU and wall)."
+    from transformers import LogitsProcessorList
+    require(new_tokens >= 2, f"new_tokens={new_tokens}: generate at least 2 tokens to time a decoding step")
+    vocab = vocab or model.config.get_text_config().vocab_size
+    ids = torch.randint(3, vocab, (1, context), generator=torch.Generator().manual_seed(seed)).to(model.device)  # (1, T)
+    clock, t0, c0 = _TokenClock(), time.perf_counter(), time.process_time()
+    out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                         logits_processor=LogitsProcessorList([clock]), pad_token_id=0)
+    require(out.shape[1] - context == new_tokens, f"generate stopped after {out.shape[1] - context} of {new_tokens} tokens")
+    n = new_tokens - 1
+    return dict(context=context, prefill_s=clock.wall[0] - t0, prefill_cpu_s=clock.cpu[0] - c0,
+                decode_ms=(clock.wall[-1] - clock.wall[0]) / n * 1e3, decode_cpu_ms=(clock.cpu[-1] - clock.cpu[0]) / n * 1e3)

@@ -264,22 +264,23 @@ def head_across_run(snapshots:Mapping[str, torch.Tensor], # label -> [T, T] the 
     return matrix_gallery({**snapshots, **({'teacher': teacher} if teacher is not None else {})}, tokens, title, scale)
 
 class HeadSnapshots(Callback):
-    "Record one student head's mixing matrix (and the teacher's) on one held-out block at the run's start and each stage end."
+    "Record one student head's mixing matrix (and the teacher's), and every head's error, on one held-out block at the run's start and each stage end."
     def __init__(self, layer:int|None=None, # a student mixer layer (default: with `head`, the teacher's sharpest head, `sharpest_head`)
                  head:int|None=None, max_tokens:int=32):
         self.layer, self.head, self.max_tokens = layer, head, max_tokens
         self.snapshots, self.teacher, self.tokens = {}, None, None
+        self.errors = {} # label -> [L, H] stage 1's error ‖M_student − A_teacher‖_F of every mixer layer's heads (`head_errors`)
     def _take(self, distiller, label:str):
         student = distiller.accelerator.unwrap_model(distiller.student)
         ids = distiller.data.eval.blocks[:1, :self.max_tokens].to(distiller.accelerator.device)  # (1, T)
         layer_map = getattr(distiller, 'layer_map', None)
         try:
-            if self.layer is None or self.head is None:
-                self.layer, self.head = sharpest_head(layer_matrices(distiller.teacher, None, ids, student.mixer_layers, layer_map))
-            mats = layer_matrices(distiller.teacher, student, ids, [self.layer], layer_map)[self.layer]
+            every = layer_matrices(distiller.teacher, student, ids, student.mixer_layers, layer_map)   # {layer: {teacher, student}}
+            if self.layer is None or self.head is None: self.layer, self.head = sharpest_head(every)
+            mats = every[self.layer] if self.layer in every else layer_matrices(distiller.teacher, student, ids, [self.layer], layer_map)[self.layer]
         except SsmDistillError as e:
             log.info(f"HeadSnapshots: no snapshot ({e})"); return
-        self.snapshots[label], self.teacher = mats['student'][self.head], mats['teacher'][self.head]
+        self.snapshots[label], self.teacher, self.errors[label] = mats['student'][self.head], mats['teacher'][self.head], head_errors(every)
         self.tokens = token_strings(distiller.tokenizer, ids[0]) if hasattr(distiller.tokenizer, 'convert_ids_to_tokens') else None
     def on_run_start(self, distiller):
         self._take(distiller, 'initialised' if distiller.state.global_step == 0 else f'resumed at step {distiller.state.global_step}')

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio, collections, copy, html, threading, time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterable
 
 import torch
 import ipywidgets as W
@@ -329,11 +330,13 @@ class TrainerPanel:
     def __init__(self, config:RunConfig|dict|str|Path|None=None, # a run config; None: the demo's (runs/widgets-<time>)
                  throttle:float=0.3, # seconds between redraws of the curves and the status line
                  explorer:bool=True, # show the explorer of the current student at each stage end
+                 callbacks:Iterable[Callback]=(), # more callbacks for the run (`HeadSnapshots`, a logger, ...), beside the panel's own
                 ):
         if config is None:
             from ssm_distill.cli import demo_config
             config = demo_config(f"runs/widgets-{time.strftime('%Y%m%d-%H%M%S')}")
         self.form, self.throttle, self.with_explorer = RunForm(load_config(config)), throttle, explorer
+        self.extra_callbacks = list(callbacks)
         self.start_button = W.Button(description='Start', button_style='success', icon='play')
         self.pause_button = W.Button(description='Pause', icon='pause')
         self.stop_button = W.Button(description='Stop', button_style='danger', icon='stop')
@@ -382,7 +385,7 @@ class TrainerPanel:
         try: cfg = self.form.config()
         except SsmDistillError as e:
             self._set_state(self.state, str(e), error=True); return          # nothing starts
-        self.distiller = Distiller(cfg, [self.curves, _PanelWatch(self)], progress=False)
+        self.distiller = Distiller(cfg, [self.curves, _PanelWatch(self), *self.extra_callbacks], progress=False)
         self.error, self.report, self._stop_asked = None, None, False
         self._set_state('starting', f'building the teacher, the student and the data for {self.distiller.out}')
         self.thread = threading.Thread(target=self._run, name='ssm_distill-trainer', daemon=True)

@@ -19,6 +19,10 @@ def test_report_of_a_run_with_head_snapshots(teacher_dir, tmp_path):
     assert snaps.layer in d.student.mixer_layers and 0 <= snaps.head < d.teacher.n_heads
     assert all(m.shape == (16, 16) for m in snaps.snapshots.values())
     assert (snaps.snapshots['initialised'] - snaps.snapshots[f'after {stages[0]}']).abs().max() > 0   # stage 1 moved the head
+    # every head's error at every snapshot; stage 1 (matrix orientation) lowers it
+    assert list(snaps.errors) == list(snaps.snapshots)
+    assert all(e.shape == (len(d.student.mixer_layers), d.teacher.n_heads) for e in snaps.errors.values())
+    assert snaps.errors[f'after {stages[0]}'].mean() < snaps.errors['initialised'].mean()
     page = run_report(d, title='tiny').read_text()
     order = [page.index(s) for s in ('teacher perplexity', '<h2>training curves', '<h2>mixing matrices', 'across the run',
                                      '<summary>run config')]
