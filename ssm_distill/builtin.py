@@ -19,7 +19,7 @@ from .data import DataConfig, build_data, infinite_batches, load_builtin_corpus
 # %% auto #0
 __all__ = ['BOS', 'EOS', 'PAD', 'train_tokenizer', 'TeacherRecipeConfig', 'teacher_llama_config', 'head_scores', 'plant_repeats',
            'copy_blocks', 'copy_loss', 'evaluate_lm', 'lr_lambda', 'train_teacher', 'builtin_teacher_path',
-           'load_builtin_teacher', 'teacher_arg_parser', 'teacher_train_main']
+           'recorded_split', 'load_builtin_teacher', 'teacher_arg_parser', 'teacher_train_main']
 
 # %% ../nbs/05a_builtin.ipynb #0dc0045f
 BOS, EOS, PAD = '<|bos|>', '<|eos|>', '<|pad|>'
@@ -257,7 +257,7 @@ def train_teacher(cfg:TeacherRecipeConfig, # the recipe
     corpus = load_builtin_corpus()
     tokenizer = train_tokenizer(corpus, cfg.vocab_size, model_max_length=cfg.seq_len)
     data = build_data(DataConfig('builtin', seq_len=cfg.seq_len, eval_fraction=cfg.eval_fraction, eval_blocks=cfg.eval_blocks,
-                                 seed=cfg.seed, batch_size=cfg.batch_size), tokenizer)
+                                 split_seed=cfg.seed, seed=cfg.seed, batch_size=cfg.batch_size), tokenizer)
     log.info(f"teacher recipe: {data.stats}")
     seed_everything(cfg.seed)
     model = LlamaForCausalLM(teacher_llama_config(cfg, tokenizer)).to(device).train()
@@ -304,7 +304,8 @@ def train_teacher(cfg:TeacherRecipeConfig, # the recipe
     out.mkdir(parents=True, exist_ok=True)
     model.to(save_dtype).save_pretrained(out)
     tokenizer.save_pretrained(out)
-    report = dict(config=asdict(cfg), data=data.stats, first_train_loss=first_loss, final_train_loss=ema,
+    report = dict(config=asdict(cfg), data=data.stats, split=dict(source='builtin', split_seed=cfg.seed, eval_fraction=cfg.eval_fraction),
+                  first_train_loss=first_loss, final_train_loss=ema,
                   eval_loss=eval_loss, eval_perplexity=math.exp(eval_loss), best_step=max(history, key=lambda h: (h['max_induction_score'] >= cfg.min_induction, -h['eval_loss']))['step'],
                   copy_history=copy_history, copy_steps_run=copy_steps_run, history=history,
                   tokens_seen=cfg.steps * cfg.batch_size * cfg.seq_len + (copy_steps_run + cfg.steps * (cfg.copy_weight > 0)) * cfg.copy_batch * cfg.copy_block,
@@ -322,6 +323,18 @@ def builtin_teacher_path() -> Path:
     "The packaged folder of the built-in teacher (`ssm_distill/assets/teacher`)."
     import ssm_distill
     return Path(ssm_distill.__file__).resolve().parent/'assets'/'teacher'
+
+def recorded_split(teacher:str|Path, # 'builtin' or a teacher folder
+                  ) -> dict|None:
+    """The held-out split a teacher was trained with, from its `recipe.json`: `dict(source, split_seed, eval_fraction)`,
+    or None for a teacher without one (a hub model: its training data is not ours to know)."""
+    path = builtin_teacher_path() if str(teacher) == 'builtin' else Path(teacher)
+    f = path/'recipe.json'
+    if not f.is_file(): return None
+    r = json.loads(f.read_text())
+    if 'split' in r: return r['split']
+    c = r.get('config', {})   # recipes written before `split` existed: one seed drew the split too
+    return dict(source='builtin', split_seed=c.get('seed', 0), eval_fraction=c.get('eval_fraction', 0.05)) if c else None
 
 def load_builtin_teacher(dtype:torch.dtype=torch.float32, # weights are stored in float16; compute in this
                          device:str|torch.device='cpu',

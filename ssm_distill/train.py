@@ -6,8 +6,8 @@ Docs: https://ssm-distill.github.io/ssm_distill/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #57ab217f
 from __future__ import annotations
-import contextlib, dataclasses, difflib, itertools, json, math, os, random, shutil, threading, time, types, typing
-from dataclasses import dataclass, field, asdict, fields
+import contextlib, dataclasses, difflib, itertools, json, math, os, random, shutil, threading, time, types, typing, warnings
+from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .core import SsmDistillError, Registry, get_device, log, require, seed_everything, supports_bf16
-from .data import DataConfig, PackedDataset, ResumableBatchSampler, build_data
+from .data import DataConfig, PackedData, PackedDataset, ResumableBatchSampler, build_data, heldout_overlap
 from .mixers import MIXERS
 from .stages import MOHAWK_TOKENS, STAGES, Stage, causal_lm, field_default, kinds_taking, stage_options, teacher_rotary
 from .students import STUDENT_GROUPS, build_student, build_student_from_config, set_trainable_groups, uniform_teacher_layers
@@ -33,7 +33,8 @@ __all__ = ['SCHEDULES', 'LIST_ITEM_TYPES', 'MIXED_PRECISION', 'TRACKERS', 'EVENT
            'Callback', 'JSONLLogger', 'ProgressBar', 'TrackerLogger', 'StopAfter', 'RunState', 'rng_state',
            'set_rng_state', 'checkpoints', 'latest_checkpoint', 'save_checkpoint', 'read_checkpoint_state',
            'load_student_weights', 'NonFiniteLossError', 'StageModule', 'StageStream', 'load_run_teacher',
-           'default_callbacks', 'Distiller', 'distill', 'save_tiny_teacher', 'tiny_run_config']
+           'default_callbacks', 'Distiller', 'run_data_config', 'warn_teacher_overlap', 'distill', 'save_tiny_teacher',
+           'tiny_run_config']
 
 # %% ../nbs/07_train.ipynb #8f5b6463
 # learning-rate shapes after warm-up (used in "Schedules and the optimizer" below): factor of progress p in [0, 1]
@@ -745,6 +746,32 @@ class Distiller:
             cb.on_event(self, ev)
         return ev
 
+# %% ../nbs/07_train.ipynb #66e7c64e
+def run_data_config(cfg:RunConfig) -> DataConfig:
+    "`cfg.data` with `split_seed=None` resolved: the split the teacher records (`builtin.recorded_split`), else 0."
+    if cfg.data.split_seed is not None: return cfg.data
+    from ssm_distill.builtin import recorded_split
+    rec = recorded_split(cfg.teacher)
+    return replace(cfg.data, split_seed=rec['split_seed'] if rec and rec['source'] == cfg.data.source else 0)
+
+def warn_teacher_overlap(cfg:RunConfig, data:PackedData) -> list[int]:
+    """Warn, naming the documents, when the run's held-out split holds out documents the teacher was trained on
+    (its recorded split); the count goes into `data.stats['heldout_teacher_trained']`. Returns their indices."""
+    from ssm_distill.builtin import recorded_split
+    rec, d = recorded_split(cfg.teacher), data.cfg
+    if rec is None or rec['source'] != d.source: return []
+    seen = heldout_overlap(data.stats['documents'], d.split_seed, d.eval_fraction, rec['split_seed'], rec['eval_fraction'])
+    data.stats['heldout_teacher_trained'] = len(seen)
+    if seen:
+        msg = (f"data: {len(seen)} of the {data.stats['eval_documents']} held-out documents (split_seed={d.split_seed}, "
+               f"eval_fraction={d.eval_fraction}) are documents the teacher was trained on (its split: split_seed="
+               f"{rec['split_seed']}, eval_fraction={rec['eval_fraction']}; the first: {seen[:5]}), so the held-out numbers "
+               f"are partly measured on training text. Use data.split_seed: {rec['split_seed']} (or null) and "
+               f"data.eval_fraction <= {rec['eval_fraction']}; vary data.seed and seed across repeats instead.")
+        log.warning(msg); warnings.warn(msg, stacklevel=2)
+    return seen
+
+
 # %% ../nbs/07_train.ipynb #2ae19d73
 @patch
 def prepare(self:Distiller, force:bool=False # build everything again (a fresh student) even if prepared already
@@ -768,8 +795,9 @@ def prepare(self:Distiller, force:bool=False # build everything again (a fresh s
     validate_for_teacher(cfg, self.teacher.n_layers, dict(hidden_size=tc.hidden_size, n_heads=self.teacher.n_heads,
                                                           intermediate_size=getattr(tc, 'intermediate_size', None) or getattr(tc, 'n_inner', None) or 4 * tc.hidden_size))
     causal_lm(self.teacher).to(self.accelerator.device).eval().requires_grad_(False)
-    self.data = build_data(cfg.data, self.tokenizer)
+    self.data = build_data(run_data_config(cfg), self.tokenizer)
     require(len(self.data.eval) > 0, "data: no held-out blocks to evaluate on; raise data.eval_fraction")
+    warn_teacher_overlap(cfg, self.data)
     st = cfg.student
     build = dict(mixer=st.mixer, attention_layers=tuple(st.attention_layers), init=st.init, **st.options)
     self.layer_map = dict(enumerate(student_teacher_layers(cfg, self.teacher.n_layers)))  # student layer -> teacher layer
