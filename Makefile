@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | md5sum 
 # CPU torch on this machine kind lies on local disk; any other request pulls a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow test-cuda test-compat test-browser constraints export clean-nbs check-export check-clean readme gpu bench
+.PHONY: setup demo test test-slow test-cuda test-compat test-browser constraints export clean-nbs check-export check-clean readme gpu bench docs docs-quick
 
 setup: $(STAMP)
 
@@ -29,6 +29,8 @@ demo: setup
 
 # many tiny ops on 2 cores: one thread per test process avoids oversubscription (nbdev-test runs 2 in parallel)
 test test-slow test-cuda: export OMP_NUM_THREADS = 1
+# nbdev-test also runs nbs/tutorials/: QUICK shrinks their budgets (about a minute each; the committed outputs are of the full run)
+test: export SSM_DISTILL_QUICK = 1
 
 ## (2) the whole default test suite (what CI runs)
 test: setup check-export check-clean
@@ -87,6 +89,18 @@ test-browser: setup $(CHROMIUM)
 $(CHROMIUM):
 	$(SUDO) apt-get update
 	$(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver
+
+## the documentation site: every notebook as a static HTML page in _docs/ (open _docs/index.html), figures drawn by a
+## local plotly.js. Quarto (what nbdev-docs needs) cannot be installed offline: PyPI's quarto-cli is a source package
+## whose build downloads Quarto from GitHub. API notebooks run as nbdev-test runs them (slow/cuda cells skipped);
+## tutorials keep the outputs of their full run. A cell that raises, or an error output in a tutorial, fails the build.
+docs docs-quick: export OMP_NUM_THREADS = 1
+docs: setup
+	$(BIN)/python tools/docs.py --out _docs --workers 2
+
+## the same pages without running the API notebooks (prose, code and the tutorials' outputs; about a minute)
+docs-quick: setup
+	$(BIN)/python tools/docs.py --out _docs --no-execute
 
 ## GPU machines: fast kernels. Needs a CUDA build of torch already installed.
 gpu: setup
