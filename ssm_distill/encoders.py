@@ -18,7 +18,7 @@ from torch import nn
 from .core import require
 from .stages import STAGES, Stage
 from .teachers import Teacher
-from .train import lr_factor
+from .loop import lr_factor
 
 # %% auto #0
 __all__ = ['EncoderLM', 'encoder_student', 'distil_encoder', 'mean_pool', 'sentence_embeddings', 'ranks', 'spearman',
