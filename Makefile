@@ -42,6 +42,7 @@ tutorials: setup
 	for nb in nbs/tutorials/*.ipynb; do OMP_NUM_THREADS=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	  --ExecutePreprocessor.timeout=-1 "$$nb" || exit 1; done
 	$(BIN)/nbdev-clean
+	$(BIN)/python tools/check_outputs.py --strip-widgets
 
 ## the Hugging Face integration tests with the oldest and the newest transformers / accelerate / datasets,
 ## each in a throwaway venv under .venv-compat/ (results in runs/compat/)
