@@ -7,7 +7,7 @@ teacher's attention (QKV-copied, trained in stage 3); stages 1-2 align the mixer
 from common import bars, base_config, parse, recipe, run_configs, step_tokens, table, write_figure
 from mohawk_stages import SHARES
 
-KEPT = ([], [0], [1], [2], [3], [0, 2], [1, 3])
+KEPT = ([], [0], [3], [0, 3], [1, 2])   # none; the first or the last; both ends or the middle two
 FULL_TOKENS, QUICK_TOKENS = 8192, 512
 
 

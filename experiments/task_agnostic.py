@@ -3,12 +3,13 @@
 The built-in teacher (a causal LM, 4 layers) into a 2-layer Phi-Mamba student of the same width (each student layer
 QKV-copied from teacher layers 1 and 3). Each transfer objective trains for three quarters of the tokens, then KD for
 the last quarter stands in for the paper's downstream fine-tuning; KD alone for all tokens is the baseline. HS is run
-with every layer map of `ssm_distill.losses.LAYER_MAPS`. Measures: held-out perplexity and agreement with the teacher.
+with every layer map of `ssm_distill.losses.LAYER_MAPS` (but `last_k`, which is `last` at its default k = 1). Measures: held-out perplexity and agreement with the teacher.
 """
 from common import bars, base_config, parse, run_configs, step_tokens, table, write_figure
 from ssm_distill.losses import LAYER_MAPS
 
-TRANSFERS = {'od': dict(kind='od'), **{f'hs {m}': dict(kind='hs', layer_map=m) for m in LAYER_MAPS}, 'mha': dict(kind='mha')}
+# every layer map but last_k (with its default k = 1 it is 'last')
+TRANSFERS = {'od': dict(kind='od'), **{f'hs {m}': dict(kind='hs', layer_map=m) for m in LAYER_MAPS if m != 'last_k'}, 'mha': dict(kind='mha')}
 SHARE = 0.75   # of the tokens on the transfer objective; the rest on KD
 FULL_TOKENS, QUICK_TOKENS = 8192, 512
 STUDENT = dict(n_layers=2)
