@@ -17,7 +17,7 @@ from ssm_distill.sweeps import mean_std
 from ssm_distill.train import load_run_teacher
 
 CLASSES = ('toeplitz', 'low_rank', 'ssd', 'diagonal')   # each after the first starts from the fit of the one before
-FULL = dict(T=256, sequences=3, heads=(0,), sizes=(16, 32, 64), fit=FitConfig(steps=600, lr=0.03, patience=50, rel_tol=1e-4))
+FULL = dict(T=256, sequences=3, heads=(0,), sizes=(16, 32, 64), fit=FitConfig(steps=1500, lr=0.03, patience=150, rel_tol=1e-4))
 QUICK = dict(T=48, sequences=1, heads=(0,), sizes=(4, 8), fit=FitConfig(steps=30, patience=10))
 
 
