@@ -9,7 +9,10 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | md5sum 
 # CPU torch on this machine kind lies on local disk; any other request pulls a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test tutorials test-slow test-cuda test-compat test-browser constraints export clean-nbs check-export check-clean readme gpu bench docs docs-quick
+# the reproductions (experiments/README.md): about an hour on 2 idle cores; each script also has --quick
+EXPERIMENTS := mohawk_stages matrix_classes which_student hybrids task_agnostic
+
+.PHONY: setup demo test tutorials experiments test-slow test-cuda test-compat test-browser constraints export clean-nbs check-export check-clean readme gpu bench docs docs-quick
 
 setup: $(STAMP)
 
@@ -116,3 +119,8 @@ gpu: setup
 
 bench: setup
 	$(BIN)/python benchmarks/kernels.py
+
+## the papers' findings reproduced at this scale (results in experiments/results/, the table in experiments/README.md)
+experiments: export OMP_NUM_THREADS = 1
+experiments: setup
+	cd experiments && for e in $(EXPERIMENTS); do PYTHONPATH=.. ../$(BIN)/python $$e.py || exit 1; done

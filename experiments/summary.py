@@ -1,0 +1,33 @@
+"Print every committed results file (results/*.json) as markdown tables: what experiments/README.md quotes."
+import json, sys
+from pathlib import Path
+
+from common import RESULTS
+from ssm_distill.sweeps import fmt_mean_std, mean_std
+
+
+def sweep_rows(res:dict) -> str:
+    lines = ['| run | seeds | held-out perplexity | agreement with the teacher | perplexity / teacher |', '|---|---|---|---|---|']
+    for r in res['rows']:
+        s = r['summary']
+        lines.append(f"| {r['name']} | {len(r['runs'])} | {fmt_mean_std(s['student_perplexity'], 1)} | "
+                     f"{fmt_mean_std(s['teacher_agreement'], 3)} | {fmt_mean_std(s['perplexity_ratio'], 2)} |")
+    return '\n'.join(lines)
+
+
+def matrix_rows(res:dict) -> str:
+    lines = ['| class | N | ‖M − A‖_F | relative to ‖A‖_F | steps | stopped |', '|---|---|---|---|---|---|']
+    for r in res['rows']:
+        lines.append(f"| {r['kind']} | {r['N']} | {'%.3f ± %.3f' % mean_std(r['error'])} | {'%.3f ± %.3f' % mean_std(r['relative'])} "
+                     f"| {r['steps']} | {r['stopped']} |")
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
+    for f in sorted(folder.glob('*.json')):
+        res = json.loads(f.read_text())
+        print(f"\n### {res['experiment']} ({'quick' if res['quick'] else 'full'}, {res['wall_s'] / 60:.1f} min)\n")
+        if res['experiment'] != 'matrix_classes':
+            print(f"teacher perplexity {res['rows'][0]['summary']['teacher_perplexity']['mean']:.2f}; seeds {res['seeds']}\n")
+        print(matrix_rows(res) if res['experiment'] == 'matrix_classes' else sweep_rows(res))

@@ -1,0 +1,49 @@
+"The reproductions in experiments/: the shared stage recipe, and each script's --quick mode end to end."
+import json, math, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+EXP = Path(__file__).parents[1]/'experiments'
+sys.path.insert(0, str(EXP))
+from common import recipe  # noqa: E402
+
+
+def test_recipe_keeps_the_total_and_moves_dropped_tokens():
+    shares = {1: 1/8, 2: 2/8, 3: 5/8}
+    full = recipe((1, 2, 3), 8192, shares, 1024)
+    assert [s['tokens'] for s in full] == [1024, 2048, 5120]
+    assert [s['kind'] for s in full] == ['matrix_orientation', 'hidden_state_alignment', 'kd']
+    for kept in [(2, 3), (3,), (2,)]:
+        r = recipe(kept, 8192, shares, 1024)
+        assert sum(s['tokens'] for s in r) == 8192, kept   # equal tokens whatever is dropped
+    assert [s['tokens'] for s in recipe((2, 3), 8192, shares, 1024)] == [3072, 5120]    # stage 1's tokens go to stage 2
+    assert [s['tokens'] for s in recipe((2,), 8192, shares, 1024)] == [8192]             # stage 3's go back to stage 2
+
+
+def run_quick(script:str, out:Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(EXP.parent), OMP_NUM_THREADS='1')
+    p = subprocess.run([sys.executable, script, '--quick', '--out', str(out)], cwd=EXP, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    name = Path(script).stem
+    assert (out/f'{name}.html').stat().st_size > 1000
+    assert '|---|' in p.stdout   # the table was printed
+    return json.loads((out/f'{name}.json').read_text())
+
+
+def test_matrix_classes_quick(tmp_path):
+    res = run_quick('matrix_classes.py', tmp_path)
+    err = {(r['kind'], r['N']): r['error'][0] for r in res['rows']}
+    for N in res['meta']['sizes']:   # nested classes, each started from the poorer one's fit: never worse
+        assert err['diagonal', N] <= err['ssd', N] + 1e-5 and err['ssd', N] <= err['low_rank', N] + 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('script', ['mohawk_stages.py', 'which_student.py', 'hybrids.py', 'task_agnostic.py'])
+def test_training_experiments_quick(script, tmp_path):
+    res = run_quick(script, tmp_path)
+    assert res['quick'] and res['seeds'] == [0]
+    for row in res['rows']:
+        for run in row['runs']:
+            assert math.isfinite(run['student_perplexity']) and 0 <= run['teacher_agreement'] <= 1
+    assert len({row['runs'][0]['teacher_perplexity'] for row in res['rows']}) == 1   # one held-out split for every run
