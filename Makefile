@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | md5sum 
 # CPU torch on this machine kind lies on local disk; any other request pulls a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow test-cuda test-compat test-browser constraints export clean-nbs check-export check-clean readme gpu bench
+.PHONY: setup demo test tutorials test-slow test-cuda test-compat test-browser constraints export clean-nbs check-export check-clean readme gpu bench
 
 setup: $(STAMP)
 
@@ -29,11 +29,19 @@ demo: setup
 
 # many tiny ops on 2 cores: one thread per test process avoids oversubscription (nbdev-test runs 2 in parallel)
 test test-slow test-cuda: export OMP_NUM_THREADS = 1
+# the tutorials (nbs/tutorials/) run with their QUICK budgets in the test suite; `make tutorials` runs them in full
+test: export SSM_DISTILL_QUICK = 1
 
 ## (2) the whole default test suite (what CI runs)
 test: setup check-export check-clean
 	$(BIN)/nbdev-test --n-workers 2 --timing
 	$(BIN)/python -m pytest tests/ -q
+
+## the tutorials top to bottom at full size, their outputs saved in place (what is committed): minutes each
+tutorials: setup
+	for nb in nbs/tutorials/*.ipynb; do OMP_NUM_THREADS=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	  --ExecutePreprocessor.timeout=-1 "$$nb" || exit 1; done
+	$(BIN)/nbdev-clean
 
 ## the Hugging Face integration tests with the oldest and the newest transformers / accelerate / datasets,
 ## each in a throwaway venv under .venv-compat/ (results in runs/compat/)

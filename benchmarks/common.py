@@ -17,15 +17,15 @@ def _first_line(path:str, key:str) -> str|None:
     except OSError: return None
 
 
-def machine(threads:int) -> dict:
-    "The machine and software a run measured: CPU model, cores, memory, threads used, load before the run, versions."
+def machine(threads:int, device:torch.device|None=None) -> dict:
+    "The machine and software a run measured: CPU model, cores, memory, threads used, load before the run, versions, GPU."
     import transformers
     mem = _first_line('/proc/meminfo', 'MemTotal')
     return dict(cpu=_first_line('/proc/cpuinfo', 'model name') or platform.processor() or platform.machine(),
                 cores=os.cpu_count(), memory_gib=round(int(mem.split()[0]) / 2**20, 1) if mem else None,
                 torch_threads=threads, load_avg_before=os.getloadavg(), torch=torch.__version__,
                 transformers=transformers.__version__, python=sys.version.split()[0], time=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
-                gpu=GPU_NOT_MEASURED)
+                gpu=torch.cuda.get_device_name(device) if device is not None and device.type == 'cuda' else GPU_NOT_MEASURED)
 
 
 def rss_kib(field:str) -> int:
@@ -60,6 +60,24 @@ class PeakMemory:
 
     def __exit__(self, *exc):
         self.bytes = max(rss_kib('VmHWM') - self.start, 0) * 1024
+
+
+class CudaPeakMemory:
+    "`PeakMemory` on the CUDA allocator: the peak bytes allocated above the start of each window (same interface)."
+    def _reset(self):
+        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); self.start = torch.cuda.memory_allocated()
+
+    def __enter__(self):
+        torch.cuda.empty_cache(); self._reset(); return self
+
+    def restart(self) -> int:
+        torch.cuda.synchronize()
+        peak = max(torch.cuda.max_memory_allocated() - self.start, 0)
+        self._reset()
+        return peak
+
+    def __exit__(self, *exc):
+        torch.cuda.synchronize(); self.bytes = max(torch.cuda.max_memory_allocated() - self.start, 0)
 
 
 def now() -> tuple[float, float]:

@@ -17,9 +17,10 @@ take more than `--max-call-s` or more than `--max-gib` is skipped, and the row s
     python benchmarks/generation.py                 # contexts 512, 2048, 8192, 32768
     python benchmarks/generation.py --quick         # contexts 256, 1024, 16 new tokens: about a minute
     python benchmarks/generation.py --profile       # also: where one decode step's time goes (torch.profiler, hooks)
+    python benchmarks/generation.py --device cuda   # on a GPU: wall time (synchronised), memory from the CUDA allocator
 
-Writes benchmarks/results/generation-cpu.json (rows, ratios to the teacher, the issue's targets and how far from them)
-and generation-cpu.html.
+Writes benchmarks/results/generation-<device>.json (rows, ratios to the teacher, the issue's targets and how far from
+them) and generation-<device>.html. On CPU the ratios and targets use CPU time (the machine is shared); on CUDA, wall time.
 """
 from __future__ import annotations
 import argparse, sys, time
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakMemory, elapsed, extrapolate, loglog_figure, loglog_slope, machine, median, now, rotated, write_results
+from common import CudaPeakMemory, PeakMemory, elapsed, extrapolate, loglog_figure, loglog_slope, machine, median, now, rotated, write_results
 
 STUDENTS = {'phi_mamba': dict(mixer='phi_mamba'), 'mamba2': dict(mixer='mamba2'), 'gla': dict(mixer='gla'),
             'gated_deltanet': dict(mixer='gated_deltanet'), 'hybrid_mamba2_attn1': dict(mixer='mamba2', attention_layers=[1]),
@@ -36,8 +37,8 @@ STUDENTS = {'phi_mamba': dict(mixer='phi_mamba'), 'mamba2': dict(mixer='mamba2')
             'phi_mamba_compiled': dict(mixer='phi_mamba', compile=True)}
 
 
-def build_models(max_positions:int, names:list[str]) -> tuple[dict, object]:
-    "The teacher (rotary positions extended to `max_positions`) and the students, all in eval mode, float32."
+def build_models(max_positions:int, names:list[str], device:torch.device=torch.device('cpu')) -> tuple[dict, object]:
+    "The teacher (rotary positions extended to `max_positions`) and the students, all in eval mode, float32, on `device`."
     from ssm_distill.builtin import load_builtin_teacher
     from ssm_distill.students import build_student
     model, tok = load_builtin_teacher()
@@ -46,9 +47,10 @@ def build_models(max_positions:int, names:list[str]) -> tuple[dict, object]:
     for n in names:
         torch.manual_seed(0)
         opts = dict(STUDENTS[n]); compiled = opts.pop('compile', False)
-        models[n] = build_student(model, **opts).eval()
+        models[n] = build_student(model, **opts).eval().to(device)
         if compiled:   # compile once here (about a minute per layer), not inside a timed call
-            models[n].compile_decoding().generate(torch.randint(3, 100, (1, 8)), max_new_tokens=3, do_sample=False)
+            models[n].compile_decoding().generate(torch.randint(3, 100, (1, 8), device=device), max_new_tokens=3, do_sample=False)
+    models['teacher'] = model.to(device)
     return models, tok
 
 
@@ -65,9 +67,11 @@ def tensor_bytes(obj, seen=None) -> int:
 
 
 class Clock:
-    "A logits processor: records the time of each new token's logits; the first one ends the prefill (and its memory window)."
-    def __init__(self, mem:PeakMemory): self.mem, self.times, self.prefill_peak = mem, [], None
+    """A logits processor: records the time of each new token's logits; the first one ends the prefill (and its memory
+    window). On CUDA it synchronises first, so a time is when the logits exist, not when their kernels were queued."""
+    def __init__(self, mem): self.mem, self.times, self.prefill_peak = mem, [], None
     def __call__(self, input_ids, scores):
+        if scores.is_cuda: torch.cuda.synchronize()
         self.times.append(now())
         if len(self.times) == 1: self.prefill_peak = self.mem.restart()
         return scores
@@ -76,13 +80,14 @@ class Clock:
 @torch.no_grad()
 def measure(model, ids:torch.Tensor, # (1, T) the prompt
             new:int) -> dict:
-    "One `generate` call: prefill seconds, decode ms per token, tokens/s, prefill/decode peak growth, cache bytes."
+    "One `generate` call (on `ids`' device): prefill seconds, decode ms per token, tokens/s, prefill/decode peak growth, cache bytes."
     from transformers import LogitsProcessorList
-    with PeakMemory() as mem:
+    with (CudaPeakMemory() if ids.is_cuda else PeakMemory()) as mem:
         clock = Clock(mem)
         t0 = now()
         out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, return_dict_in_generate=True,
                              logits_processor=LogitsProcessorList([clock]), pad_token_id=0)
+        if ids.is_cuda: torch.cuda.synchronize()
         t1 = now()
     require_tokens = out.sequences.shape[1] - ids.shape[1]
     assert require_tokens == new, f'generated {require_tokens} tokens, not {new}'
@@ -95,14 +100,14 @@ def measure(model, ids:torch.Tensor, # (1, T) the prompt
 
 
 def bench(models:dict, contexts:list[int], new:int, repeats:int, max_call_s:float, max_gib:float, vocab:int,
-          long_repeats:int=1, long_from:int=16384) -> list[dict]:
+          long_repeats:int=1, long_from:int=16384, device:torch.device=torch.device('cpu')) -> list[dict]:
     rows, hist_t, hist_m = [], {}, {}
     g = torch.Generator().manual_seed(0)
     from tqdm import tqdm
     reps = {T: long_repeats if T >= long_from else repeats for T in contexts}
     bar = tqdm(total=sum(reps.values()) * len(models), desc='generation', mininterval=0.5)
     for T in contexts:
-        ids = torch.randint(3, vocab, (1, T), generator=g)
+        ids = torch.randint(3, vocab, (1, T), generator=g).to(device)
         runs, skipped = {n: [] for n in models}, {}
         for n in models:
             t_pred, m_pred = extrapolate(hist_t.get(n, []), T), extrapolate(hist_m.get(n, []), T)
@@ -125,7 +130,7 @@ def bench(models:dict, contexts:list[int], new:int, repeats:int, max_call_s:floa
 
 
 def ratios(rows:list[dict]) -> list[dict]:
-    "Per context and student: tokens/s, prefill time and memory as multiples of the teacher's."
+    "Per context and student: tokens/s (wall and CPU time), prefill time and memory as multiples of the teacher's."
     t = {r['context']: r for r in rows if r['model'] == 'teacher' and 'decode_ms' in r}
     out = []
     for r in rows:
@@ -140,19 +145,20 @@ def ratios(rows:list[dict]) -> list[dict]:
     return out
 
 
-def targets(rows:list[dict], rats:list[dict]) -> dict:
-    """The issue's targets (CPU, equal width and depth): student >= teacher tokens/s at 512, >= 5x at 8k, >= 10x at 32k;
-    per-token time flat in context within 10%; decode memory flat. What each student reaches (on CPU time: the machine is
-    shared, see `common.now`)."""
+def targets(rows:list[dict], rats:list[dict], on:str='cpu') -> dict:
+    """The issue's targets (equal width and depth): student >= teacher tokens/s at 512, >= 5x at 8k, >= 10x at 32k;
+    per-token time flat in context within 10%; decode memory flat. What each student reaches, on CPU time for `on='cpu'`
+    (the machine is shared, see `common.now`), on wall time for `on='cuda'` (CPU time there counts only the launches)."""
+    speed, ms = ('tokens_per_cpu_s_vs_teacher', 'decode_cpu_ms') if on == 'cpu' else ('tokens_per_s_vs_teacher', 'decode_ms')
     want = {512: 1.0, 8192: 5.0, 32768: 10.0}
     out = {}
     for n in sorted({r['model'] for r in rats}):
         mine = {r['context']: r for r in rows if r['model'] == n and 'decode_ms' in r}
-        sp = {r['context']: r['tokens_per_cpu_s_vs_teacher'] for r in rats if r['model'] == n}
+        sp = {r['context']: r[speed] for r in rats if r['model'] == n}
         Ts = sorted(mine)
-        flat = round(mine[Ts[-1]]['decode_cpu_ms'] / mine[Ts[0]]['decode_cpu_ms'], 2) if len(Ts) > 1 else None
+        flat = round(mine[Ts[-1]][ms] / mine[Ts[0]][ms], 2) if len(Ts) > 1 else None
         out[n] = dict(speedup={T: dict(target=w, reached=sp.get(T), met=None if T not in sp else sp[T] >= w) for T, w in want.items()},
-                      decode_cpu_ms_longest_over_shortest=flat, flat_within_10pct=None if flat is None else flat <= 1.1,
+                      **{f'{ms}_longest_over_shortest': flat}, flat_within_10pct=None if flat is None else flat <= 1.1,
                       cache_bytes_by_context={T: mine[T]['cache_bytes'] for T in Ts})
     return out
 
@@ -226,27 +232,32 @@ def main(argv=None):
     p.add_argument('--quick', action='store_true', help='contexts 256 1024, 16 new tokens, 2 repeats')
     p.add_argument('--profile', action='store_true', help='also profile one decode step of each model at the first context')
     p.add_argument('--name', default='generation', help='results file stem (default generation)')
+    p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='cpu (default) or cuda')
     a = p.parse_args(argv)
+    device = torch.device(a.device)
+    if device.type == 'cuda' and not torch.cuda.is_available(): p.error('--device cuda: no CUDA GPU is visible here')
     if a.quick: a.contexts, a.new, a.repeats = [256, 1024], 16, 2
     torch.set_num_threads(a.threads)
-    meta = dict(machine(a.threads), teacher='built-in teacher (Llama, 4 layers, hidden 256, 8 heads x 32, vocab 4096), trained '
+    meta = dict(machine(a.threads, device), teacher='built-in teacher (Llama, 4 layers, hidden 256, 8 heads x 32, vocab 4096), trained '
                 'weights, rotary positions extended from 256 to the longest context (timing only)',
                 method='Hugging Face generate, greedy, batch 1, random prompt; prefill = until the first new token, decode = per '
                        'later token; interleaved per context, median of repeats; wall and CPU time (ratios and targets on CPU '
-                       'time: the machine is shared); peak memory = resident-set growth (Linux)',
+                       'time on CPU, the machine is shared; wall time on CUDA, synchronised at each new token); peak memory = resident-set '
+                       'growth on CPU (Linux), the CUDA allocator\'s peak above the start on CUDA',
                 new_tokens=a.new, repeats=a.repeats, repeats_from_16k=a.long_repeats)
-    models, tok = build_models(max(a.contexts) + a.new, a.students)
-    rows = bench(models, sorted(a.contexts), a.new, a.repeats, a.max_call_s, a.max_gib, len(tok), a.long_repeats)
+    models, tok = build_models(max(a.contexts) + a.new, a.students, device)
+    rows = bench(models, sorted(a.contexts), a.new, a.repeats, a.max_call_s, a.max_gib, len(tok), a.long_repeats, device=device)
     rats = ratios(rows)
-    data = dict(meta=meta, rows=rows, ratios=rats, targets=targets(rows, rats),
+    data = dict(meta=meta, rows=rows, ratios=rats, targets=targets(rows, rats, device.type),
                 decode_cpu_ms_slope_vs_context={n: loglog_slope([r['context'] for r in rows if r['model'] == n and 'decode_ms' in r],
                                                                 [r['decode_cpu_ms'] for r in rows if r['model'] == n and 'decode_ms' in r])
                                             for n in models},
-                gpu=dict(rows='not measured', why=meta['gpu']))
+                **({} if device.type == 'cuda' else dict(gpu=dict(rows='not measured', why=meta['gpu']))))
     if a.profile:
-        ids = torch.randint(3, len(tok), (1, min(a.contexts)), generator=torch.Generator().manual_seed(1))
+        ids = torch.randint(3, len(tok), (1, min(a.contexts)), generator=torch.Generator().manual_seed(1)).to(device)
         data['profile'] = dict(context=min(a.contexts), models={n: profile_step(m, ids) for n, m in models.items()})
-    out = write_results(a.name, 'cpu', data, figure(rows, f"decode: teacher vs students (CPU, {a.threads} thread(s), {meta['cpu']})"))
+    where = meta['gpu'] if device.type == 'cuda' else f"CPU, {a.threads} thread(s), {meta['cpu']}"
+    out = write_results(a.name, device.type, data, figure(rows, f"decode: teacher vs students ({where})"))
     for r in rows:
         if 'skipped' in r: print(f"{r['model']:>20} T={r['context']:>6}  skipped: {r['skipped']}"); continue
         print(f"{r['model']:>20} T={r['context']:>6}  decode {r['decode_ms']:7.2f} ms/token (CPU {r['decode_cpu_ms']:7.2f} ms)  "

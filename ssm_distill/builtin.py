@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .core import get_device, log, require, seed_everything, supports_bf16
+from .core import get_device, log, require, seed_everything
 from .data import DataConfig, build_data, infinite_batches, load_builtin_corpus
+from .loop import adamw, autocast, evaluate, lr_multiplier
 
 # %% auto #0
 __all__ = ['BOS', 'EOS', 'PAD', 'train_tokenizer', 'TeacherRecipeConfig', 'teacher_llama_config', 'head_scores', 'plant_repeats',
-           'copy_blocks', 'copy_loss', 'evaluate_lm', 'lr_lambda', 'train_teacher', 'builtin_teacher_path',
+           'copy_blocks', 'copy_loss', 'train_teacher', 'builtin_teacher_path', 'recorded_split',
            'load_builtin_teacher', 'teacher_arg_parser', 'teacher_train_main']
 
 # %% ../nbs/05a_builtin.ipynb #0dc0045f
@@ -186,33 +187,13 @@ def copy_loss(model, # a causal LM with `get_decoder()` and `get_output_embeddin
     return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][keep])
 
 # %% ../nbs/05a_builtin.ipynb #c6c13d5a
-def _autocast(device:torch.device):
-    return torch.autocast('cuda', dtype=torch.bfloat16) if supports_bf16(device) else torch.autocast(device.type, enabled=False)
+def _optimizer(model, cfg:TeacherRecipeConfig, lr:float) -> torch.optim.AdamW:
+    "The recipe's AdamW: decay on matrices only, betas (0.9, 0.95), PyTorch's fused kernel on CUDA."
+    return adamw(model.named_parameters(), lr, cfg.weight_decay, (0.9, 0.95), fused=next(model.parameters()).is_cuda or None)
 
-@torch.no_grad()
-def evaluate_lm(model, loader, device:torch.device|str='cpu') -> float:
-    "Mean next-token cross-entropy of `model` over the batches of `loader`."
-    device = torch.device(device); was_training = model.training; model.eval()
-    total, n = 0., 0
-    for x in loader:
-        x = x.to(device)
-        with _autocast(device): loss = model(input_ids=x, labels=x).loss
-        total += loss.item() * len(x); n += len(x)
-    model.train(was_training)
-    require(n > 0, "no held-out blocks to evaluate; raise eval_fraction")
-    return total / n
-
-def lr_lambda(step:int, cfg:TeacherRecipeConfig) -> float:
-    "Learning-rate multiplier: linear warm-up to 1, then cosine decay to `min_lr_ratio`."
-    if step < cfg.warmup_steps: return (step + 1) / cfg.warmup_steps
-    p = min(1., (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-
-def _optimizer(model, cfg:TeacherRecipeConfig, lr:float):
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.)],
-                             lr=lr, betas=(0.9, 0.95), fused=torch.cuda.is_available() and next(model.parameters()).is_cuda)
+def _schedule(opt, cfg:TeacherRecipeConfig, total:int, shape:str='cosine'):
+    "Warm-up over `cfg.warmup_steps`, then `shape` down to `cfg.min_lr_ratio` at step `total`."
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, total, cfg.warmup_steps, shape, cfg.min_lr_ratio))
 
 # %% ../nbs/05a_builtin.ipynb #7930c722
 def _update(model, opt, sched, loss:torch.Tensor, cfg:TeacherRecipeConfig, step:int):
@@ -224,12 +205,12 @@ def _update(model, opt, sched, loss:torch.Tensor, cfg:TeacherRecipeConfig, step:
 
 def _copy_batch_loss(model, cfg:TeacherRecipeConfig, g:torch.Generator, vocab:int, device:torch.device) -> torch.Tensor:
     x, y = copy_blocks(cfg.copy_batch, cfg.copy_block, (cfg.copy_min, cfg.copy_max), g, high=vocab)
-    with _autocast(device): return copy_loss(model, x.to(device), y.to(device))
+    with autocast(device): return copy_loss(model, x.to(device), y.to(device))
 
 def _copy_curriculum(model, cfg:TeacherRecipeConfig, g:torch.Generator, vocab:int, device:torch.device, bar=None) -> list[dict]:
     "Phase 1: up to `copy_steps` steps on `copy_blocks` (constant `copy_lr` after a linear warm-up), ending once the loss is below `copy_stop`; returns its history."
     opt = _optimizer(model, cfg, cfg.copy_lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1., (s + 1) / cfg.warmup_steps))
+    sched = _schedule(opt, cfg, cfg.copy_steps, 'constant')
     history, ema = [], None
     for step in range(cfg.copy_steps):
         loss = _copy_batch_loss(model, cfg, g, vocab, device)
@@ -257,7 +238,7 @@ def train_teacher(cfg:TeacherRecipeConfig, # the recipe
     corpus = load_builtin_corpus()
     tokenizer = train_tokenizer(corpus, cfg.vocab_size, model_max_length=cfg.seq_len)
     data = build_data(DataConfig('builtin', seq_len=cfg.seq_len, eval_fraction=cfg.eval_fraction, eval_blocks=cfg.eval_blocks,
-                                 seed=cfg.seed, batch_size=cfg.batch_size), tokenizer)
+                                 split_seed=cfg.seed, seed=cfg.seed, batch_size=cfg.batch_size), tokenizer)
     log.info(f"teacher recipe: {data.stats}")
     seed_everything(cfg.seed)
     model = LlamaForCausalLM(teacher_llama_config(cfg, tokenizer)).to(device).train()
@@ -269,19 +250,19 @@ def train_teacher(cfg:TeacherRecipeConfig, # the recipe
     copy_history = _copy_curriculum(model, cfg, g, vocab, device, bar)
     copy_steps_run = copy_history[-1]['step'] if copy_history else 0
     opt = _optimizer(model, cfg, cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, cfg))
+    sched = _schedule(opt, cfg, cfg.steps)
     batches = infinite_batches(data.train_loader())
     history, best, best_loss, best_structured, first_loss, ema = [], None, float('inf'), False, None, None
     for step in range(cfg.steps):
         x = plant_repeats(next(batches), cfg.repeat_fraction, (cfg.repeat_min, cfg.repeat_max), g, high=vocab).to(device)  # (B, T)
-        with _autocast(device): loss = model(input_ids=x, labels=x).loss
+        with autocast(device): loss = model(input_ids=x, labels=x).loss
         l = loss.item()
         if cfg.copy_weight > 0: loss = loss + cfg.copy_weight * _copy_batch_loss(model, cfg, g, vocab, device)
         _update(model, opt, sched, loss, cfg, step)
         first_loss = l if first_loss is None else first_loss
         ema = l if ema is None else 0.95 * ema + 0.05 * l
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            ev = evaluate_lm(model, data.eval_loader(), device)
+            ev = evaluate(model, data.eval, batch_size=cfg.batch_size, device=device, mixed_precision=True)['loss']
             sc = head_scores(model.eval()); model.train()
             history.append(dict(step=step + 1, train_loss=ema, eval_loss=ev, max_previous_token_score=sc['previous_token'].max().item(),
                                 max_induction_score=sc['induction'].max().item(), probe_copy_loss=sc['copy_loss'].tolist()))
@@ -299,12 +280,13 @@ def train_teacher(cfg:TeacherRecipeConfig, # the recipe
     # evaluate the weights as they are saved (rounded to save_dtype)
     save_dtype = getattr(torch, cfg.save_dtype)
     model = model.to(save_dtype).float()
-    eval_loss = evaluate_lm(model, data.eval_loader(), device)
+    eval_loss = evaluate(model, data.eval, batch_size=cfg.batch_size, device=device, mixed_precision=True)['loss']
     scores = head_scores(model.eval())
     out.mkdir(parents=True, exist_ok=True)
     model.to(save_dtype).save_pretrained(out)
     tokenizer.save_pretrained(out)
-    report = dict(config=asdict(cfg), data=data.stats, first_train_loss=first_loss, final_train_loss=ema,
+    report = dict(config=asdict(cfg), data=data.stats, split=dict(source='builtin', split_seed=cfg.seed, eval_fraction=cfg.eval_fraction),
+                  first_train_loss=first_loss, final_train_loss=ema,
                   eval_loss=eval_loss, eval_perplexity=math.exp(eval_loss), best_step=max(history, key=lambda h: (h['max_induction_score'] >= cfg.min_induction, -h['eval_loss']))['step'],
                   copy_history=copy_history, copy_steps_run=copy_steps_run, history=history,
                   tokens_seen=cfg.steps * cfg.batch_size * cfg.seq_len + (copy_steps_run + cfg.steps * (cfg.copy_weight > 0)) * cfg.copy_batch * cfg.copy_block,
@@ -322,6 +304,18 @@ def builtin_teacher_path() -> Path:
     "The packaged folder of the built-in teacher (`ssm_distill/assets/teacher`)."
     import ssm_distill
     return Path(ssm_distill.__file__).resolve().parent/'assets'/'teacher'
+
+def recorded_split(teacher:str|Path, # 'builtin' or a teacher folder
+                  ) -> dict|None:
+    """The held-out split a teacher was trained with, from its `recipe.json`: `dict(source, split_seed, eval_fraction)`,
+    or None for a teacher without one (a hub model: its training data is not ours to know)."""
+    path = builtin_teacher_path() if str(teacher) == 'builtin' else Path(teacher)
+    f = path/'recipe.json'
+    if not f.is_file(): return None
+    r = json.loads(f.read_text())
+    if 'split' in r: return r['split']
+    c = r.get('config', {})   # recipes written before `split` existed: one seed drew the split too
+    return dict(source='builtin', split_seed=c.get('seed', 0), eval_fraction=c.get('eval_fraction', 0.05)) if c else None
 
 def load_builtin_teacher(dtype:torch.dtype=torch.float32, # weights are stored in float16; compute in this
                          device:str|torch.device='cpu',

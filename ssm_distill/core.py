@@ -6,15 +6,15 @@ Docs: https://ssm-distill.github.io/ssm_distill/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #9aacd40b
 from __future__ import annotations
-import importlib, importlib.util, logging, os, random, threading
+import importlib, importlib.metadata, importlib.util, logging, os, random, threading
 from contextlib import contextmanager
 
 import torch
 
 # %% auto #0
 __all__ = ['SHAPES', 'EXTRAS', 'log', 'DTYPES', 'SsmDistillError', 'require', 'checks_enabled', 'unchecked', 'check_shapes',
-           'Registry', 'has_module', 'optional_import', 'fast_backend_refusal', 'pick_backend', 'get_device',
-           'supports_bf16', 'get_dtype', 'seed_everything']
+           'Registry', 'has_module', 'optional_import', 'import_error', 'fla_triton_refusal', 'fast_backend_refusal',
+           'pick_backend', 'get_device', 'supports_bf16', 'get_dtype', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #ac3d20eb
 SHAPES = {
@@ -120,10 +120,46 @@ _said = set()
 def _say_once(msg):
     if msg not in _said: _said.add(msg); log.info(msg)
 
+_import_errors = {}
+
+def import_error(name:str) -> str|None:
+    """Why the installed module `name` fails to import, or None if it imports (the answer is cached). A fast backend can be
+    installed and still broken: mamba-ssm built for another torch, or without its CUDA extension."""
+    if name not in _import_errors:
+        try: importlib.import_module(name); _import_errors[name] = None
+        except Exception as e: _import_errors[name] = f'{type(e).__name__}: {e}'
+    return _import_errors[name]
+
+def _version_tuple(v:str|None) -> tuple|None:
+    "'3.6.0+git1a2b' -> (3, 6, 0); None stays None."
+    if v is None: return None
+    return tuple(int(''.join(ch for ch in part if ch.isdigit()) or 0) for part in v.split('+')[0].split('.')[:3])
+
+def fla_triton_refusal(capability:tuple[int, int], # the GPU's compute capability, (9, 0) on Hopper
+                       triton:str|None, # the installed Triton's version
+                       grad:bool, # whether autograd is recording (training)
+                       tilelang:bool, # whether tilelang, fla's other backend, is installed
+                      ) -> str|None:
+    """Why fla must not run here, or None. fla 0.6 raises in its gated chunk backward on Hopper GPUs with
+    3.4.0 <= Triton < 3.7.1 (wrong results there, fla issue #640) unless tilelang is installed: seen on an H200 with
+    Triton 3.6.0. Forward passes (no autograd) are not affected."""
+    t = _version_tuple(triton)
+    if not grad or capability[0] != 9 or tilelang or t is None or not (3, 4, 0) <= t < (3, 7, 1): return None
+    return (f"fla: its gated chunk backward is wrong with Triton {triton} on Hopper GPUs (fla issue #640); "
+            "upgrade triton to >= 3.7.1 or pip install tilelang")
+
+def _installed_version(name:str) -> str|None:
+    try: return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError: return None
+
 def fast_backend_refusal(fast:str, x:torch.Tensor) -> str|None:
     "Why the fast backend `fast` cannot run on `x`, or None if it can."
     if x.device.type != 'cuda': return f"{fast}: tensors are on {x.device.type}, its kernels need CUDA"
     if not has_module(fast): return f"{fast}: not installed ({EXTRAS.get(fast, 'pip install ' + fast)})"
+    if err := import_error(fast): return f"{fast}: installed but it does not import ({err}); reinstall it: {EXTRAS.get(fast, 'pip install ' + fast)}"
+    if fast == 'fla':
+        return fla_triton_refusal(torch.cuda.get_device_capability(x.device), _installed_version('triton'),
+                                  torch.is_grad_enabled() and x.requires_grad, has_module('tilelang'))
     return None
 
 def pick_backend(backend:str, # 'auto', 'torch', or the name of a fast backend

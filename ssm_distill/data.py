@@ -21,8 +21,8 @@ __all__ = ['STDLIB_SKIP', 'STDLIB_SKIP_PARTS', 'CORPUS_VERSION', 'SOURCES', 'FIL
            'clean_docstring', 'iter_stdlib_docstrings', 'collect_stdlib_docs', 'builtin_corpus_path',
            'build_builtin_corpus', 'read_jsonl', 'load_builtin_corpus', 'count_tokens', 'corpus_stats', 'DataConfig',
            'builtin_texts', 'read_txt', 'read_parquet', 'list_files', 'file_texts', 'hub_texts', 'load_texts',
-           'is_held_out', 'tokenize_and_pack', 'PackedDataset', 'ResumableBatchSampler', 'make_dataloader',
-           'infinite_batches', 'PackedData', 'read_texts', 'build_data']
+           'is_held_out', 'heldout_overlap', 'tokenize_and_pack', 'PackedDataset', 'ResumableBatchSampler',
+           'make_dataloader', 'infinite_batches', 'PackedData', 'read_texts', 'build_data']
 
 # %% ../nbs/05_data.ipynb #7cb14a96
 def cache_dir() -> Path:
@@ -198,7 +198,8 @@ class DataConfig:
     seq_len:int = 256 # tokens per block (the model input length; labels are the same block shifted inside the loss)
     eval_fraction:float = 0.05 # share of *documents* held out for evaluation
     eval_blocks:int|None = None # at most this many held-out blocks (None: all)
-    seed:int = 0 # seeds the held-out split and the batch order
+    split_seed:int|None = None # seeds the held-out split; None: the split the teacher records (built-in: 0), else 0
+    seed:int = 0 # seeds the batch order only: vary it (and the run's seed) across repeats, never the split
     max_tokens:int|None = None # stop reading text after this many tokens (None: all)
     batch_size:int = 8 # blocks per batch
     shuffle:bool = True # shuffle training blocks each epoch (held-out blocks are never shuffled)
@@ -276,6 +277,14 @@ def is_held_out(i:int, seed:int, fraction:float) -> bool:
     "Whether document `i` belongs to the held-out split (a hash of `(seed, i)` below `fraction`)."
     h = hashlib.blake2b(f'{seed}:{i}'.encode(), digest_size=8).digest()
     return int.from_bytes(h, 'big') / 2**64 < fraction
+
+def heldout_overlap(n_documents:int, # documents read by the run
+                    split_seed:int, eval_fraction:float, # the run's split
+                    teacher_split_seed:int, teacher_eval_fraction:float, # the split the teacher was trained with
+                   ) -> list[int]:
+    "The run's held-out documents that the teacher trained on (held out by the run, not by the teacher)."
+    return [i for i in range(n_documents) if is_held_out(i, split_seed, eval_fraction)
+            and not is_held_out(i, teacher_split_seed, teacher_eval_fraction)]
 
 def tokenize_and_pack(texts:Iterable[str], # documents
                       tokenizer, # the teacher's `PreTrainedTokenizerBase`
@@ -402,7 +411,7 @@ def build_data(cfg:DataConfig, # what to read and how to cut it
               ) -> PackedData:
     "Read, split (by document), tokenise and pack `cfg`'s text into train and held-out blocks."
     texts = read_texts(cfg, tokenizer)
-    held = [is_held_out(i, cfg.seed, cfg.eval_fraction) for i in range(len(texts))]
+    held = [is_held_out(i, cfg.split_seed or 0, cfg.eval_fraction) for i in range(len(texts))]
     train_txt = [t for t, h in zip(texts, held) if not h]
     eval_txt = [t for t, h in zip(texts, held) if h]
     train = tokenize_and_pack(train_txt, tokenizer, cfg.seq_len)  # (N, T)

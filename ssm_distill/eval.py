@@ -16,8 +16,8 @@ from typing import Iterable
 import torch
 
 from .core import Registry, optional_import, require
-from .stages import causal_lm as _lm, mixer_can_materialize as can_materialize, teacher_rotary
-from .train import _blocks, _layer
+from .loop import as_blocks, causal_lm as _lm
+from .stages import mixer_can_materialize as can_materialize, teacher_rotary
 
 # %% auto #0
 __all__ = ['LOCAL_TASKS', 'DIRECT_SCORERS', 'logit_metrics', 'teacher_layer_of', 'comparable_layers', 'layer_errors',
@@ -58,12 +58,12 @@ def layer_errors(student, teacher, cap, ids:torch.Tensor, # (B, T)
     rot, out = teacher_rotary(teacher, ids), {}
     for l in layers:
         tl = teacher_layer_of(student, l)
-        x, h_t = _layer(cap, 'attn_in', tl), _layer(cap, 'attn_out', tl).float()    # (B, T, D)
+        x, h_t = cap.get('attn_in', tl), cap.get('attn_out', tl).float()    # (B, T, D)
         err = torch.linalg.vector_norm(student.run_mixer(l, x, rotary=rot).float() - h_t, dim=-1)  # (B, T)
         out[l] = dict(hidden=err, hidden_rel=err / torch.linalg.vector_norm(h_t, dim=-1).clamp_min(1e-12))
         if cap.attn_probs:
             M_s = student.layer_mixing_matrix(l, x, rotary=rot).float()                # (B, H, T, T)
-            out[l]['mixing'] = torch.linalg.matrix_norm(M_s - _layer(cap, 'attn_probs', tl).float(), ord='fro')  # (B, H)
+            out[l]['mixing'] = torch.linalg.matrix_norm(M_s - cap.get('attn_probs', tl).float(), ord='fro')  # (B, H)
     return out
 
 # %% ../nbs/11_eval.ipynb #6d4979da
@@ -115,7 +115,7 @@ def distill_metrics(student, # a student (`StudentForCausalLM`) or any causal LM
     if lw: what |= {'attn_in', 'attn_out'} | ({'attn_probs'} if can_materialize(student.config.mixer) else set())
     device, acc = next(student.parameters()).device, defaultdict(list)
     was_training = student.training; student.eval()
-    for x in _blocks(blocks).split(batch_size):
+    for x in as_blocks(blocks).split(batch_size):
         x = x.to(device)
         s_logits = _lm(student)(input_ids=x).logits                                  # (B, T, V)
         if teacher is None:

@@ -15,14 +15,15 @@ from torch import nn
 from .core import Registry, require
 from .losses import (LAYER_MAPS, QKVProjector, direct_minilm_loss, hidden_projectors, hidden_state_alignment_loss,
                                 hs_loss, kd_loss, matrix_orientation_loss, minilm_relation_loss, od_loss, resolve_mapping)
+from .loop import causal_lm
 from .mixers import MIXERS
 
 # %% auto #0
-__all__ = ['MOHAWK_TOKENS', 'STAGES', 'NoOptions', 'Stage', 'stage_options', 'kinds_taking', 'causal_lm', 'positions',
-           'teacher_rotary', 'capture_layers', 'layer_sum', 'LayerwiseStage', 'MatrixOrientationOptions',
-           'mixer_can_materialize', 'MatrixOrientation', 'HiddenStateAlignmentOptions', 'HiddenStateAlignment',
-           'KDOptions', 'logits_targets', 'KD', 'ODOptions', 'OD', 'HSOptions', 'hidden_states', 'HS', 'QKVStage',
-           'MHAOptions', 'MHA', 'DirectMiniLMOptions', 'DirectMiniLM', 'options_doc', 'field_default', 'stage_table']
+__all__ = ['MOHAWK_TOKENS', 'STAGES', 'NoOptions', 'Stage', 'stage_options', 'kinds_taking', 'positions', 'teacher_rotary',
+           'capture_layers', 'layer_sum', 'LayerwiseStage', 'MatrixOrientationOptions', 'mixer_can_materialize',
+           'MatrixOrientation', 'HiddenStateAlignmentOptions', 'HiddenStateAlignment', 'KDOptions', 'logits_targets',
+           'KD', 'ODOptions', 'OD', 'HSOptions', 'hidden_states', 'HS', 'QKVStage', 'MHAOptions', 'MHA',
+           'DirectMiniLMOptions', 'DirectMiniLM', 'options_doc', 'field_default', 'stage_table']
 
 # %% ../nbs/06a_stages.ipynb #33a97ae4
 MOHAWK_TOKENS = dict(matrix_orientation=80e6, hidden_state_alignment=160e6, kd=2.76e9)  # the paper's 3B-token split
@@ -86,10 +87,6 @@ def kinds_taking(option:str) -> list[str]:
     return [k for k in STAGES if option in stage_options(k)]
 
 # %% ../nbs/06a_stages.ipynb #84290fde
-def causal_lm(m):
-    "The causal LM inside a `Teacher` (its `.model`), or `m` itself."
-    return m.model if hasattr(m, 'capture') and hasattr(m, 'model') else m
-
 def positions(ids:torch.Tensor) -> torch.Tensor:
     "The positions `0..T-1` of every row of `ids: [B, T]`, as `[B, T]`."
     return torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)   # (B, T)
@@ -103,8 +100,7 @@ def capture_layers(teacher, ids:torch.Tensor, layers:dict, # {student layer: tea
                    what:set) -> dict:
     "Run the teacher once; `{field: {student layer: the field of its teacher layer}}` for each field in `what`."
     cap = teacher.capture(ids, layers=sorted(set(layers.values())), what=what)
-    def pick(v, t): return v[t] if isinstance(v, (dict, list, tuple)) else v
-    return {w: {s: pick(getattr(cap, w), t) for s, t in layers.items()} for w in what}
+    return {w: {s: cap.get(w, t) for s, t in layers.items()} for w in what}
 
 def layer_sum(fn, layers) -> tuple[torch.Tensor, dict]:
     "Sum the per-layer losses `fn(l) -> (loss, logs)`; logs hold each layer's loss as `layer<l>`."

@@ -169,6 +169,15 @@ class Capture:
     logits: torch.Tensor|None = None                                   # [B, T, V]
     attention_mask: torch.Tensor|None = None                           # [B, T]
 
+    def get(self, name:str, # a field: 'attn_probs', 'q', 'attn_in', ...
+            layer:int) -> torch.Tensor:
+        "Field `name` of captured `layer` (a field captured once for the whole model, such as `logits`, as is)."
+        v = getattr(self, name)
+        if not isinstance(v, dict): return v
+        require(layer in v, f"Capture.get({name!r}, {layer}): layer {layer} was not captured (captured: {sorted(v)}); "
+                            f"capture it with teacher.capture(ids, layers=[..., {layer}])")
+        return v[layer]
+
     @property
     def layers(self) -> list[int]:
         "The layers something was captured for."

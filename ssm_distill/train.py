@@ -6,8 +6,8 @@ Docs: https://ssm-distill.github.io/ssm_distill/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #57ab217f
 from __future__ import annotations
-import contextlib, dataclasses, difflib, itertools, json, math, os, random, shutil, threading, time, types, typing
-from dataclasses import dataclass, field, asdict, fields
+import contextlib, dataclasses, difflib, itertools, json, math, os, random, shutil, threading, time, types, typing, warnings
+from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -19,28 +19,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .core import SsmDistillError, Registry, get_device, log, require, seed_everything, supports_bf16
-from .data import DataConfig, PackedDataset, ResumableBatchSampler, build_data
+from .data import DataConfig, PackedData, PackedDataset, ResumableBatchSampler, build_data, heldout_overlap
+from .loop import SCHEDULES, adamw, evaluate, lr_factor
 from .mixers import MIXERS
 from .stages import MOHAWK_TOKENS, STAGES, Stage, causal_lm, field_default, kinds_taking, stage_options, teacher_rotary
 from .students import STUDENT_GROUPS, build_student, build_student_from_config, set_trainable_groups, uniform_teacher_layers
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'LIST_ITEM_TYPES', 'MIXED_PRECISION', 'TRACKERS', 'EVENT_HOOKS', 'ConfigError', 'raise_problems',
-           'StudentBuildConfig', 'StageConfig', 'mohawk_stages', 'RunConfig', 'config_fields', 'config_table',
-           'config_from_dict', 'stage_budgets', 'stage_batch_size', 'tokens_per_step', 'stage_steps',
-           'resolve_mixed_precision', 'teacher_problem', 'teacher_sizes', 'validate_config', 'student_teacher_layers',
-           'validate_for_teacher', 'load_config', 'lr_factor', 'make_optimizer', 'make_scheduler', 'evaluate', 'Event',
-           'Callback', 'JSONLLogger', 'ProgressBar', 'TrackerLogger', 'StopAfter', 'RunState', 'rng_state',
-           'set_rng_state', 'checkpoints', 'latest_checkpoint', 'save_checkpoint', 'read_checkpoint_state',
-           'load_student_weights', 'NonFiniteLossError', 'StageModule', 'StageStream', 'load_run_teacher',
-           'default_callbacks', 'Distiller', 'distill', 'save_tiny_teacher', 'tiny_run_config']
-
-# %% ../nbs/07_train.ipynb #8f5b6463
-# learning-rate shapes after warm-up (used in "Schedules and the optimizer" below): factor of progress p in [0, 1]
-SCHEDULES = Registry('schedule', hint='Add one with SCHEDULES["name"] = fn(progress in [0, 1], min_ratio) -> lr factor.')
-SCHEDULES['cosine'] = lambda p, m: m + (1 - m) * 0.5 * (1 + math.cos(math.pi * p))
-SCHEDULES['linear'] = lambda p, m: 1 - (1 - m) * p
-SCHEDULES['constant'] = lambda p, m: 1.0
+__all__ = ['LIST_ITEM_TYPES', 'MIXED_PRECISION', 'TRACKERS', 'EVENT_HOOKS', 'ConfigError', 'raise_problems', 'StudentBuildConfig',
+           'StageConfig', 'mohawk_stages', 'RunConfig', 'config_fields', 'config_table', 'config_from_dict',
+           'stage_budgets', 'stage_batch_size', 'tokens_per_step', 'stage_steps', 'resolve_mixed_precision',
+           'teacher_problem', 'teacher_sizes', 'validate_config', 'student_teacher_layers', 'validate_for_teacher',
+           'load_config', 'make_optimizer', 'make_scheduler', 'Event', 'Callback', 'JSONLLogger', 'ProgressBar',
+           'TrackerLogger', 'StopAfter', 'RunState', 'rng_state', 'set_rng_state', 'checkpoints', 'latest_checkpoint',
+           'save_checkpoint', 'read_checkpoint_state', 'load_student_weights', 'NonFiniteLossError', 'StageModule',
+           'StageStream', 'load_run_teacher', 'default_callbacks', 'Distiller', 'run_data_config',
+           'warn_teacher_overlap', 'distill', 'save_tiny_teacher', 'tiny_run_config']
 
 # %% ../nbs/07_train.ipynb #7263de12
 class ConfigError(SsmDistillError):
@@ -416,56 +410,14 @@ def load_config(src:str|Path|dict|RunConfig, # a YAML file, a YAML string, a dic
     return validate_config(cfg, teacher=check_teacher)
 
 # %% ../nbs/07_train.ipynb #005486fa
-def lr_factor(step:int, total:int, warmup:float, schedule:str='cosine', min_ratio:float=0.1) -> float:
-    "Learning-rate multiplier at optimizer `step` of `total`: linear warm-up over `warmup`*total steps, then `schedule`."
-    n_warm = int(warmup * total)
-    if step < n_warm: return (step + 1) / (n_warm + 1)
-    p = (step - n_warm) / max(1, total - n_warm - 1)
-    return SCHEDULES[schedule](min(p, 1.0), min_ratio)
-
 def make_optimizer(student, stage:StageConfig, extra:nn.Module|None=None) -> torch.optim.Optimizer:
-    "AdamW over the trainable parameters (and those of `extra`, a stage loss's projections); no weight decay on 1-D ones."
-    decay, no_decay = [], []
-    for n, p in itertools.chain(student.named_parameters(), extra.named_parameters() if extra is not None else ()):
-        if p.requires_grad: (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [dict(params=decay, weight_decay=stage.weight_decay), dict(params=no_decay, weight_decay=0.0)]
-    return torch.optim.AdamW([g for g in groups if g['params']], lr=stage.lr, betas=tuple(stage.betas))
+    "`loop.adamw` over the trainable parameters (and those of `extra`, a stage loss's projections), with the stage's settings."
+    named = itertools.chain(student.named_parameters(), extra.named_parameters() if extra is not None else ())
+    return adamw(named, stage.lr, stage.weight_decay, tuple(stage.betas))
 
 def make_scheduler(opt, stage:StageConfig, total_steps:int):
     "Warm-up then `stage.schedule`, as a `LambdaLR` (its state is the step count: resumable)."
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, stage.warmup, stage.schedule, stage.min_lr_ratio))
-
-# %% ../nbs/07_train.ipynb #37d150bf
-def _blocks(blocks) -> torch.Tensor:
-    return blocks.blocks if isinstance(blocks, PackedDataset) else torch.as_tensor(blocks)
-
-@torch.no_grad()
-def evaluate(model, # a causal LM (returns `.logits`), or a Teacher
-             blocks, # held-out token blocks (N, T): a tensor or a `PackedDataset`
-             teacher=None, # if given, also measure the top-1 agreement with it
-             batch_size:int=8,
-             max_batches:int|None=None, # evaluate at most this many batches
-             device=None, # default: the model's device
-            ) -> dict:
-    "Held-out loss and perplexity of `model`; with `teacher`, the share of positions where their top-1 tokens agree."
-    model = causal_lm(model); was_training = model.training; model.eval()
-    device = device or next(model.parameters()).device
-    x_all = _blocks(blocks)
-    nll, n, agree = 0.0, 0, 0
-    for b, x in enumerate(x_all.split(batch_size)):
-        if max_batches is not None and b >= max_batches: break
-        x = x.to(device)
-        logits = model(input_ids=x).logits.float()                           # (B, T, V)
-        nll += F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten(), reduction='sum').item()
-        n += x[:, 1:].numel()
-        if teacher is not None:
-            t_logits = causal_lm(teacher)(input_ids=x).logits                      # (B, T, V)
-            agree += (logits[:, :-1].argmax(-1) == t_logits[:, :-1].argmax(-1)).sum().item()
-    model.train(was_training)
-    require(n > 0, "evaluate: no held-out tokens; give blocks of at least 2 tokens")
-    res = dict(loss=nll / n, perplexity=math.exp(min(nll / n, 50.0)), tokens=n)
-    if teacher is not None: res['teacher_agreement'] = agree / n
-    return res
 
 # %% ../nbs/07_train.ipynb #58240f38
 @dataclass
@@ -633,11 +585,6 @@ class NonFiniteLossError(SsmDistillError):
     "A loss or gradient norm became NaN or infinite; the last good checkpoint is kept."
 
 # %% ../nbs/07_train.ipynb #647de548
-def _layer(cap, name:str, i:int):
-    "Field `name` of captured layer `i` from a `Capture`."
-    v = getattr(cap, name)
-    return v[i] if isinstance(v, (dict, list, tuple)) else v
-
 class StageModule(nn.Module):
     "The student and one stage's loss as one module, so Accelerate/DDP wraps a single forward per micro-batch."
     def __init__(self, student, stage:Stage, # the stage object (`StageConfig.stage`)
@@ -745,6 +692,32 @@ class Distiller:
             cb.on_event(self, ev)
         return ev
 
+# %% ../nbs/07_train.ipynb #66e7c64e
+def run_data_config(cfg:RunConfig) -> DataConfig:
+    "`cfg.data` with `split_seed=None` resolved: the split the teacher records (`builtin.recorded_split`), else 0."
+    if cfg.data.split_seed is not None: return cfg.data
+    from ssm_distill.builtin import recorded_split
+    rec = recorded_split(cfg.teacher)
+    return replace(cfg.data, split_seed=rec['split_seed'] if rec and rec['source'] == cfg.data.source else 0)
+
+def warn_teacher_overlap(cfg:RunConfig, data:PackedData) -> list[int]:
+    """Warn, naming the documents, when the run's held-out split holds out documents the teacher was trained on
+    (its recorded split); the count goes into `data.stats['heldout_teacher_trained']`. Returns their indices."""
+    from ssm_distill.builtin import recorded_split
+    rec, d = recorded_split(cfg.teacher), data.cfg
+    if rec is None or rec['source'] != d.source: return []
+    seen = heldout_overlap(data.stats['documents'], d.split_seed, d.eval_fraction, rec['split_seed'], rec['eval_fraction'])
+    data.stats['heldout_teacher_trained'] = len(seen)
+    if seen:
+        msg = (f"data: {len(seen)} of the {data.stats['eval_documents']} held-out documents (split_seed={d.split_seed}, "
+               f"eval_fraction={d.eval_fraction}) are documents the teacher was trained on (its split: split_seed="
+               f"{rec['split_seed']}, eval_fraction={rec['eval_fraction']}; the first: {seen[:5]}), so the held-out numbers "
+               f"are partly measured on training text. Use data.split_seed: {rec['split_seed']} (or null) and "
+               f"data.eval_fraction <= {rec['eval_fraction']}; vary data.seed and seed across repeats instead.")
+        log.warning(msg); warnings.warn(msg, stacklevel=2)
+    return seen
+
+
 # %% ../nbs/07_train.ipynb #2ae19d73
 @patch
 def prepare(self:Distiller, force:bool=False # build everything again (a fresh student) even if prepared already
@@ -768,8 +741,9 @@ def prepare(self:Distiller, force:bool=False # build everything again (a fresh s
     validate_for_teacher(cfg, self.teacher.n_layers, dict(hidden_size=tc.hidden_size, n_heads=self.teacher.n_heads,
                                                           intermediate_size=getattr(tc, 'intermediate_size', None) or getattr(tc, 'n_inner', None) or 4 * tc.hidden_size))
     causal_lm(self.teacher).to(self.accelerator.device).eval().requires_grad_(False)
-    self.data = build_data(cfg.data, self.tokenizer)
+    self.data = build_data(run_data_config(cfg), self.tokenizer)
     require(len(self.data.eval) > 0, "data: no held-out blocks to evaluate on; raise data.eval_fraction")
+    warn_teacher_overlap(cfg, self.data)
     st = cfg.student
     build = dict(mixer=st.mixer, attention_layers=tuple(st.attention_layers), init=st.init, **st.options)
     self.layer_map = dict(enumerate(student_teacher_layers(cfg, self.teacher.n_layers)))  # student layer -> teacher layer

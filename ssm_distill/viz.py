@@ -15,7 +15,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .core import Registry, log, require, SsmDistillError
-from .train import Callback, _layer, teacher_rotary
+from .stages import teacher_rotary
+from .train import Callback
 
 # %% auto #0
 __all__ = ['COLOUR_SCALES', 'HEADLINE', 'ColourScale', 'log_scale', 'quantile_scale', 'linear_scale', 'diverging_scale',
@@ -194,9 +195,9 @@ def layer_matrices(teacher, # a `Teacher` (ssm_distill.teachers)
     cap = teacher.capture(ids, layers=sorted(set(tl.values())), what={'attn_in', 'attn_probs'})
     out = {}
     for l in layers:
-        out[l] = {'teacher': _layer(cap, 'attn_probs', tl[l])[0].float().cpu()}  # (H, T, T)
+        out[l] = {'teacher': cap.get('attn_probs', tl[l])[0].float().cpu()}  # (H, T, T)
         if student is not None:
-            x = _layer(cap, 'attn_in', tl[l]).to(next(student.parameters()).dtype)
+            x = cap.get('attn_in', tl[l]).to(next(student.parameters()).dtype)
             out[l]['student'] = student.layer_mixing_matrix(l, x, rotary=teacher_rotary(teacher, ids))[0].float().cpu()  # (H, T, T)
     return out
 

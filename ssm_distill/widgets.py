@@ -14,7 +14,8 @@ import torch
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from .core import SsmDistillError, has_module, log, require
+from .core import SsmDistillError, log, require
+from .matrices import fit_matrix_class
 from .mixers import MIXERS
 from .students import STUDENT_INITS
 from .train import STAGES, Callback, Distiller, Event, RunConfig, load_config, load_run_teacher
@@ -71,11 +72,9 @@ def matrix_class_errors(attn:torch.Tensor, # [H, T, T] one layer's attention (or
                         **fit_kw, # passed to `fit_matrix_class` (e.g. steps=200)
                        ) -> dict[str, dict[int, torch.Tensor]]:
     "Best-fit error ‖M − A‖_F of each matrix class at each state size N, all heads at once: `{kind: {N: errors [H]}}`."
-    from ssm_distill.core import optional_import
-    matrices = optional_import('ssm_distill.matrices')
     A = torch.as_tensor(attn).detach().float()
     A = A[None] if A.dim() == 3 else A[None, None]                            # (1, H, T, T)
-    return {kind: {n: matrices.fit_matrix_class(A, kind, n, **fit_kw).errors[0] for n in sizes} for kind in kinds}  # (H,) each
+    return {kind: {n: fit_matrix_class(A, kind, n, **fit_kw).errors[0] for n in sizes} for kind in kinds}  # (H,) each
 
 # %% ../nbs/10_widgets.ipynb #c0010
 class MixingExplorer:

@@ -4,7 +4,7 @@ import pytest, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from ssm_distill.core import SsmDistillError
 from ssm_distill.builtin import (TeacherRecipeConfig, train_tokenizer, teacher_train_main, load_builtin_teacher,
-                                 builtin_teacher_path, head_scores, evaluate_lm)
+                                 builtin_teacher_path, head_scores)
 
 def test_tokenizer_deterministic_and_roundtrip():
     texts = ['def f(x): return x + 1', 'Return the sum of a and b.', 'Ünïcödé ✓'] * 20

@@ -6,7 +6,6 @@ import torch
 import yaml
 from dataclasses import asdict
 
-from ssm_distill.core import has_module
 from ssm_distill.train import latest_checkpoint, save_tiny_teacher, tiny_run_config
 from ssm_distill.widgets import MixingExplorer, TrainerPanel
 
@@ -82,7 +81,6 @@ def test_explorer_dropdowns_and_text_change_the_figures(teacher_dir):
     assert len(ex.tokens) > n and len(ex.heatmaps.data[0].x) == len(ex.tokens)
 
 
-@pytest.mark.skipif(not has_module('ssm_distill.matrices'), reason='ssm_distill.matrices (branch matrices) is not merged yet')
 def test_matrix_class_panel_fits_the_head(teacher_dir):
     from ssm_distill.teachers import load_teacher
     ex = MixingExplorer(load_teacher(teacher_dir), text='one two one two one two', fit_classes=True, class_sizes=(1, 4))
