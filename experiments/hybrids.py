@@ -4,7 +4,7 @@ MOHAWK 1+2+3 (the split of `mohawk_stages.py`) into a Phi-Mamba student whose `s
 teacher's attention (QKV-copied, trained in stage 3); stages 1-2 align the mixer layers only. The papers' hybrids
 (e.g. Mamba-in-the-Llama, MOHAWK's hybrid Phi-Mamba) recover more of the teacher with more attention kept.
 """
-from common import bars, base_config, parse, recipe, run_configs, step_tokens, table, write_figure
+from runner import bars, base_config, parse, recipe, run_configs, step_tokens, table, write_figure
 from mohawk_stages import SHARES
 
 KEPT = ([], [0], [3], [0, 3], [1, 2])   # none; the first or the last; both ends or the middle two

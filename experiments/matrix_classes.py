@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from common import parse, write_figure
+from runner import parse, write_figure
 from ssm_distill.eval import eval_blocks
 from ssm_distill.matrices import FitConfig, fit_matrix_class
 from ssm_distill.sweeps import mean_std

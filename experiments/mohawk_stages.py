@@ -4,7 +4,7 @@ Built-in teacher -> Phi-Mamba student (QKV copy), the demo's data (blocks of 128
 (Bick et al. 2024, Phi-Mamba, average zero-shot accuracy) reports stages 1+2+3: 62.7, 2+3: 62.3, 3 only: 54.5,
 2 only: 53.3. Here the measures are held-out perplexity and top-1 agreement with the teacher.
 """
-from common import base_config, bars, parse, recipe, run_configs, step_tokens, table, write_figure
+from runner import base_config, bars, parse, recipe, run_configs, step_tokens, table, write_figure
 
 # the full recipe's split; MOHAWK's own (2.7% / 5.3% / 92% of 3B tokens) would give stage 1 under two steps here
 SHARES = {1: 1/8, 2: 2/8, 3: 5/8}

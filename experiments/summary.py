@@ -2,7 +2,7 @@
 import json, sys
 from pathlib import Path
 
-from common import RESULTS
+from runner import RESULTS
 from ssm_distill.sweeps import fmt_mean_std, mean_std
 
 

@@ -5,7 +5,7 @@ QKV-copied from teacher layers 1 and 3). Each transfer objective trains for thre
 the last quarter stands in for the paper's downstream fine-tuning; KD alone for all tokens is the baseline. HS is run
 with every layer map of `ssm_distill.losses.LAYER_MAPS` (but `last_k`, which is `last` at its default k = 1). Measures: held-out perplexity and agreement with the teacher.
 """
-from common import bars, base_config, parse, run_configs, step_tokens, table, write_figure
+from runner import bars, base_config, parse, run_configs, step_tokens, table, write_figure
 from ssm_distill.losses import LAYER_MAPS
 
 # every layer map but last_k (with its default k = 1 it is 'last')

@@ -4,7 +4,7 @@ Every mixer of `ssm_distill.mixers.MIXERS` as a student of the built-in teacher 
 QKV copy, by matrix mixing (QKV copy, then each mixer fitted to the teacher's attention matrices) or at random, and
 trained with hidden-state alignment (MOHAWK stage 2) before KD or by KD alone, at equal tokens.
 """
-from common import base_config, bars, parse, recipe, run_configs, step_tokens, table, write_figure
+from runner import base_config, bars, parse, recipe, run_configs, step_tokens, table, write_figure
 from ssm_distill.mixers import MIXERS
 
 # (init, hidden-state alignment): the default recipe first, then one change each

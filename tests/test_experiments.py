@@ -6,7 +6,7 @@ import pytest
 
 EXP = Path(__file__).parents[1]/'experiments'
 sys.path.insert(0, str(EXP))
-from common import recipe  # noqa: E402
+from runner import recipe  # noqa: E402
 
 
 def test_recipe_keeps_the_total_and_moves_dropped_tokens():
