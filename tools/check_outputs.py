@@ -15,9 +15,9 @@ if '--strip-widgets' in sys.argv:
         if nb.get('metadata', {}).pop('widgets', None) is not None:
             p.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n'); print(f'stripped widget state: {p.relative_to(root)}')
     sys.exit(0)
-outputs = [str(p.relative_to(root)) for p in nbs if p.parent.name != 'tutorials'
-           and any(c.get('outputs') for c in json.loads(p.read_text())['cells'])]
-widgets = [str(p.relative_to(root)) for p in nbs if 'widgets' in json.loads(p.read_text()).get('metadata', {})]
+books = {str(p.relative_to(root)): (p, json.loads(p.read_text())) for p in nbs}   # each notebook read once
+outputs = [n for n, (p, nb) in books.items() if p.parent.name != 'tutorials' and any(c.get('outputs') for c in nb['cells'])]
+widgets = [n for n, (p, nb) in books.items() if 'widgets' in nb.get('metadata', {})]
 if outputs:
     print('these notebooks carry outputs; clear them (Jupyter: Edit > Clear Outputs of All Cells) and commit:')
     print('\n'.join(f'  {b}' for b in outputs))
