@@ -1,4 +1,4 @@
-"""Softmax attention, linear attention, RetNet, simple GLA / Mamba-2 SSD, GLA and an LTI (S4D-like) mixer,
+"""Softmax attention, linear attention, RetNet, simple GLA / Mamba-2 SSD, GLA, an LTI (S4D-like) mixer and a long convolution,
 each as a mixing matrix, a chunked parallel form and a recurrent form, plus the shared machinery.
 
 Docs: https://ssm-distill.github.io/ssm_distill/kernels.html.md"""
@@ -30,7 +30,8 @@ __all__ = ['FEATURE_MAPS', 'decayed_scores', 'sub_chunk_size', 'factorised_limit
            'recurrent_linear_attention', 'linear_attention_mixing_matrix', 'naive_linear_attention', 'linear_attention',
            'softmax_attention_mixing_matrix', 'naive_softmax_attention', 'chunk_softmax_attention',
            'recurrent_softmax_attention', 'naive_softmax_attention_step', 'softmax_attention', 'lti_kernel',
-           'toeplitz_matrix', 'toeplitz_mixer', 'chunk_s4d', 'recurrent_s4d', 's4d_mixing_matrix', 'naive_s4d', 's4d']
+           'toeplitz_matrix', 'toeplitz_mixer', 'chunk_s4d', 'recurrent_s4d', 's4d_mixing_matrix', 'naive_s4d', 's4d',
+           'chunk_toeplitz', 'recurrent_toeplitz', 'toeplitz_kernel_matrix', 'naive_toeplitz', 'toeplitz']
 
 # %% ../nbs/01_kernels.ipynb #967e41e1
 def decayed_scores(q:torch.Tensor, # [..., T, H, K] (already scaled)
@@ -728,3 +729,85 @@ def _s4d_inputs(B, T, H, K, V, dtype=torch.float64, generator=None):
 
 FAMILIES['s4d'] = Family(s4d, chunk_s4d, recurrent_s4d, naive_s4d, s4d_mixing_matrix, _s4d_inputs,
                          doc='diagonal LTI SSM: Toeplitz, data-independent')
+
+# %% ../nbs/01_kernels.ipynb #ee8c330d
+def _taps(kernel:torch.Tensor, # [H, L]
+          T:int, # how many taps are needed
+         ) -> torch.Tensor: # [H, T]
+    "The first `T` taps of the kernel, zeros past its end (lags beyond `L − 1` see nothing)."
+    L = kernel.shape[-1]
+    return kernel[:, :T] if L >= T else F.pad(kernel, (0, T - L))
+
+def _check_toeplitz(v, kernel, initial_state=None):
+    check_shapes(v=(v, 'B T H P'), kernel=(kernel, 'H L'))
+    if initial_state is not None:
+        B, _, H, P = v.shape
+        check_shapes(initial_state=(initial_state, 'B H W P'))
+        require(tuple(initial_state.shape) == (B, H, kernel.shape[-1] - 1, P),
+                f"initial_state has shape {tuple(initial_state.shape)} but a kernel of {kernel.shape[-1]} taps keeps the "
+                f"last {kernel.shape[-1] - 1} inputs: [B, H, L - 1, P] = {(B, H, kernel.shape[-1] - 1, P)}")
+
+def _history(v, initial_state):
+    "The inputs the convolution sees, time-major: the state's (oldest first) then `v`, `[B, W + T, H, P]`."
+    if initial_state is None: return v
+    return torch.cat([rearrange(initial_state.to(v.dtype), 'b h w p -> b w h p'), v], 1)
+
+def _last_inputs(xs:torch.Tensor, # [B, S, H, P] inputs, time-major
+                 W:int, # how many to keep
+                ) -> torch.Tensor: # [B, H, W, P], zeros where there were fewer than W inputs
+    "The state after `xs`: its last `W` inputs."
+    xs = F.pad(xs, (0, 0, 0, 0, max(0, W - xs.shape[1]), 0))                   # zeros before the start
+    return rearrange(xs[:, xs.shape[1] - W:], 'b w h p -> b h w p')
+
+def chunk_toeplitz(v:torch.Tensor, # [B, T, H, P] values
+                   kernel:torch.Tensor, # [H, L] taps per head and lag
+                   initial_state:torch.Tensor|None=None, # [B, H, L-1, P] the previous inputs
+                   output_final_state:bool=False, # also return the state after the last token
+                   chunk_size:int=64, # unused (the FFT needs no chunks); kept for the common signature
+                  ) -> tuple[torch.Tensor, torch.Tensor|None]:
+    "A long convolution by FFT: `o[t] = Σ_j kernel[j] v[t − j]`, continuing from the previous inputs."
+    _check_toeplitz(v, kernel, initial_state)
+    xs = _history(v, initial_state)                                            # (B, W+T, H, P)
+    o = toeplitz_mixer(xs, _taps(kernel, xs.shape[1]))[:, xs.shape[1] - v.shape[1]:]   # (B, T, H, P)
+    return o, (_last_inputs(xs, kernel.shape[-1] - 1) if output_final_state else None)
+
+def recurrent_toeplitz(v, kernel, initial_state=None, output_final_state=False):
+    "The same convolution token by token, through a shift register of the last `L − 1` inputs."
+    _check_toeplitz(v, kernel, initial_state)
+    B, T, H, P = v.shape
+    S = v.new_zeros(B, H, kernel.shape[-1] - 1, P) if initial_state is None else initial_state.to(v.dtype)
+    taps = kernel.flip(-1).to(v.dtype)                                         # (H, L): taps[l] weighs the input L-1-l steps back
+    out = []
+    for t in range(T):
+        xs = torch.cat([S, v[:, t, :, None]], 2)                               # (B, H, L, P): oldest first, v_t last
+        out.append(torch.einsum('hl,bhlp->bhp', taps, xs))                     # (B, H, P)
+        S = xs[:, :, 1:]
+    return torch.stack(out, 1), (S if output_final_state else None)            # (B, T, H, P)
+
+def toeplitz_kernel_matrix(kernel, v=None, seq_len:int|None=None):
+    "The mixing matrix `[B, H, T, T]`, `M[t, s] = kernel[t − s]` (B = 1 unless `v` is given; T from `v` or `seq_len`)."
+    require(v is not None or seq_len is not None, "pass v or seq_len so the matrix knows T")
+    T, Bsz = (seq_len, 1) if v is None else (v.shape[1], v.shape[0])
+    return toeplitz_matrix(_taps(kernel, T)).expand(Bsz, -1, -1, -1)          # (B, H, T, T)
+
+def naive_toeplitz(v, kernel):
+    "The long convolution, quadratic form."
+    return mix(toeplitz_kernel_matrix(kernel, v), v), None
+
+def toeplitz(v:torch.Tensor, # [B, T, H, P]
+             kernel:torch.Tensor, # [H, L]
+             initial_state:torch.Tensor|None=None, # [B, H, L-1, P]
+             output_final_state:bool=False, # also return the final state
+             chunk_size:int=64, # unused
+             backend:str='auto', # 'auto' or 'torch' (no fast kernel)
+            ) -> tuple[torch.Tensor, torch.Tensor|None]:
+    "A causal convolution with a free kernel per head: `o, final_state`; its mixing matrix is any Toeplitz matrix."
+    pick_backend(backend, None, v, 'toeplitz')
+    return chunk_toeplitz(v, kernel, initial_state, output_final_state, chunk_size)
+
+def _toeplitz_inputs(B, T, H, K, V, dtype=torch.float64, generator=None):
+    r = lambda *s: randn(*s, dtype=dtype, generator=generator)
+    return dict(v=r(B, T, H, V), kernel=r(H, T // 2 + 3) / T ** 0.5)   # fewer taps than T: the window cuts off
+
+FAMILIES['toeplitz'] = Family(toeplitz, chunk_toeplitz, recurrent_toeplitz, naive_toeplitz, toeplitz_kernel_matrix,
+                              _toeplitz_inputs, doc='long convolution: any Toeplitz matrix, data-independent')

@@ -277,6 +277,8 @@ MIXER_CLASSES = dict(   # each mixer's own parametrisation of its kernel's matri
     mlstm=MatrixClass(lambda T, q, k, i, f: _per_head(mlstm_mixing_matrix(
         _heads(q), _heads(k), _heads(i), _heads(f), scale=1.0), q), svd_and_gates(i=('t', 0.), f=('t', 3.)),
         doc='normalised, stabilised exp(i) input and sigmoid(f) forget gates'),
+    # the mixers built from MOHAWK's structured classes are those classes: scale is absorbed into q, taps are free
+    low_rank=MATRIX_CLASSES['low_rank'], toeplitz=MATRIX_CLASSES['toeplitz'],
 )
 MATRIX_CLASSES.update(MIXER_CLASSES)
 

@@ -25,7 +25,8 @@ __all__ = ['QK_NORMS', 'ACTIVATIONS', 'MIXERS', 'AttentionWeights', 'rotate_half
            'Mamba2Config', 'Mamba2', 'tiny_mixer', 'PhiMambaConfig', 'PhiMamba', 'MambaConfig', 'Mamba', 'GLAConfig',
            'GLA', 'RetNetConfig', 'RetNet', 'HGRN2Config', 'HGRN2', 'DeltaNetConfig', 'DeltaNet', 'GatedDeltaNetConfig',
            'GatedDeltaNet', 'MLSTMConfig', 'MLSTM', 'LinearAttentionConfig', 'LinearAttention', 'HedgehogConfig',
-           'Hedgehog', 'tiny_rotary', 'values_path']
+           'Hedgehog', 'LowRankConfig', 'LowRank', 'ema_kernels', 'ToeplitzConfig', 'Toeplitz', 'tiny_rotary',
+           'values_path']
 
 # %% ../nbs/02_mixers.ipynb #dc8ed565
 QK_NORMS = {'rms': nn.RMSNorm, 'layer': nn.LayerNorm}  # per-head q/k norms that teachers use (Qwen3 / OLMo-2, Phi)
@@ -285,7 +286,7 @@ class Mixer(nn.Module):
     family: str = ''                # the kernel family in `ssm_distill.kernels.FAMILIES`
     pad_zero: tuple = ('k', 'g')    # kernel arguments zeroed at padded positions (no write, no decay)
     qkv_parts: dict = dict(q='q', k='k', v='v')  # teacher projection -> part of `in_proj` it is copied into
-    qkv_args: tuple = ('q', 'k', 'v')  # the kernel arguments that play Q, K, V (mamba-ssm: "[x, B, C] correspond to V, K, Q")
+    qkv_args: tuple = ('q', 'k', 'v')  # the kernel arguments that play Q, K, V (mamba-ssm: "[x, B, C] correspond to V, K, Q"); () if none
 
     def __init__(self, d_model:int, n_heads:int, head_dim:int|None=None, n_kv_heads:int|None=None, **kw):
         super().__init__()
@@ -369,6 +370,8 @@ class Mixer(nn.Module):
             attention_mask:torch.Tensor|None=None, # [B, T], 1 = token, 0 = padding
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: # each [B, T, H, *]
         "The queries, keys and values this layer computes for `x` (C, B, x for SSMs), time-major: what MiniLM-style losses compare."
+        require(len(self.qkv_args) == 3, f"{type(self).__name__} has no queries and keys (its mixing matrix does not depend on "
+                "the input), so Q/K/V relation losses (the mha stage) cannot compare it; use kd, od or hs stages, or another mixer")
         args, _, _ = self.kernel_inputs(x, rotary=rotary, attention_mask=attention_mask)
         return tuple(args[n] for n in self.qkv_args)
 
@@ -927,6 +930,59 @@ class Hedgehog(LinearAttention):
 
     def build_feature_maps(self, c):
         self.q_map, self.k_map = HedgehogFeatureMap(c.head_dim, c.n_heads), HedgehogFeatureMap(c.head_dim, c.n_heads)
+
+# %% ../nbs/02_mixers.ipynb #88da6c43
+@dataclass
+class LowRankConfig(LinearAttentionConfig):
+    "Options of `LowRank`: linear attention with the identity feature map and no normaliser."
+    feature_map: str = 'identity'
+    normalize: bool = False
+
+@MIXERS.register('low_rank')
+class LowRank(LinearAttention):
+    "Causal low-rank mixing `M = tril(q kᵀ) · scale` (MOHAWK's low-rank class): QKV-copied, it is attention without the softmax."
+    config_cls = LowRankConfig
+
+def ema_kernels(n_heads:int, # H
+                max_len:int, # L taps
+                decay_min:float=0.5, decay_max:float=0.97, # γ of the first and the last head
+               ) -> torch.Tensor: # [H, L]
+    "Per-head moving averages `(1 − γ_h) γ_h^j`, `γ_h` spread evenly in log(1 − γ) from `decay_min` to `decay_max`."
+    require(0 < decay_min <= decay_max < 1, f"decay_min={decay_min} and decay_max={decay_max} must satisfy 0 < decay_min <= decay_max < 1")
+    lo, hi = math.log(1 - decay_min), math.log(1 - decay_max)
+    gamma = 1 - torch.linspace(lo, hi, n_heads, dtype=torch.float64).exp()          # (H,)
+    j = torch.arange(max_len, dtype=torch.float64)
+    return ((1 - gamma)[:, None] * gamma[:, None] ** j).float()                      # (H, L)
+
+@dataclass
+class ToeplitzConfig(MixerConfig):
+    "Options of `Toeplitz`."
+    max_len: int = 2048          # L, taps per head: each token mixes the last L inputs (older ones fall out)
+    decay_min: float = 0.5       # the initial kernels are moving averages with γ from decay_min (head 0) ...
+    decay_max: float = 0.97      # ... to decay_max (the last head)
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.max_len >= 1, f"max_len={self.max_len}: the kernel needs at least one tap, e.g. the teacher's context length")
+
+@MIXERS.register('toeplitz')
+class Toeplitz(Mixer):
+    "A long convolution per head, `M[t, s] = κ_h[t − s]`, the same for every input (MOHAWK's Toeplitz class); values `V x`."
+    config_cls, family, pad_zero = ToeplitzConfig, 'toeplitz', ('v',)
+    qkv_parts, qkv_args = dict(v='v'), ()
+
+    def build(self, c):
+        self.build_qkv(c, names='v')
+        self.norm = GatedNorm(c.inner, None, None, None)
+        self.taps = nn.Parameter(ema_kernels(c.n_heads, c.max_len, c.decay_min, c.decay_max))   # (H, L)
+
+    def features(self, x, conv, new_conv, rotary):
+        (v,) = self.heads(self.in_proj(x), 'v', conv, new_conv)
+        return dict(v=v, kernel=self.taps.to(v.dtype)), {}
+
+    def init_ssm_state(self, batch_size, device, dtype):
+        c = self.config   # the shift register: the last max_len - 1 values
+        return torch.zeros(batch_size, c.n_heads, c.max_len - 1, c.head_dim, device=device, dtype=dtype)
 
 # %% ../nbs/02_mixers.ipynb #3913edbb
 def tiny_rotary(m:nn.Module, T:int, B:int=2, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:

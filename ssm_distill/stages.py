@@ -269,6 +269,12 @@ class HS(Stage):
 
 class QKVStage(Stage):
     "A stage on one teacher layer's queries, keys and values against the student's last mixer layer's (C, B, x for SSMs)."
+    def check(self, cfg, i):
+        m = cfg.student.mixer
+        return [] if m not in MIXERS or MIXERS[m].qkv_args else [
+            f"stages[{i}].kind: {cfg.stages[i].kind} compares queries, keys and values, but mixer {m!r} has no queries and keys "
+            f"(its mixing matrix does not depend on the input); use kd, od or hs stages, or another mixer"]
+
     def check_teacher(self, cfg, i, n_layers, other_sizes, teacher_layers, mixer_layers):
         t = self.opt.teacher_layer
         return [] if -n_layers <= t < n_layers else [

@@ -50,6 +50,18 @@ def test_options_belong_to_their_kind():
         load_config({'total_tokens': 10**6, 'stages': [{'kind': 'kd', 'temprature': 4}]})
 
 
+def test_qkv_stages_refuse_a_mixer_without_queries_and_keys(teacher_dir, tmp_path):
+    "The Toeplitz student has no Q and K: mha and direct_minilm say so when the config loads; the stages it can take run."
+    base = asdict(tiny_run_config(teacher_dir, tmp_path/'run', mixer='toeplitz'))
+    for kind in ('mha', 'direct_minilm'):
+        with pytest.raises(SsmDistillError, match=rf"stages\[0\].kind: {kind} compares queries, keys and values, but mixer 'toeplitz'"):
+            load_config({**base, 'stages': [dict(kind=kind, tokens=256)]})
+    cfg = {**base, 'stages': [dict(kind='matrix_orientation', tokens=8 * 4 * 32, lr=3e-2, warmup=0.0, schedule='constant')]}
+    Distiller(cfg, progress=False).run()
+    losses = _step_losses(tmp_path/'run')
+    assert sum(losses[-2:]) < 0.9 * sum(losses[:2]), losses   # its kernels fit the attention matrices
+
+
 def test_a_plugin_stage_runs_from_a_config(teacher_dir, tmp_path):
     "A Stage subclass registered outside the package runs through Distiller from a plain config, its option checked."
     @dataclass
