@@ -21,9 +21,10 @@ SEQ_LEN, BATCH, EVAL_BLOCKS = 128, 8, 32
 QUICK = dict(seq_len=32, batch_size=4, eval_blocks=8, max_tokens=40_000)
 
 
-def parse(doc:str) -> argparse.Namespace:
-    "The command line of every script: --quick (tiny budgets, one seed, results under results/quick/), --seeds."
+def parse(doc:str, extra=None) -> argparse.Namespace:
+    "The command line of every script: --quick (tiny budgets, one seed, results under results/quick/), --seeds; `extra(parser)` adds a script's own."
     p = argparse.ArgumentParser(description=doc)
+    if extra: extra(p)
     p.add_argument('--quick', action='store_true', help='tiny budgets and one seed (seconds): checks the script runs')
     p.add_argument('--seeds', type=int, nargs='+', default=None, help='seeds (each sets seed and data.seed; default 0 1 2)')
     p.add_argument('--out', default=None, help='results folder (default experiments/results, or results/quick with --quick)')

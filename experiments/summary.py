@@ -23,6 +23,16 @@ def matrix_rows(res:dict) -> str:
     return '\n'.join(lines)
 
 
+def stage_rows(res:dict) -> str:
+    "The measures taken after every stage (`<measure>@<stage>` in each row's summary), mean ± std."
+    m = res['meta']['per_stage']
+    stages = sorted({int(k.split('@')[1]) for k in res['rows'][0]['summary'] if '@' in k})
+    lines = ['| run | ' + ' | '.join(f"{x} after {' / '.join(map(str, stages))}" for x in m) + ' |', '|---|' + '---|' * len(m)]
+    for r in res['rows']:
+        cell = lambda x: ' / '.join(fmt_mean_std(r['summary'][f'{x}@{s}'], 1 if x == 'perplexity' else 3) for s in stages)
+        lines.append(f"| {r['name']} | " + ' | '.join(cell(x) for x in m) + ' |')
+    return '\n'.join(lines)
+
 if __name__ == '__main__':
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
     for f in sorted(folder.glob('*.json')):
@@ -31,3 +41,4 @@ if __name__ == '__main__':
         if res['experiment'] != 'matrix_classes':
             print(f"teacher perplexity {res['rows'][0]['summary']['teacher_perplexity']['mean']:.2f}; seeds {res['seeds']}\n")
         print(matrix_rows(res) if res['experiment'] == 'matrix_classes' else sweep_rows(res))
+        if res['meta'].get('per_stage'): print('\n' + stage_rows(res))

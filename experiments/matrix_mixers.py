@@ -1,0 +1,89 @@
+"""(b) MOHAWK's mixer ablation: students whose mixing matrices are Toeplitz, low-rank, SSD or diagonal, distilled alike.
+
+Bick et al. 2024 (§5.1) fit each class of structured matrices to attention (`matrix_classes.py` repeats that) and
+then distil students of the classes, finding that the class that fits attention better also makes the better student
+(SSD-based Phi-Mamba over low-rank and Toeplitz mixers). Here the built-in teacher is distilled into four students
+that differ only in their mixer: `toeplitz` (a long convolution per head, data-independent), `low_rank` (linear
+attention with the identity feature map, no normaliser), `phi_mamba` (MOHAWK's discrete SSD) and `gla` (a decay per
+step and key channel: diagonal). Each gets the QKV copy and the full MOHAWK recipe (1+2+3, split as in
+`mohawk_stages.py`) at 32,768 tokens, where MOHAWK beat KD alone. After every stage the held-out matrix error
+(stage 1's measure: ‖M_student − A_teacher‖_F per head), the relative hidden-state error (stage 2's: ‖mixer(x) −
+attention(x)‖ / ‖attention(x)‖ per token, given the teacher's input) and the perplexity are measured on the held-out
+blocks.
+"""
+import tempfile, time, shutil
+from dataclasses import asdict
+
+from runner import METRICS, base_config, parse, recipe, step_tokens, table, write_figure, write_results
+from mohawk_stages import SHARES
+from summary import stage_rows
+from ssm_distill.eval import distill_metrics
+from ssm_distill.sweeps import REPORT_KEYS, fmt_mean_std, seeded, summarise, vary
+from ssm_distill.train import Callback, Distiller, load_run_teacher
+
+STUDENTS = {'toeplitz': 'Toeplitz', 'low_rank': 'low-rank', 'phi_mamba': 'SSD', 'gla': 'diagonal'}
+STAGE_NAMES = ('1 matrix', '2 hidden', '3 KD')
+FULL_TOKENS, QUICK_TOKENS = 32768, 512
+PER_STAGE = ('mixing', 'hidden_rel', 'perplexity')   # measured after every stage
+
+
+class StageErrors(Callback):
+    "After every stage: the held-out matrix error, relative hidden-state error and perplexity of the student."
+    def __init__(self): self.after = []
+
+    def on_stage_end(self, d, stage, metrics):
+        r = distill_metrics(d.accelerator.unwrap_model(d.student), d.teacher, d.data.eval, batch_size=d.cfg.data.batch_size)
+        mean = lambda per_layer: sum(per_layer) / len(per_layer)
+        self.after.append(dict(mixing=mean([mean(h) for h in r.mixing_error.values()]),
+                               hidden_rel=mean(list(r.hidden_rel_error.values())), perplexity=r.perplexity))
+
+
+def configs(quick:bool) -> dict:
+    total = QUICK_TOKENS if quick else FULL_TOKENS
+    return {name: base_config(quick, total, recipe((1, 2, 3), total, SHARES, step_tokens(quick)), mixer=mixer)
+            for mixer, name in STUDENTS.items()}
+
+
+def run_student(cfg, seeds, teacher) -> tuple[list[dict], float]:
+    "One student over the seeds: each run's report numbers plus the per-stage errors (`<measure>@<stage>`)."
+    t0, runs = time.time(), []
+    for s in seeds:
+        folder, cb = tempfile.mkdtemp(prefix='ssm_distill_mixers'), StageErrors()
+        try: rep = Distiller(vary(seeded(cfg, s), out=folder), [cb], teacher=teacher, progress=False).run(resume=False)
+        finally: shutil.rmtree(folder, ignore_errors=True)
+        per_stage = {f'{k}@{i + 1}': v for i, row in enumerate(cb.after) for k, v in row.items()}
+        runs.append(dict(seed=s, **{k: rep[k] for k in REPORT_KEYS}, **per_stage))
+    return runs, time.time() - t0
+
+
+def figure(rows, teacher_ppl:float):
+    "Three panels, one per measure, each student's mean ± std after each stage."
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    titles = ('matrix error ‖M − A‖_F (stage 1)', 'relative hidden-state error (stage 2)', f'held-out perplexity (teacher {teacher_ppl:.1f})')
+    fig = make_subplots(1, 3, subplot_titles=titles)
+    for ci, m in enumerate(PER_STAGE):
+        for ri, r in enumerate(rows):
+            s = [r['summary'][f'{m}@{i}'] for i in (1, 2, 3)]
+            fig.add_trace(go.Scatter(x=list(STAGE_NAMES), y=[x['mean'] for x in s], error_y=dict(type='data', array=[x['std'] for x in s]),
+                                     name=r['name'], legendgroup=r['name'], showlegend=ci == 0, mode='lines+markers',
+                                     line=dict(color=('#ef553b', '#ab63fa', '#636efa', '#00cc96')[ri % 4])), 1, ci + 1)
+    fig.update_xaxes(title_text='after stage'); fig.update_yaxes(type='log', col=3)
+    fig.update_layout(template='plotly_white', title="MOHAWK's mixer ablation: one recipe, four matrix classes (mean ± std over seeds)")
+    return fig
+
+
+if __name__ == '__main__':
+    args = parse(__doc__)
+    teacher, cfgs, rows, t0 = load_run_teacher('builtin'), configs(args.quick), [], time.time()
+    meta = dict(total_tokens=QUICK_TOKENS if args.quick else FULL_TOKENS, shares=SHARES, students=STUDENTS, metrics=METRICS,
+                per_stage=PER_STAGE, configs={k: asdict(c) for k, c in cfgs.items()})
+    for name, cfg in cfgs.items():
+        runs, wall = run_student(cfg, args.seeds, teacher)
+        keys = list(REPORT_KEYS) + [f'{m}@{s}' for m in PER_STAGE for s in (1, 2, 3)]
+        rows.append(dict(name=name, mixer=cfg.student.mixer, runs=runs, summary=summarise(runs, keys), wall_s=wall))
+        print(f"  {name}: " + ', '.join(f"{k} {fmt_mean_std(rows[-1]['summary'][k], 3)}" for k in METRICS) + f" ({wall:.0f} s)", flush=True)
+        write_results('matrix_mixers', args, meta, rows, time.time() - t0)
+    table(rows)
+    print(stage_rows(dict(meta=meta, rows=rows)))
+    write_figure('matrix_mixers', args, figure(rows, rows[0]['summary']['teacher_perplexity']['mean']))
