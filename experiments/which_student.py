@@ -27,15 +27,15 @@ def student_config(mixer:str, variant:str, quick:bool, total:int):
                        options=dict(mixing_steps=MIXING_STEPS) if init == 'mixing' else {})
 
 
-ABLATED = ('phi_mamba', 'gla')   # the mixers that get every variant (the budget allows two); the others get the default
+ABLATED = ('phi_mamba', 'gla', 'mamba2', 'retnet', 'deltanet')   # the mixers that get every variant, one per family; the others get the default
 
 
 def configs(quick:bool, total:int|None=None) -> dict:
     "Every mixer with the default variant, then the other variants of the ABLATED mixers: `<mixer> <variant>` -> RunConfig."
     total = total or (QUICK_TOKENS if quick else FULL_TOKENS)
-    mixers = list(ABLATED) if quick else list(MIXERS)
+    mixers = list(ABLATED[:2]) if quick else list(MIXERS)
     first, *others = VARIANTS
-    pairs = [(m, first) for m in mixers] + [(m, v) for m in ABLATED for v in (others[:1] if quick else others)]
+    pairs = [(m, first) for m in mixers] + [(m, v) for m in (ABLATED[:2] if quick else ABLATED) for v in (others[:1] if quick else others)]
     return {f'{m} {v}': student_config(m, v, quick, total) for m, v in pairs}
 
 

@@ -950,8 +950,9 @@ def ema_kernels(n_heads:int, # H
     "Per-head moving averages `(1 − γ_h) γ_h^j`, `γ_h` spread evenly in log(1 − γ) from `decay_min` to `decay_max`."
     require(0 < decay_min <= decay_max < 1, f"decay_min={decay_min} and decay_max={decay_max} must satisfy 0 < decay_min <= decay_max < 1")
     lo, hi = math.log(1 - decay_min), math.log(1 - decay_max)
-    gamma = 1 - torch.linspace(lo, hi, n_heads, dtype=torch.float64).exp()          # (H,)
-    j = torch.arange(max_len, dtype=torch.float64)
+    # on the CPU whatever the ambient device: from_pretrained builds the model under a meta-device context
+    gamma = 1 - torch.linspace(lo, hi, n_heads, dtype=torch.float64, device='cpu').exp()   # (H,)
+    j = torch.arange(max_len, dtype=torch.float64, device='cpu')
     return ((1 - gamma)[:, None] * gamma[:, None] ** j).float()                      # (H, L)
 
 @dataclass

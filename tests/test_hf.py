@@ -191,6 +191,16 @@ def test_top_level_config_and_generation_config(teachers, tmp_path):
     again = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert again.generation_config.max_new_tokens == 7 and again.config.vocab_size == t.config.vocab_size
 
+@pytest.mark.parametrize('mixer', list(MIXERS))
+def test_every_mixer_saves_and_reloads_by_auto_class(teachers, tmp_path, mixer):
+    "from_pretrained builds the model under a meta-device context: every mixer's own initialisation must survive it."
+    s = build_student(teachers['llama'], mixer).eval()
+    with torch.no_grad():
+        for p in s.parameters(): p.add_(0.01 * torch.randn_like(p))   # weights that no initialisation reproduces
+    s.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad(): assert torch.equal(again(ids()).logits, s(ids()).logits), mixer
+
 @pytest.mark.parametrize('how', ['bf16', 'fp16', 'auto-bf16'])
 def test_load_in_another_dtype(teachers, tmp_path, how):
     s = build_student(teachers['llama'], 'gla', attention_layers=[1])
