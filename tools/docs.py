@@ -70,17 +70,39 @@ def plotly_html(fig_json:dict, div:int) -> str:
     return pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=f'fig{div}')
 
 
+def api_docs(src:str, module:str, page:str) -> tuple[list[str], list[str]]:
+    "nbdev's `show_doc` of each public function and class an exported cell defines, as markdown; and the problems found."
+    import ast, importlib
+    from nbdev.showdoc import show_doc
+    mod = importlib.import_module(f'ssm_distill.{module}')
+    public = set(getattr(mod, '__all__', []))
+    names = [n.name for n in ast.parse(src).body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in public]
+    docs, problems = [], []
+    for name in names:
+        try: md = show_doc(getattr(mod, name))._repr_markdown_()
+        except Exception as e: problems.append(f"{page}: no signature table for {module}.{name}: {e}"); continue
+        docs.append(re.sub(r'^\[source\]\(.*$\n?', '', md, flags=re.M))   # nbdev's source link (no line number without Quarto)
+    return docs, problems
+
+
 def prepare(nb:dict, page:str) -> list[str]:
-    "Make `nb` (a dict) ready for HTML in place: hidden cells and directives out, plotly figures as HTML; the problems found."
+    """Make `nb` (a dict) ready for HTML in place: hidden cells and directives out, plotly figures as HTML, each exported
+    function's and class's signature table (nbdev's `show_doc`) under its code; the problems found."""
     import nbformat
-    problems, cells, n_fig = [], [], 0
+    problems, cells, n_fig, module = [], [], 0, None
     for c in nb['cells']:
         src = ''.join(c['source']) if isinstance(c['source'], list) else c['source']
         c.get('metadata', {}).pop('execution', None)   # execnb's timings (numbers, where the format wants strings)
         if c['cell_type'] == 'code':
             ds = directives(src)
+            module = next((d.split()[1] for d in ds if d.startswith('default_exp ') and len(d.split()) > 1), module)
             if 'hide' in ds or not strip_directives(src).strip(): continue
             c['source'] = strip_directives(src)
+            if module and {'export', 'exports'} & set(ds):
+                docs, bad = api_docs(c['source'], module, page)
+                problems += bad
+                after = [nbformat.v4.new_markdown_cell(md) for md in docs]
+            else: after = []
             for o in c.get('outputs', []):
                 if o.get('output_type') == 'error':
                     problems.append(f"{page}: a cell raised {o.get('ename')}: {o.get('evalue')}")
@@ -90,6 +112,7 @@ def prepare(nb:dict, page:str) -> list[str]:
                     except Exception as e: problems.append(f"{page}: a plotly figure cannot be drawn: {e}")
                 data.pop(PLOTLY_MIME, None)
                 data.pop('application/vnd.jupyter.widget-view+json', None)
+            cells += [c, *after]; continue
         cells.append(c)
     nb['cells'] = cells
     nb.get('metadata', {}).pop('widgets', None)
