@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .core import SsmDistillError, Registry, get_device, log, require, seed_everything, supports_bf16
 from .data import DataConfig, PackedData, PackedDataset, ResumableBatchSampler, build_data, heldout_overlap
-from .loop import SCHEDULES, adamw, evaluate, lr_factor
+from .loop import SCHEDULES, adamw, evaluate, lr_schedule
 from .mixers import MIXERS
 from .stages import MOHAWK_TOKENS, STAGES, Stage, causal_lm, field_default, kinds_taking, stage_options, teacher_rotary
 from .students import STUDENT_GROUPS, build_student, build_student_from_config, set_trainable_groups, uniform_teacher_layers
@@ -417,7 +417,7 @@ def make_optimizer(student, stage:StageConfig, extra:nn.Module|None=None) -> tor
 
 def make_scheduler(opt, stage:StageConfig, total_steps:int):
     "Warm-up then `stage.schedule`, as a `LambdaLR` (its state is the step count: resumable)."
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, stage.warmup, stage.schedule, stage.min_lr_ratio))
+    return lr_schedule(opt, total_steps, stage.warmup, stage.schedule, stage.min_lr_ratio)
 
 # %% ../nbs/07_train.ipynb #58240f38
 @dataclass
