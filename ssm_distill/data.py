@@ -22,7 +22,8 @@ __all__ = ['STDLIB_SKIP', 'STDLIB_SKIP_PARTS', 'CORPUS_VERSION', 'SOURCES', 'FIL
            'build_builtin_corpus', 'read_jsonl', 'load_builtin_corpus', 'count_tokens', 'corpus_stats', 'DataConfig',
            'builtin_texts', 'read_txt', 'read_parquet', 'list_files', 'file_texts', 'hub_texts', 'load_texts',
            'is_held_out', 'heldout_overlap', 'tokenize_and_pack', 'PackedDataset', 'ResumableBatchSampler',
-           'make_dataloader', 'infinite_batches', 'PackedData', 'read_texts', 'build_data']
+           'make_dataloader', 'infinite_batches', 'PackedData', 'read_texts', 'build_data', 'memory_texts',
+           'in_memory_data']
 
 # %% ../nbs/05_data.ipynb #7cb14a96
 def cache_dir() -> Path:
@@ -187,7 +188,7 @@ def corpus_stats(texts:list[str]|None=None, # documents; the built-in corpus if 
 @dataclass
 class DataConfig:
     "Where the text comes from, how it is packed into blocks, split and batched."
-    source:str = 'builtin' # a key of `SOURCES`: 'builtin', 'files' or 'hub'
+    source:str = 'builtin' # a key of `SOURCES`: 'builtin', 'files', 'hub', or 'memory' (token blocks handed over in memory: `in_memory_data`)
     path:str|None = None # files: a file, a folder or a glob pattern
     name:str|None = None # hub: dataset name or builder ('roneneldan/TinyStories', 'json', ...)
     config:str|None = None # hub: dataset configuration name
@@ -425,4 +426,31 @@ def build_data(cfg:DataConfig, # what to read and how to cut it
     stats = dict(documents=len(texts), train_documents=len(train_txt), eval_documents=len(eval_txt),
                  characters=sum(map(len, texts)), train_blocks=len(train), eval_blocks=len(ev),
                  train_tokens=train.numel(), eval_tokens=ev.numel(), seq_len=cfg.seq_len)
+    return PackedData(cfg, PackedDataset(train), PackedDataset(ev), stats)
+
+# %% ../nbs/05_data.ipynb #3a3abbd2
+@SOURCES.register('memory')
+def memory_texts(cfg:DataConfig) -> Iterator[str]:
+    "No text to read: the blocks of source 'memory' come from `in_memory_data`."
+    require(False, "data.source='memory' has no text to read: build its blocks with in_memory_data(cfg, train, eval), "
+                   "or pass them to the trainer (Distiller(config, data=(train, eval)))")
+
+def in_memory_data(cfg:DataConfig, # source 'memory'; its `batch_size`, `seed` (the order) and `shuffle` apply
+                   train:torch.Tensor, # [N, T] token ids to train on (T = cfg.seq_len)
+                   eval:torch.Tensor|None, # [M, T] held-out token ids, drawn apart from `train`
+                  ) -> PackedData:
+    "Token blocks already in memory (a synthetic task's sequences) as the `PackedData` a trainer reads."
+    require(cfg.source == 'memory', f"in_memory_data: data.source is {cfg.source!r}; set data.source: memory for blocks held in memory")
+    require(eval is not None, "in-memory data: no held-out blocks; give eval, an [M, T] tensor of sequences drawn apart from the "
+                              "training ones (the run reports the student's held-out perplexity and teacher agreement on them)")
+    for name, b in (('train', train), ('eval', eval)):
+        require(isinstance(b, torch.Tensor) and b.dim() == 2 and not b.is_floating_point() and len(b) >= 1,
+                f"in-memory data: {name} must be a non-empty integer tensor [N, T] of token ids, got "
+                f"{tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__}{f' {b.dtype}' if isinstance(b, torch.Tensor) else ''}")
+        require(b.shape[1] == cfg.seq_len, f"in-memory data: the {name} blocks hold {b.shape[1]} tokens each but data.seq_len is "
+                f"{cfg.seq_len}; set data.seq_len: {b.shape[1]} (token budgets count seq_len tokens per block)")
+    train, ev = train.long().cpu(), eval.long().cpu()
+    digest = hashlib.blake2b(train.numpy().tobytes() + ev.numpy().tobytes(), digest_size=8).hexdigest()
+    stats = dict(source='memory', train_blocks=len(train), eval_blocks=len(ev), train_tokens=train.numel(),
+                 eval_tokens=ev.numel(), seq_len=cfg.seq_len, fingerprint=digest)
     return PackedData(cfg, PackedDataset(train), PackedDataset(ev), stats)

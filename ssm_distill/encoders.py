@@ -18,7 +18,7 @@ from torch import nn
 from .core import require
 from .stages import STAGES, Stage
 from .teachers import Teacher
-from .loop import lr_factor
+from .loop import adamw, lr_schedule
 
 # %% auto #0
 __all__ = ['EncoderLM', 'encoder_student', 'distil_encoder', 'mean_pool', 'sentence_embeddings', 'ranks', 'spearman',
@@ -77,7 +77,9 @@ def distil_encoder(student:EncoderLM, # trained in place
                    kind:str, # a task-agnostic key of stages.STAGES: 'od', 'hs', 'mha', 'direct_minilm'
                    batches:Iterable[torch.Tensor], # token blocks (B, T), one per optimizer step
                    options:dict|None=None, # the kind's options, e.g. {'layer_map': 'last'} for 'hs'
-                   lr:float=1e-4, warmup:float=0.1, grad_clip:float=1.0,
+                   lr:float=1e-4, warmup:float=0.1, # peak learning rate; warm-up as a share of the steps (then cosine to 0.1 x lr)
+                   weight_decay:float=0.01, betas:tuple=(0.9, 0.999), # BERT's AdamW settings (decay on matrices only)
+                   grad_clip:float=1.0,
                    progress:bool=True, # a tqdm bar
                   ) -> list[dict]:
     "Train `student` on `batches` with stage `kind`'s targets and loss; the loss (and the stage's logs) of every step."
@@ -86,9 +88,10 @@ def distil_encoder(student:EncoderLM, # trained in place
     require(len(batches) > 0, "distil_encoder: no batches; give at least one (B, T) block of token ids")
     teacher.requires_grad_(False)
     aux = stage.aux(student, teacher, batches[0])
-    params = [p for p in student.parameters() if p.requires_grad] + (list(aux.parameters()) if aux is not None else [])
-    opt = torch.optim.AdamW(params, lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, len(batches), warmup))
+    named = list(student.named_parameters()) + (list(aux.named_parameters()) if aux is not None else [])
+    params = [p for _, p in named if p.requires_grad]
+    opt = adamw(named, lr, weight_decay, betas)
+    sched = lr_schedule(opt, len(batches), warmup)
     history = []
     for ids in tqdm(batches, desc=kind, disable=not progress, mininterval=0.5):
         with torch.no_grad(): targets = stage.targets(teacher, ids, {})

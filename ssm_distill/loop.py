@@ -16,7 +16,7 @@ from torch import nn
 from .core import Registry, require, supports_bf16
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'lr_multiplier', 'lr_factor', 'adamw', 'causal_lm', 'as_blocks', 'autocast', 'evaluate']
+__all__ = ['SCHEDULES', 'lr_multiplier', 'lr_factor', 'lr_schedule', 'adamw', 'causal_lm', 'as_blocks', 'autocast', 'evaluate']
 
 # %% ../nbs/04a_loop.ipynb #9995b3e7
 # learning-rate shapes after warm-up: factor of progress p in [0, 1] (p = 1 at the last step) and the floor ratio m
@@ -40,6 +40,12 @@ def lr_factor(step:int, total:int, warmup:float, # warm-up as a share of `total`
               schedule:str='cosine', min_ratio:float=0.1) -> float:
     "`lr_multiplier` with the warm-up given as a share of the steps (`int(warmup * total)` steps)."
     return lr_multiplier(step, total, int(warmup * total), schedule, min_ratio)
+
+def lr_schedule(opt:torch.optim.Optimizer, total:int, # optimizer steps in all
+                warmup:float=0.1, # warm-up as a share of `total`
+                schedule:str='cosine', min_ratio:float=0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    "`lr_factor` as a `LambdaLR` on `opt` (step it after each optimizer step; its state is the step count, so it resumes)."
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, schedule, min_ratio))
 
 # %% ../nbs/04a_loop.ipynb #ac6208c5
 def adamw(params:Iterable[tuple[str, nn.Parameter]], # named parameters (`model.named_parameters()`, chained for several)

@@ -114,6 +114,7 @@ def layer_sum(fn, layers) -> tuple[torch.Tensor, dict]:
 class LayerwiseStage(Stage):
     "A stage whose loss is a sum over mixer layers, each fed the teacher's input of its teacher layer (MOHAWK stages 1-2)."
     trainable = ('mixers',)
+    same_sizes = ('hidden_size', 'n_heads', 'intermediate_size')   # the student sizes that must be the teacher's
 
     def student_layers(self, student) -> list[int]:
         return list(self.opt.layers) if self.opt.layers is not None else list(student.mixer_layers)
@@ -121,9 +122,10 @@ class LayerwiseStage(Stage):
     def check_teacher(self, cfg, i, n_layers, other_sizes, teacher_layers, mixer_layers):
         kind, p = cfg.stages[i].kind, f"stages[{i}]"
         bad = [l for l in self.opt.layers or [] if l not in mixer_layers]
+        differ = sorted(s for s in other_sizes if s in self.same_sizes)
         return [m for ok, m in [
-            (not other_sizes, f"{p}: {kind} aligns each student layer with a teacher layer, which needs the teacher's sizes, "
-                              f"but the student's {', '.join(sorted(other_sizes))} differ; use kd, od, hs or mha stages for this student"),
+            (not differ, f"{p}: {kind} aligns each student layer with a teacher layer, which needs the teacher's {', '.join(self.same_sizes)}, "
+                         f"but the student's {', '.join(differ)} differ; use kd, od, hs or mha stages for this student"),
             (len(set(teacher_layers)) == len(teacher_layers), f"student.teacher_layers={teacher_layers} repeats a teacher layer; "
                               f"{kind} ({p}) aligns each student layer with its own teacher layer"),
             (bool(mixer_layers), f"{p}: {kind} aligns mixer layers, but every layer keeps attention (student.attention_layers); "
@@ -176,6 +178,7 @@ class HiddenStateAlignmentOptions:
 class HiddenStateAlignment(LayerwiseStage):
     "MOHAWK stage 2: each mixer's (or block's) output given the teacher's input, against the teacher's, L2 per token."
     Options, share, doc = HiddenStateAlignmentOptions, MOHAWK_TOKENS['hidden_state_alignment'] / sum(MOHAWK_TOKENS.values()), 'MOHAWK stage 2: per-layer outputs given the teacher input'
+    same_sizes = ('hidden_size', 'intermediate_size')   # the heads may differ: it compares [B, T, D] outputs
 
     def groups(self): return self.trainable if self.opt.freeze_mlp else ('mixers', 'mlps', 'norms')
 

@@ -1,4 +1,4 @@
-"""Multi-query associative recall (MQAR, as in the Zoology benchmark) as token batches, its recall accuracy, a tiny attention teacher trained on it, and a distillation loop over the package's stages for in-memory synthetic data.
+"""Multi-query associative recall (MQAR, as in the Zoology benchmark) as token batches, its recall accuracy, a tiny attention teacher trained on it, and its sequences as in-memory data for the `Distiller`.
 
 Docs: https://ssm-distill.github.io/ssm_distill/synthetic.html.md"""
 
@@ -13,12 +13,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .core import require
-from .students import set_trainable_groups
-from .train import StageConfig, StageModule, make_optimizer, make_scheduler
+from .loop import adamw, lr_schedule
 
 # %% auto #0
 __all__ = ['MQARConfig', 'MQARBatch', 'mqar_batch', 'recall_accuracy', 'recall_loss', 'tiny_llama', 'recall_eval', 'train_recall',
-           'distill_on_batches']
+           'mqar_blocks']
 
 # %% ../nbs/12_synthetic.ipynb #920b759b
 @dataclass
@@ -99,13 +98,15 @@ def recall_eval(model, cfg:MQARConfig, n:int=512, seed:int=12345) -> float:
     return acc
 
 # %% ../nbs/12_synthetic.ipynb #5fafe957
-def train_recall(model, cfg:MQARConfig, steps:int=1000, batch_size:int=64, lr:float=3e-3, warmup:int=50,
+def train_recall(model, cfg:MQARConfig, steps:int=1000, batch_size:int=64,
+                 lr:float=3e-3, warmup:float=0.05, # peak learning rate, reached after `warmup` x `steps` steps, then constant
+                 weight_decay:float=0.1, betas:tuple=(0.9, 0.95), # AdamW (`loop.adamw`: decay on matrices only)
                  stop_at:float=0.99, # stop once the held-out recall reaches this
                  eval_every:int=50, seed:int=0, progress:bool=True) -> list[dict]:
     "Train `model` on fresh MQAR batches (AdamW, answer-only loss); the history of `step, loss, recall`."
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    opt = adamw(model.named_parameters(), lr, weight_decay, betas)
+    sched = lr_schedule(opt, steps, warmup, 'constant')   # constant after warm-up: the run stops when recall passes `stop_at`
     history = []; model.train()
     bar = tqdm(range(steps), disable=not progress, mininterval=0.2, leave=False, desc='teacher')
     for step in bar:
@@ -120,30 +121,11 @@ def train_recall(model, cfg:MQARConfig, steps:int=1000, batch_size:int=64, lr:fl
     model.eval()
     return history
 
-# %% ../nbs/12_synthetic.ipynb #0c5d3582
-def distill_on_batches(student, teacher, # a `StudentForCausalLM` and its `Teacher` (same depth)
-                       stages:list[StageConfig], # the stages, in order; each `tokens` is ignored: `steps` counts
-                       batches, # () -> [B, T] token ids, a fresh batch per call
-                       steps:list[int], # optimizer steps per stage
-                       progress:bool=True) -> list[dict]:
-    "Run `stages` on in-memory batches (no data pipeline, no checkpoints); the history of `stage, step, loss`."
-    require(len(stages) == len(steps), f"{len(stages)} stages but {len(steps)} step counts; give one count per stage")
-    history = []
-    for si, (sc, n) in enumerate(zip(stages, steps)):
-        stage = sc.stage
-        set_trainable_groups(student, sc.groups())
-        layers = {l: l for l in stage.student_layers(student)}                       # student layer -> teacher layer
-        module = StageModule(student, stage, layers)
-        opt = make_optimizer(student, sc); sched = make_scheduler(opt, sc, n)
-        params = [p for p in student.parameters() if p.requires_grad]
-        student.train()
-        for step in tqdm(range(n), disable=not progress, mininterval=0.2, leave=False, desc=sc.name or sc.kind):
-            ids = batches()
-            with torch.no_grad(): targets = stage.targets(teacher, ids, layers)
-            loss, _ = module(ids, targets)
-            opt.zero_grad(set_to_none=True); loss.backward()
-            if sc.grad_clip: torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
-            opt.step(); sched.step()
-            history.append(dict(stage=sc.name or f"{si + 1}-{sc.kind}", step=step + 1, loss=loss.item()))
-    set_trainable_groups(student, ('all',)); student.eval()
-    return history
+# %% ../nbs/12_synthetic.ipynb #bc061dcb
+def mqar_blocks(cfg:MQARConfig, n_train:int, # training sequences (a run of S steps of B sequences reads S x B)
+                n_eval:int=256, # held-out sequences
+                seed:int=0) -> tuple[torch.Tensor, torch.Tensor]: # ([n_train, T], [n_eval, T]) token ids
+    "Training and held-out MQAR sequences, the `data=(train, eval)` of a `Distiller` run with `data.source: memory`."
+    train = mqar_batch(cfg, n_train, torch.Generator().manual_seed(seed)).ids                   # (n_train, T)
+    held = mqar_batch(cfg, n_eval, torch.Generator().manual_seed(seed + 1_000_003)).ids          # (n_eval, T)
+    return train, held

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .core import SsmDistillError, Registry, get_device, log, require, seed_everything, supports_bf16
-from .data import DataConfig, PackedData, PackedDataset, ResumableBatchSampler, build_data, heldout_overlap
-from .loop import SCHEDULES, adamw, evaluate, lr_factor
+from .data import DataConfig, PackedData, PackedDataset, ResumableBatchSampler, build_data, heldout_overlap, in_memory_data
+from .loop import SCHEDULES, adamw, evaluate, lr_schedule
 from .mixers import MIXERS
 from .stages import MOHAWK_TOKENS, STAGES, Stage, causal_lm, field_default, kinds_taking, stage_options, teacher_rotary
 from .students import STUDENT_GROUPS, build_student, build_student_from_config, set_trainable_groups, uniform_teacher_layers
@@ -34,7 +34,7 @@ __all__ = ['LIST_ITEM_TYPES', 'MIXED_PRECISION', 'TRACKERS', 'EVENT_HOOKS', 'Con
            'TrackerLogger', 'StopAfter', 'RunState', 'rng_state', 'set_rng_state', 'checkpoints', 'latest_checkpoint',
            'save_checkpoint', 'read_checkpoint_state', 'load_student_weights', 'NonFiniteLossError', 'StageModule',
            'StageStream', 'load_run_teacher', 'default_callbacks', 'Distiller', 'run_data_config',
-           'warn_teacher_overlap', 'distill', 'save_tiny_teacher', 'tiny_run_config']
+           'warn_teacher_overlap', 'check_token_ids', 'distill', 'save_tiny_teacher', 'tiny_run_config']
 
 # %% ../nbs/07_train.ipynb #7263de12
 class ConfigError(SsmDistillError):
@@ -370,19 +370,20 @@ def validate_for_teacher(cfg:RunConfig, # the run config
                          n_layers:int, # the teacher's depth
                          sizes:dict|None=None, # the teacher's `hidden_size`, `n_heads`, `intermediate_size` (None: not checked)
                         ) -> RunConfig:
-    "Checks that need the teacher's size: layer indices in range; copying and layer-wise stages only at the teacher's width."
+    "Checks that need the teacher's size: layer indices in range; copying only at the teacher's width, layer-wise stages where their sizes match."
     st = cfg.student
     try: src = student_teacher_layers(cfg, n_layers)
     except SsmDistillError as e: raise ConfigError([f"student.n_layers: {e}"])
     L = len(src)
     bad_src, bad_attn = [i for i in src if not 0 <= i < n_layers], [i for i in st.attention_layers if not 0 <= i < L]
     other = {k: v for k, v in (sizes or {}).items() if getattr(st, k) not in (None, v)}   # sizes that differ from the teacher's
+    reshaped = [k for k in other if k != 'n_heads']   # the sizes that change a block's tensors (heads split the same projections)
     mixer_layers = [i for i in range(L) if i not in st.attention_layers]
     raise_problems([(not bad_src, f"student.teacher_layers: {bad_src} out of range; the teacher has {n_layers} layers (0..{n_layers - 1})"),
         (not bad_attn, f"student.attention_layers: {bad_attn} out of range; the student has {L} layers "
                        f"(0..{L - 1}: the teacher's depth unless student.n_layers or student.teacher_layers says otherwise)"),
-        (not other or st.init == 'random', f"student.init={st.init!r} copies the teacher's attention into the mixers, which needs the teacher's "
-            f"{', '.join(f'{k}={v}' for k, v in (sizes or {}).items() if k in other)}; use init: random for this student"),
+        (not reshaped or st.init == 'random', f"student.init={st.init!r} copies the teacher's attention into the mixers, which needs the teacher's "
+            f"{', '.join(f'{k}={v}' for k, v in (sizes or {}).items() if k in reshaped)}; use init: random for this student"),
         *[(False, m) for i, s in enumerate(cfg.stages) for m in s.stage.check_teacher(cfg, i, n_layers, sorted(other), src, mixer_layers)]])
     return cfg
 
@@ -417,7 +418,7 @@ def make_optimizer(student, stage:StageConfig, extra:nn.Module|None=None) -> tor
 
 def make_scheduler(opt, stage:StageConfig, total_steps:int):
     "Warm-up then `stage.schedule`, as a `LambdaLR` (its state is the step count: resumable)."
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, stage.warmup, stage.schedule, stage.min_lr_ratio))
+    return lr_schedule(opt, total_steps, stage.warmup, stage.schedule, stage.min_lr_ratio)
 
 # %% ../nbs/07_train.ipynb #58240f38
 @dataclass
@@ -560,7 +561,8 @@ def save_checkpoint(distiller, optimizer=None, scheduler=None,
     torch.save(rng_state(), tmp/f'rng-{acc.process_index}.pt')
     acc.wait_for_everyone()
     if acc.is_main_process:
-        (tmp/'state.json').write_text(json.dumps(dict(state=asdict(st), config=distiller.config_dict()), indent=1))
+        (tmp/'state.json').write_text(json.dumps(dict(state=asdict(st), config=distiller.config_dict(),
+                                                      data=distiller.data_fingerprint), indent=1))
         _fsync_tree(tmp)
         if final.exists(): shutil.rmtree(final)
         os.rename(tmp, final)
@@ -634,8 +636,16 @@ class Distiller:
                  callbacks:Iterable[Callback]=(), # extra callbacks (the defaults are added)
                  teacher=None, # a ready `(Teacher, tokenizer)` to use instead of loading `config.teacher`
                  progress:bool=True, # show tqdm progress bars
+                 data:tuple|None=None, # `(train, eval)` token blocks in memory, each [N, seq_len], for data.source: memory
                 ):
         self.cfg = load_config(config, check_teacher=teacher is None)
+        memory = self.cfg.data.source == 'memory'
+        require(memory or data is None, f"Distiller: data= holds token blocks, but data.source is {self.cfg.data.source!r}; "
+                                        f"set data.source: memory to train on them (or drop data= to read the source's text)")
+        require(not memory or (isinstance(data, (tuple, list)) and len(data) == 2),
+                "data.source: memory needs its token blocks: pass Distiller(config, data=(train, eval)), "
+                "two integer tensors [N, seq_len] (training and held-out sequences)")
+        self._data_in = in_memory_data(self.cfg.data, *data) if memory else None
         self.out = Path(self.cfg.out or f"runs/distill-{time.strftime('%Y%m%d-%H%M%S')}")
         self.callbacks = sorted(default_callbacks(self.cfg, progress) + list(callbacks), key=lambda c: c.order)
         self.steps = stage_steps(self.cfg)
@@ -643,6 +653,11 @@ class Distiller:
         self.accelerator, self._prepared, self._stage = None, False, -1
         self._lock = threading.Condition()   # guards the requests below: callbacks and widgets call them from other threads
         self._stop, self._pause, self._paused, self._t_run = False, False, False, time.time()
+
+    @property
+    def data_fingerprint(self) -> str|None:
+        "A hash of the in-memory blocks (`data=`; checkpoints record it, so a resume on other blocks is refused), else None."
+        return None if self._data_in is None else self._data_in.stats['fingerprint']
 
     def config_dict(self) -> dict:
         "The config as plain data (what the checkpoint stores), without `out`."
@@ -717,6 +732,13 @@ def warn_teacher_overlap(cfg:RunConfig, data:PackedData) -> list[int]:
         log.warning(msg); warnings.warn(msg, stacklevel=2)
     return seen
 
+def check_token_ids(data:PackedData, vocab_size:int):
+    "Refuse in-memory blocks holding ids outside the teacher's vocabulary (no tokenizer made them, so nothing else checks)."
+    lo = min(int(data.train.blocks.min()), int(data.eval.blocks.min()))
+    hi = max(int(data.train.blocks.max()), int(data.eval.blocks.max()))
+    require(lo >= 0 and hi < vocab_size, f"data: the in-memory blocks hold token ids {lo}..{hi}, but the teacher's vocabulary has "
+                                         f"{vocab_size} (ids 0..{vocab_size - 1}); draw the blocks in the teacher's vocabulary")
+
 
 # %% ../nbs/07_train.ipynb #2ae19d73
 @patch
@@ -741,9 +763,10 @@ def prepare(self:Distiller, force:bool=False # build everything again (a fresh s
     validate_for_teacher(cfg, self.teacher.n_layers, dict(hidden_size=tc.hidden_size, n_heads=self.teacher.n_heads,
                                                           intermediate_size=getattr(tc, 'intermediate_size', None) or getattr(tc, 'n_inner', None) or 4 * tc.hidden_size))
     causal_lm(self.teacher).to(self.accelerator.device).eval().requires_grad_(False)
-    self.data = build_data(run_data_config(cfg), self.tokenizer)
+    self.data = self._data_in or build_data(run_data_config(cfg), self.tokenizer)
     require(len(self.data.eval) > 0, "data: no held-out blocks to evaluate on; raise data.eval_fraction")
-    warn_teacher_overlap(cfg, self.data)
+    if self._data_in is None: warn_teacher_overlap(cfg, self.data)
+    else: check_token_ids(self.data, tc.vocab_size)
     st = cfg.student
     build = dict(mixer=st.mixer, attention_layers=tuple(st.attention_layers), init=st.init, **st.options)
     self.layer_map = dict(enumerate(student_teacher_layers(cfg, self.teacher.n_layers)))  # student layer -> teacher layer
@@ -751,13 +774,17 @@ def prepare(self:Distiller, force:bool=False # build everything again (a fresh s
                                               intermediate_size=st.intermediate_size, teacher_layers=list(self.layer_map.values()),
                                               seed=cfg.seed, **build)
                     if st.resized else build_student(self.teacher, **build)).to(self.accelerator.device)
+    require(st.init == 'random' or not st.resized or self.student.config.teacher_layers is not None,
+            f"student.init={st.init!r}: the student's blocks do not have the teacher's tensor shapes, so nothing can be copied; use init: random")
     if cfg.log_with: self.accelerator.init_trackers('ssm_distill', config=_flat(self.config_dict()))
     self.state, self._stage, self._prepared, self._trained = RunState(), -1, True, False
     return self
 
 @patch
 def _same_config(self:Distiller, ck:Path) -> bool:
-    return read_checkpoint_state(ck)[1] == json.loads(json.dumps(self.config_dict()))
+    "Whether checkpoint `ck` was written by this config (and, for in-memory data, these very blocks)."
+    same_data = json.loads((ck/'state.json').read_text()).get('data') == self.data_fingerprint
+    return same_data and read_checkpoint_state(ck)[1] == json.loads(json.dumps(self.config_dict()))
 
 @patch
 def _resume(self:Distiller):
@@ -767,8 +794,8 @@ def _resume(self:Distiller):
         return None
     state, _ = read_checkpoint_state(ck)
     require(self._same_config(ck),
-            f"resume: the checkpoint {ck} was written by a different run config; resume with the same config "
-            f"(only `out` may differ) or start a new run folder")
+            f"resume: the checkpoint {ck} was written by a different run config (or other in-memory blocks); resume with "
+            f"the same config (only `out` may differ) and data, or start a new run folder")
     load_student_weights(self.accelerator.unwrap_model(self.student), ck)
     self.state = state
     log.info(f"resuming from {ck}: stage {state.stage}, step {state.step}")
