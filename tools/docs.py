@@ -72,14 +72,18 @@ def plotly_html(fig_json:dict, div:int) -> str:
 
 def api_docs(src:str, module:str, page:str) -> tuple[list[str], list[str]]:
     "nbdev's `show_doc` of each public function and class an exported cell defines, as markdown; and the problems found."
-    import ast, importlib
+    import ast, importlib, inspect
     from nbdev.showdoc import show_doc
     mod = importlib.import_module(f'ssm_distill.{module}')
     public = set(getattr(mod, '__all__', []))
     names = [n.name for n in ast.parse(src).body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in public]
     docs, problems = [], []
     for name in names:
-        try: md = show_doc(getattr(mod, name))._repr_markdown_()
+        obj = getattr(mod, name)
+        try: md = show_doc(obj)._repr_markdown_()
+        except NameError:   # show_doc evaluates string annotations; an inherited one may name a type only its module imports
+            try: md = f"---\n\n### {name}\n\n```python\n{name}{inspect.signature(obj)}\n```\n\n*{inspect.getdoc(obj) or ''}*"
+            except Exception as e: problems.append(f"{page}: no signature table for {module}.{name}: {e}"); continue
         except Exception as e: problems.append(f"{page}: no signature table for {module}.{name}: {e}"); continue
         docs.append(re.sub(r'^\[source\]\(.*$\n?', '', md, flags=re.M))   # nbdev's source link (no line number without Quarto)
     return docs, problems
