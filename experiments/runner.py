@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ssm_distill.cli import demo_config
+from ssm_distill.core import require
 from ssm_distill.sweeps import fmt_mean_std, sweep, sweep_table, vary
 from ssm_distill.train import load_run_teacher
 
@@ -21,13 +22,14 @@ SEQ_LEN, BATCH, EVAL_BLOCKS = 128, 8, 32
 QUICK = dict(seq_len=32, batch_size=4, eval_blocks=8, max_tokens=40_000)
 
 
-def parse(doc:str, extra=None) -> argparse.Namespace:
-    "The command line of every script: --quick (tiny budgets, one seed, results under results/quick/), --seeds; `extra(parser)` adds a script's own."
+def parse(doc:str) -> argparse.Namespace:
+    "The command line of every script: --quick (tiny budgets, one seed, results under results/quick/), --seeds, --missing."
     p = argparse.ArgumentParser(description=doc)
-    if extra: extra(p)
     p.add_argument('--quick', action='store_true', help='tiny budgets and one seed (seconds): checks the script runs')
     p.add_argument('--seeds', type=int, nargs='+', default=None, help='seeds (each sets seed and data.seed; default 0 1 2)')
     p.add_argument('--out', default=None, help='results folder (default experiments/results, or results/quick with --quick)')
+    p.add_argument('--missing', action='store_true',
+                   help='run only the configs missing from the results file (new mixers or variants) and merge them in')
     a = p.parse_args()
     a.seeds = tuple(a.seeds or ((0,) if a.quick else SEEDS))
     a.out = Path(a.out) if a.out else (RESULTS/'quick' if a.quick else RESULTS)
@@ -100,6 +102,23 @@ def write_results(name:str, args, meta:dict, rows:list[dict], wall_s:float) -> P
                    rows=rows)
     path.write_text(json.dumps(payload, indent=1, default=str))
     return path
+
+
+def merge_missing(name:str, cfgs:dict, args, meta:dict, run) -> list[dict]:
+    "Run (`run(configs) -> rows`) only the configs `<out>/<name>.json` lacks, then write every row, in `cfgs` order."
+    path = args.out/f'{name}.json'
+    require(path.exists(), f"--missing adds rows to {path}, which does not exist; run the script without --missing first")
+    old = json.loads(path.read_text())
+    require(old['seeds'] == list(args.seeds), f"{path} was run with seeds {old['seeds']}; pass --seeds {' '.join(map(str, old['seeds']))}")
+    have = {r['name']: r for r in old['rows']}
+    todo = {k: c for k, c in cfgs.items() if k not in have}
+    new = {r['name']: r for r in (run(todo) if todo else [])}
+    (args.out/f'{name}.new.json').unlink(missing_ok=True)   # where `run` saved its rows as they finished
+    rows = [have.get(k) or new[k] for k in cfgs if k in have or k in new]
+    meta = dict(old['meta'], **{k: v for k, v in meta.items() if k != 'configs'},   # what this run says wins; configs add up
+                configs={**old['meta']['configs'], **{k: asdict(c) for k, c in todo.items()}})
+    write_results(name, args, meta, rows, old['wall_s'] + sum(r['wall_s'] for r in new.values()))
+    return rows
 
 
 def write_figure(name:str, args, fig) -> Path:

@@ -4,11 +4,7 @@ Every mixer of `ssm_distill.mixers.MIXERS` as a student of the built-in teacher 
 QKV copy, by matrix mixing (QKV copy, then each mixer fitted to the teacher's attention matrices) or at random, and
 trained with hidden-state alignment (MOHAWK stage 2) before KD or by KD alone, at equal tokens.
 """
-import json
-from dataclasses import asdict
-
-from runner import base_config, parse, recipe, run_configs, step_tokens, table, write_figure, write_results
-from ssm_distill.core import require
+from runner import base_config, merge_missing, parse, recipe, run_configs, step_tokens, table, write_figure
 from ssm_distill.mixers import MIXERS
 
 # (init, hidden-state alignment): the default recipe first, then one change each
@@ -53,27 +49,12 @@ def figure(rows, metric='teacher_agreement'):
     return fig
 
 
-def merge_missing(cfgs:dict, args, meta:dict) -> list[dict]:
-    "Run only the configs that `<out>/which_student.json` lacks (e.g. mixers registered since), then keep every row, in `cfgs` order."
-    path = args.out/'which_student.json'
-    require(path.exists(), f"--missing adds rows to {path}, which does not exist; run the script without --missing first")
-    old = json.loads(path.read_text())
-    require(old['seeds'] == list(args.seeds), f"{path} was run with seeds {old['seeds']}; pass --seeds {' '.join(map(str, old['seeds']))}")
-    have = {r['name']: r for r in old['rows']}
-    new = run_configs('which_student.new', {k: c for k, c in cfgs.items() if k not in have}, args, meta) if set(cfgs) - set(have) else []
-    (args.out/'which_student.new.json').unlink(missing_ok=True)
-    rows = [have.get(k) or next(r for r in new if r['name'] == k) for k in cfgs if k in have or any(r['name'] == k for r in new)]
-    meta = dict(old['meta'], configs={**old['meta']['configs'], **{k: asdict(cfgs[k]) for k in cfgs if k not in have}})
-    write_results('which_student', args, meta, rows, old['wall_s'] + sum(r['wall_s'] for r in new))
-    return rows
-
-
 if __name__ == '__main__':
-    args = parse(__doc__, lambda p: p.add_argument('--missing', action='store_true',
-                 help='run only the configs missing from the results file (new mixers) and merge them in'))
+    args = parse(__doc__)
     cfgs = configs(args.quick)
     meta = dict(total_tokens=(QUICK_TOKENS if args.quick else FULL_TOKENS), shares=SHARES, variants=VARIANTS,
                 mixing_steps=MIXING_STEPS, ablated=ABLATED)
-    rows = merge_missing(cfgs, args, meta) if args.missing else run_configs('which_student', cfgs, args, meta)
+    rows = (merge_missing('which_student', cfgs, args, meta, lambda todo: run_configs('which_student.new', todo, args, meta))
+            if args.missing else run_configs('which_student', cfgs, args, meta))
     table(rows)
     write_figure('which_student', args, figure(rows))

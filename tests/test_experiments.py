@@ -6,7 +6,7 @@ import pytest
 
 EXP = Path(__file__).parents[1]/'experiments'
 sys.path.insert(0, str(EXP))
-from runner import recipe  # noqa: E402
+from runner import merge_missing, recipe  # noqa: E402
 
 
 def test_recipe_keeps_the_total_and_moves_dropped_tokens():
@@ -19,6 +19,31 @@ def test_recipe_keeps_the_total_and_moves_dropped_tokens():
         assert sum(s['tokens'] for s in r) == 8192, kept   # equal tokens whatever is dropped
     assert [s['tokens'] for s in recipe((2, 3), 8192, shares, 1024)] == [3072, 5120]    # stage 1's tokens go to stage 2
     assert [s['tokens'] for s in recipe((2,), 8192, shares, 1024)] == [8192]             # stage 3's go back to stage 2
+
+
+def test_merge_missing_runs_only_what_the_results_lack(tmp_path):
+    "--missing: the configs the results file lacks are run, every row is kept in the configs' order, walls and configs add up."
+    from argparse import Namespace
+    from dataclasses import dataclass
+    from ssm_distill.core import SsmDistillError
+
+    @dataclass
+    class Cfg:
+        x: int
+
+    row = lambda name, wall: dict(name=name, runs=[], summary={}, wall_s=wall)
+    (tmp_path/'exp.json').write_text(json.dumps(dict(seeds=[0, 1], wall_s=10.0, rows=[row('a', 4.0), row('b', 6.0)],
+                                                     meta=dict(configs={'a': {'x': 1}, 'b': {'x': 2}}, note='old'))))
+    args, asked = Namespace(out=tmp_path, seeds=(0, 1), quick=False), []
+    def run(todo):
+        asked.append(sorted(todo))
+        return [row(k, 5.0) for k in todo]
+    rows = merge_missing('exp', {'a': Cfg(1), 'c': Cfg(3), 'b': Cfg(2)}, args, dict(note='new'), run)
+    assert asked == [['c']] and [r['name'] for r in rows] == ['a', 'c', 'b']
+    saved = json.loads((tmp_path/'exp.json').read_text())
+    assert saved['wall_s'] == 15.0 and saved['meta']['configs']['c'] == {'x': 3} and saved['meta']['note'] == 'new'
+    with pytest.raises(SsmDistillError, match='was run with seeds'):
+        merge_missing('exp', {'a': Cfg(1)}, Namespace(out=tmp_path, seeds=(0,), quick=False), {}, run)
 
 
 def run_quick(script:str, out:Path) -> dict:
