@@ -14,7 +14,7 @@ blocks.
 import tempfile, time, shutil
 from dataclasses import asdict
 
-from runner import METRICS, base_config, parse, recipe, step_tokens, table, write_figure, write_results
+from runner import METRICS, base_config, merge_missing, parse, recipe, step_tokens, table, write_figure, write_results
 from mohawk_stages import SHARES
 from summary import stage_rows
 from ssm_distill.eval import distill_metrics
@@ -23,6 +23,7 @@ from ssm_distill.train import Callback, Distiller, load_run_teacher
 
 STUDENTS = {'toeplitz': 'Toeplitz', 'low_rank': 'low-rank', 'phi_mamba': 'SSD', 'gla': 'diagonal'}
 STAGE_NAMES = ('1 matrix', '2 hidden', '3 KD')
+COLOURS = dict(zip(STUDENTS, ('#ef553b', '#ab63fa', '#636efa', '#00cc96')))
 FULL_TOKENS, QUICK_TOKENS = 32768, 512
 PER_STAGE = ('mixing', 'hidden_rel', 'perplexity')   # measured after every stage
 
@@ -38,10 +39,16 @@ class StageErrors(Callback):
                                hidden_rel=mean(list(r.hidden_rel_error.values())), perplexity=r.perplexity))
 
 
+# the control: each student started at a fit of its matrices to the teacher's attention (the `mixing` init: QKV copy,
+# then 100 Adam steps per layer on a calibration batch), which moves it toward its class's best matrices before stage 1
+INITS = {'': dict(init='qkv_copy'), ' + mixing init': dict(init='mixing', options=dict(mixing_steps=100))}
+
+
 def configs(quick:bool) -> dict:
     total = QUICK_TOKENS if quick else FULL_TOKENS
-    return {name: base_config(quick, total, recipe((1, 2, 3), total, SHARES, step_tokens(quick)), mixer=mixer)
-            for mixer, name in STUDENTS.items()}
+    inits = dict(list(INITS.items())[:1]) if quick else INITS
+    return {name + suffix: base_config(quick, total, recipe((1, 2, 3), total, SHARES, step_tokens(quick)), mixer=mixer, **init)
+            for suffix, init in inits.items() for mixer, name in STUDENTS.items()}
 
 
 def run_student(cfg, seeds, teacher) -> tuple[list[dict], float]:
@@ -57,7 +64,7 @@ def run_student(cfg, seeds, teacher) -> tuple[list[dict], float]:
 
 
 def figure(rows, teacher_ppl:float):
-    "Three panels, one per measure, each student's mean ± std after each stage."
+    "Three panels, one per measure, each student's mean ± std after each stage (colour: the class; dashed: the mixing init)."
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
     titles = ('matrix error ‖M − A‖_F (stage 1)', 'relative hidden-state error (stage 2)', f'held-out perplexity (teacher {teacher_ppl:.1f})')
@@ -67,23 +74,31 @@ def figure(rows, teacher_ppl:float):
             s = [r['summary'][f'{m}@{i}'] for i in (1, 2, 3)]
             fig.add_trace(go.Scatter(x=list(STAGE_NAMES), y=[x['mean'] for x in s], error_y=dict(type='data', array=[x['std'] for x in s]),
                                      name=r['name'], legendgroup=r['name'], showlegend=ci == 0, mode='lines+markers',
-                                     line=dict(color=('#ef553b', '#ab63fa', '#636efa', '#00cc96')[ri % 4])), 1, ci + 1)
+                                     line=dict(color=COLOURS[r['mixer']], dash='dash' if 'mixing' in r['name'] else 'solid')), 1, ci + 1)
     fig.update_xaxes(title_text='after stage'); fig.update_yaxes(type='log', col=3)
     fig.update_layout(template='plotly_white', title="MOHAWK's mixer ablation: one recipe, four matrix classes (mean ± std over seeds)")
     return fig
 
 
+def run_all(cfgs:dict, args, meta:dict, teacher, name:str='matrix_mixers') -> list[dict]:
+    "Every config over the seeds, saving `<name>.json` after each (a stopped run keeps what it finished)."
+    rows, t0 = [], time.time()
+    keys = list(REPORT_KEYS) + [f'{m}@{s}' for m in PER_STAGE for s in (1, 2, 3)]
+    for label, cfg in cfgs.items():
+        runs, wall = run_student(cfg, args.seeds, teacher)
+        rows.append(dict(name=label, mixer=cfg.student.mixer, runs=runs, summary=summarise(runs, keys), wall_s=wall))
+        print(f"  {label}: " + ', '.join(f"{k} {fmt_mean_std(rows[-1]['summary'][k], 3)}" for k in METRICS) + f" ({wall:.0f} s)", flush=True)
+        write_results(name, args, meta, rows, time.time() - t0)
+    return rows
+
+
 if __name__ == '__main__':
     args = parse(__doc__)
-    teacher, cfgs, rows, t0 = load_run_teacher('builtin'), configs(args.quick), [], time.time()
-    meta = dict(total_tokens=QUICK_TOKENS if args.quick else FULL_TOKENS, shares=SHARES, students=STUDENTS, metrics=METRICS,
-                per_stage=PER_STAGE, configs={k: asdict(c) for k, c in cfgs.items()})
-    for name, cfg in cfgs.items():
-        runs, wall = run_student(cfg, args.seeds, teacher)
-        keys = list(REPORT_KEYS) + [f'{m}@{s}' for m in PER_STAGE for s in (1, 2, 3)]
-        rows.append(dict(name=name, mixer=cfg.student.mixer, runs=runs, summary=summarise(runs, keys), wall_s=wall))
-        print(f"  {name}: " + ', '.join(f"{k} {fmt_mean_std(rows[-1]['summary'][k], 3)}" for k in METRICS) + f" ({wall:.0f} s)", flush=True)
-        write_results('matrix_mixers', args, meta, rows, time.time() - t0)
+    teacher, cfgs = load_run_teacher('builtin'), configs(args.quick)
+    meta = dict(total_tokens=QUICK_TOKENS if args.quick else FULL_TOKENS, shares=SHARES, students=STUDENTS, inits=INITS,
+                metrics=METRICS, per_stage=PER_STAGE, configs={k: asdict(c) for k, c in cfgs.items()})
+    rows = (merge_missing('matrix_mixers', cfgs, args, meta, lambda todo: run_all(todo, args, meta, teacher, 'matrix_mixers.new'))
+            if args.missing else run_all(cfgs, args, meta, teacher))
     table(rows)
     print(stage_rows(dict(meta=meta, rows=rows)))
     write_figure('matrix_mixers', args, figure(rows, rows[0]['summary']['teacher_perplexity']['mean']))
