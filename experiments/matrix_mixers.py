@@ -11,19 +11,17 @@ step and key channel: diagonal). Each gets the QKV copy and the full MOHAWK reci
 attention(x)‖ / ‖attention(x)‖ per token, given the teacher's input) and the perplexity are measured on the held-out
 blocks.
 """
-import tempfile, time, shutil
 from dataclasses import asdict
 
-from runner import METRICS, base_config, merge_missing, parse, recipe, step_tokens, table, write_figure, write_results
+from runner import METRICS, base_config, merge_missing, parse, recipe, run_configs, step_tokens, table, write_figure
 from mohawk_stages import SHARES
 from summary import stage_rows
 from ssm_distill.eval import distill_metrics
-from ssm_distill.sweeps import REPORT_KEYS, fmt_mean_std, seeded, summarise, vary
-from ssm_distill.train import Callback, Distiller, load_run_teacher
+from ssm_distill.train import Callback, load_run_teacher
 
 STUDENTS = {'toeplitz': 'Toeplitz', 'low_rank': 'low-rank', 'phi_mamba': 'SSD', 'gla': 'diagonal'}
 STAGE_NAMES = ('1 matrix', '2 hidden', '3 KD')
-COLOURS = dict(zip(STUDENTS, ('#ef553b', '#ab63fa', '#636efa', '#00cc96')))
+COLOURS = dict(zip(STUDENTS.values(), ('#ef553b', '#ab63fa', '#636efa', '#00cc96')))   # by the student's name
 FULL_TOKENS, QUICK_TOKENS = 32768, 512
 PER_STAGE = ('mixing', 'hidden_rel', 'perplexity')   # measured after every stage
 
@@ -31,6 +29,10 @@ PER_STAGE = ('mixing', 'hidden_rel', 'perplexity')   # measured after every stag
 class StageErrors(Callback):
     "After every stage: the held-out matrix error, relative hidden-state error and perplexity of the student."
     def __init__(self): self.after = []
+
+    def measures(self) -> dict:
+        "`<measure>@<stage>` (stages from 1): what `sweeps.run_seeds` adds to the run's numbers."
+        return {f'{k}@{i + 1}': v for i, row in enumerate(self.after) for k, v in row.items()}
 
     def on_stage_end(self, d, stage, metrics):
         r = distill_metrics(d.accelerator.unwrap_model(d.student), d.teacher, d.data.eval, batch_size=d.cfg.data.batch_size)
@@ -51,18 +53,6 @@ def configs(quick:bool) -> dict:
             for suffix, init in inits.items() for mixer, name in STUDENTS.items()}
 
 
-def run_student(cfg, seeds, teacher) -> tuple[list[dict], float]:
-    "One student over the seeds: each run's report numbers plus the per-stage errors (`<measure>@<stage>`)."
-    t0, runs = time.time(), []
-    for s in seeds:
-        folder, cb = tempfile.mkdtemp(prefix='ssm_distill_mixers'), StageErrors()
-        try: rep = Distiller(vary(seeded(cfg, s), out=folder), [cb], teacher=teacher, progress=False).run(resume=False)
-        finally: shutil.rmtree(folder, ignore_errors=True)
-        per_stage = {f'{k}@{i + 1}': v for i, row in enumerate(cb.after) for k, v in row.items()}
-        runs.append(dict(seed=s, **{k: rep[k] for k in REPORT_KEYS}, **per_stage))
-    return runs, time.time() - t0
-
-
 def figure(rows, teacher_ppl:float):
     "Three panels, one per measure, each student's mean ± std after each stage (colour: the class; dashed: the mixing init)."
     import plotly.graph_objects as go
@@ -70,26 +60,14 @@ def figure(rows, teacher_ppl:float):
     titles = ('matrix error ‖M − A‖_F (stage 1)', 'relative hidden-state error (stage 2)', f'held-out perplexity (teacher {teacher_ppl:.1f})')
     fig = make_subplots(1, 3, subplot_titles=titles)
     for ci, m in enumerate(PER_STAGE):
-        for ri, r in enumerate(rows):
+        for r in rows:
             s = [r['summary'][f'{m}@{i}'] for i in (1, 2, 3)]
             fig.add_trace(go.Scatter(x=list(STAGE_NAMES), y=[x['mean'] for x in s], error_y=dict(type='data', array=[x['std'] for x in s]),
                                      name=r['name'], legendgroup=r['name'], showlegend=ci == 0, mode='lines+markers',
-                                     line=dict(color=COLOURS[r['mixer']], dash='dash' if 'mixing' in r['name'] else 'solid')), 1, ci + 1)
+                                     line=dict(color=COLOURS[r['name'].split(' + ')[0]], dash='dash' if 'mixing' in r['name'] else 'solid')), 1, ci + 1)
     fig.update_xaxes(title_text='after stage'); fig.update_yaxes(type='log', col=3)
     fig.update_layout(template='plotly_white', title="MOHAWK's mixer ablation: one recipe, four matrix classes (mean ± std over seeds)")
     return fig
-
-
-def run_all(cfgs:dict, args, meta:dict, teacher, name:str='matrix_mixers') -> list[dict]:
-    "Every config over the seeds, saving `<name>.json` after each (a stopped run keeps what it finished)."
-    rows, t0 = [], time.time()
-    keys = list(REPORT_KEYS) + [f'{m}@{s}' for m in PER_STAGE for s in (1, 2, 3)]
-    for label, cfg in cfgs.items():
-        runs, wall = run_student(cfg, args.seeds, teacher)
-        rows.append(dict(name=label, mixer=cfg.student.mixer, runs=runs, summary=summarise(runs, keys), wall_s=wall))
-        print(f"  {label}: " + ', '.join(f"{k} {fmt_mean_std(rows[-1]['summary'][k], 3)}" for k in METRICS) + f" ({wall:.0f} s)", flush=True)
-        write_results(name, args, meta, rows, time.time() - t0)
-    return rows
 
 
 if __name__ == '__main__':
@@ -97,8 +75,9 @@ if __name__ == '__main__':
     teacher, cfgs = load_run_teacher('builtin'), configs(args.quick)
     meta = dict(total_tokens=QUICK_TOKENS if args.quick else FULL_TOKENS, shares=SHARES, students=STUDENTS, inits=INITS,
                 metrics=METRICS, per_stage=PER_STAGE, configs={k: asdict(c) for k, c in cfgs.items()})
-    rows = (merge_missing('matrix_mixers', cfgs, args, meta, lambda todo: run_all(todo, args, meta, teacher, 'matrix_mixers.new'))
-            if args.missing else run_all(cfgs, args, meta, teacher))
+    run = lambda todo, name: run_configs(name, todo, args, meta, teacher, callbacks=lambda: [StageErrors()])
+    rows = (merge_missing('matrix_mixers', cfgs, args, meta, lambda todo: run(todo, 'matrix_mixers.new'))
+            if args.missing else run(cfgs, 'matrix_mixers'))
     table(rows)
     print(stage_rows(dict(meta=meta, rows=rows)))
     write_figure('matrix_mixers', args, figure(rows, rows[0]['summary']['teacher_perplexity']['mean']))

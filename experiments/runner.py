@@ -80,7 +80,9 @@ def step_tokens(quick:bool) -> int:
     return d['seq_len'] * d['batch_size']
 
 
-def run_configs(name:str, configs:dict, args, meta:dict, teacher=None) -> list[dict]:
+def run_configs(name:str, configs:dict, args, meta:dict, teacher=None,
+                callbacks=None, # () -> fresh callbacks per run, whose `measures()` join the run's numbers (`sweeps.run_seeds`)
+               ) -> list[dict]:
     "Sweep `configs` over `args.seeds`, saving `<name>.json` after every config (a stopped run keeps what it finished)."
     t0, rows = time.time(), []
     meta = dict(meta, metrics=METRICS, configs={k: asdict(c) for k, c in configs.items()})
@@ -89,7 +91,7 @@ def run_configs(name:str, configs:dict, args, meta:dict, teacher=None) -> list[d
         print(f"  {row['name']}: " + ', '.join(f"{k} {fmt_mean_std(row['summary'][k], 3)}" for k in METRICS)
               + f" ({row['wall_s']:.0f} s)", flush=True)
         write_results(name, args, meta, rows, time.time() - t0)
-    sweep(configs, seeds=args.seeds, teacher=teacher or load_run_teacher('builtin'), on_row=save)
+    sweep(configs, seeds=args.seeds, teacher=teacher or load_run_teacher('builtin'), on_row=save, callbacks=callbacks)
     return rows
 
 

@@ -54,27 +54,32 @@ def run_seeds(cfg:RunConfig, # the run (its own seeds are replaced)
               teacher=None, # a loaded `(Teacher, tokenizer)` to share between runs (None: load `cfg.teacher` once)
               out:str|None=None, # keep each run in `<out>/seed<k>` (None: temporary folders, deleted)
               progress:bool=False, # tqdm bars of each run
+              callbacks:Callable|None=None, # () -> fresh callbacks for each run; what a callback's `measures()` returns joins the run's numbers
              ) -> list[dict]:
-    "Run `cfg` once per seed; per seed, the report's `REPORT_KEYS` plus `seed`."
+    "Run `cfg` once per seed; per seed, the report's `REPORT_KEYS`, the callbacks' `measures()` and `seed`."
     teacher = teacher or load_run_teacher(cfg.teacher)
     runs = []
     for s in seeds:
         folder = f"{out}/seed{s}" if out else tempfile.mkdtemp(prefix='ssm_distill_seed')
-        try: rep = Distiller(vary(seeded(cfg, s), out=folder), teacher=teacher, progress=progress).run(resume=False)
+        cbs = list(callbacks()) if callbacks else []
+        try: rep = Distiller(vary(seeded(cfg, s), out=folder), cbs, teacher=teacher, progress=progress).run(resume=False)
         finally:
             if not out: shutil.rmtree(folder, ignore_errors=True)
-        runs.append(dict(seed=s, **{k: rep[k] for k in REPORT_KEYS}))
+        measured = {k: v for cb in cbs if hasattr(cb, 'measures') for k, v in cb.measures().items()}
+        runs.append(dict(seed=s, **{k: rep[k] for k in REPORT_KEYS}, **measured))
     return runs
 
 # %% ../nbs/11b_sweeps.ipynb #0415c555
-def summarise(runs:list[dict], keys:Iterable[str]=REPORT_KEYS) -> dict:
-    "`{key: {'mean', 'std'}}` over the runs of one config."
+def summarise(runs:list[dict], keys:Iterable[str]|None=None) -> dict:
+    "`{key: {'mean', 'std'}}` over the runs of one config (default keys: every number a run holds but its `seed`)."
+    keys = keys if keys is not None else [k for k in runs[0] if k != 'seed']
     return {k: dict(zip(('mean', 'std'), mean_std(r[k] for r in runs))) for k in keys}
 
 def sweep(configs:dict, # name -> RunConfig
           seeds:Iterable[int]=(0, 1, 2), teacher=None, # as in `run_seeds`
           on_row:Callable|None=None, # called with each finished row
-          progress:bool=False) -> list[dict]:
+          progress:bool=False, callbacks:Callable|None=None, # as in `run_seeds`
+         ) -> list[dict]:
     "Run every config over `seeds`: rows `{name, runs, summary, wall_s}`."
     require(len(configs) > 0, "sweep: no configs; pass a dict name -> RunConfig")
     cfg0 = next(iter(configs.values()))
@@ -82,7 +87,7 @@ def sweep(configs:dict, # name -> RunConfig
     rows = []
     for name, cfg in configs.items():
         t0 = time.time()
-        runs = run_seeds(cfg, seeds, teacher=teacher, progress=progress)
+        runs = run_seeds(cfg, seeds, teacher=teacher, progress=progress, callbacks=callbacks)
         rows.append(dict(name=name, runs=runs, summary=summarise(runs), wall_s=time.time() - t0))
         if on_row: on_row(rows[-1])
     return rows
