@@ -783,8 +783,8 @@ def prepare(self:Distiller, force:bool=False # build everything again (a fresh s
 @patch
 def _same_config(self:Distiller, ck:Path) -> bool:
     "Whether checkpoint `ck` was written by this config (and, for in-memory data, these very blocks)."
-    same_data = json.loads((ck/'state.json').read_text()).get('data') == self.data_fingerprint
-    return same_data and read_checkpoint_state(ck)[1] == json.loads(json.dumps(self.config_dict()))
+    d = json.loads((ck/'state.json').read_text())   # one read: the config and the data fingerprint beside the state
+    return d.get('data') == self.data_fingerprint and d['config'] == json.loads(json.dumps(self.config_dict()))
 
 @patch
 def _resume(self:Distiller):
