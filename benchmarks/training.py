@@ -29,28 +29,31 @@ STAGE_KINDS = ['matrix_orientation', 'hidden_state_alignment', 'hidden_state_ali
 
 def stage_config(name:str):
     "The StageConfig of a benchmarked stage ('hidden_state_alignment/blocks': stage 2 on whole blocks, MLPs trained)."
-    from ssm_distill.train import StageConfig
+    from ssm_distill.config import StageConfig
     kind, _, variant = name.partition('/')
-    return StageConfig(kind, freeze_mlp=False if variant == 'blocks' else None)
+    return StageConfig(kind, options=dict(freeze_mlp=False) if variant == 'blocks' else None)
 
 
 def stage_step(teacher, student, name:str):
     "A zero-argument callable: one optimizer step of stage `name` on a batch given later (`step(ids)`)."
+    from ssm_distill.loop import optimizer_step
     from ssm_distill.students import set_trainable_groups
-    from ssm_distill.train import STAGES, StageModule, _stage_layers, make_optimizer
-    stage = stage_config(name)
-    kind = STAGES[stage.kind]
+    from ssm_distill.train import StageModule, make_optimizer
+    cfg = stage_config(name)
+    stage = cfg.stage
+    layers = {l: l for l in stage.student_layers(student)}   # a student of the teacher's depth: layer l against layer l
 
     def step(ids):
-        set_trainable_groups(student, stage.groups())
-        layers = _stage_layers(student, stage)
-        opt = step.opt
-        with torch.no_grad(): t = kind.targets(teacher, ids, stage, layers)
-        loss, _ = StageModule(student, stage, layers)(ids, t)
-        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        set_trainable_groups(student, cfg.groups())
+        if step.opt is None:   # the loss's own parameters are built from the first batch, as the Distiller does
+            step.aux = stage.aux(student, teacher, ids[:1])
+            step.opt = make_optimizer(student, cfg, step.aux)
+        with torch.no_grad(): t = stage.targets(teacher, ids, layers)
+        loss, _ = StageModule(student, stage, layers, step.aux)(ids, t)
+        loss.backward()
+        optimizer_step(step.opt, [p for p in student.parameters() if p.requires_grad], cfg.grad_clip)
 
-    set_trainable_groups(student, stage.groups())
-    step.opt = make_optimizer(student, stage)
+    step.opt = None
     return step
 
 

@@ -17,7 +17,8 @@ from runner import METRICS, base_config, merge_missing, parse, recipe, run_confi
 from mohawk_stages import SHARES
 from summary import stage_rows
 from ssm_distill.eval import distill_metrics
-from ssm_distill.train import Callback, load_run_teacher
+from ssm_distill.callbacks import Callback
+from ssm_distill.train import load_run_teacher
 
 STUDENTS = {'toeplitz': 'Toeplitz', 'low_rank': 'low-rank', 'phi_mamba': 'SSD', 'gla': 'diagonal'}
 STAGE_NAMES = ('1 matrix', '2 hidden', '3 KD')

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ssm_distill.cli import demo_config
+from ssm_distill.demo import demo_config
 from ssm_distill.core import require
 from ssm_distill.sweeps import fmt_mean_std, sweep, sweep_table, vary
 from ssm_distill.train import load_run_teacher

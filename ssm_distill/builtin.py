@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from .core import get_device, log, require, seed_everything
 from .data import DataConfig, build_data, infinite_batches, load_builtin_corpus
-from .loop import adamw, autocast, evaluate, lr_multiplier
+from .loop import adamw, autocast, evaluate, lr_multiplier, optimizer_step
 
 # %% auto #0
 __all__ = ['BOS', 'EOS', 'PAD', 'train_tokenizer', 'TeacherRecipeConfig', 'teacher_llama_config', 'head_scores', 'plant_repeats',
@@ -200,8 +200,7 @@ def _update(model, opt, sched, loss:torch.Tensor, cfg:TeacherRecipeConfig, step:
     "One optimiser step on `loss` (a non-finite loss stops the recipe with the fix to try)."
     require(torch.isfinite(loss).item(), f"the loss became {loss.item()} at step {step}; lower lr (now {cfg.lr}) or copy_lr (now {cfg.copy_lr})")
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+    optimizer_step(opt, model.parameters(), cfg.grad_clip, sched)
 
 def _copy_batch_loss(model, cfg:TeacherRecipeConfig, g:torch.Generator, vocab:int, device:torch.device) -> torch.Tensor:
     x, y = copy_blocks(cfg.copy_batch, cfg.copy_block, (cfg.copy_min, cfg.copy_max), g, high=vocab)

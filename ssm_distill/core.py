@@ -6,15 +6,16 @@ Docs: https://ssm-distill.github.io/ssm_distill/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #9aacd40b
 from __future__ import annotations
-import importlib, importlib.metadata, importlib.util, logging, os, random, threading
+import importlib, importlib.metadata, importlib.util, logging, os, random, threading, warnings
 from contextlib import contextmanager
+from typing import Any, Callable
 
 import torch
 
 # %% auto #0
-__all__ = ['SHAPES', 'EXTRAS', 'log', 'DTYPES', 'SsmDistillError', 'require', 'checks_enabled', 'unchecked', 'check_shapes',
-           'Registry', 'has_module', 'optional_import', 'import_error', 'fla_triton_refusal', 'fast_backend_refusal',
-           'pick_backend', 'get_device', 'supports_bf16', 'get_dtype', 'seed_everything']
+__all__ = ['SHAPES', 'EXTRAS', 'log', 'DTYPES', 'SsmDistillError', 'require', 'deprecated_names', 'checks_enabled', 'unchecked',
+           'check_shapes', 'Registry', 'has_module', 'optional_import', 'import_error', 'fla_triton_refusal',
+           'fast_backend_refusal', 'pick_backend', 'get_device', 'supports_bf16', 'get_dtype', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #ac3d20eb
 SHAPES = {
@@ -32,13 +33,29 @@ SHAPES = {
 
 # %% ../nbs/00_core.ipynb #f696687a
 class SsmDistillError(ValueError):
-    "Bad input from the user: the message says what is wrong and how to fix it."
+    "Bad input from the user: the message says what is wrong and how to fix it; `key` names the config key it is about."
+    def __init__(self, *args, key:str|None=None):
+        super().__init__(*args)
+        self.key = key
 
 def require(ok:bool, # the condition that must hold
             msg:str, # what is wrong, then how to fix it
+            key:str|None=None, # the config key the message is about (it starts the message), so a caller can put the path in front
            ) -> None:
-    "Raise `SsmDistillError(msg)` unless `ok`."
-    if not ok: raise SsmDistillError(msg)
+    "Raise `SsmDistillError(msg, key=key)` unless `ok`."
+    if not ok: raise SsmDistillError(msg, key=key)
+
+# %% ../nbs/00_core.ipynb #1de04b08
+def deprecated_names(module:str, # the old module (`__name__`)
+                     moved:dict[str, str], # {name: the module it lives in now}
+                    ) -> Callable[[str], Any]:
+    "A module-level `__getattr__` for `module` that returns each moved name from its new home, with a `DeprecationWarning`."
+    def __getattr__(name:str):
+        if name not in moved: raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        warnings.warn(f"{module}.{name} moved to {moved[name]}.{name}; import it from there (the old name goes in the next release)",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(moved[name]), name)
+    return __getattr__
 
 # %% ../nbs/00_core.ipynb #a3e56d88
 _CHECKS = threading.local()

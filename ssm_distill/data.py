@@ -207,12 +207,12 @@ class DataConfig:
 
     def __post_init__(self):
         SOURCES[self.source]  # raises, listing the valid sources
-        require(isinstance(self.seq_len, int) and self.seq_len >= 2, f"seq_len={self.seq_len!r}: use an integer >= 2, such as 256")
-        require(0 <= self.eval_fraction < 1, f"eval_fraction={self.eval_fraction!r}: use a share in [0, 1), such as 0.05")
-        require(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size={self.batch_size!r}: use a positive integer")
+        require(isinstance(self.seq_len, int) and self.seq_len >= 2, key='seq_len', msg=f"seq_len={self.seq_len!r}: use an integer >= 2, such as 256")
+        require(0 <= self.eval_fraction < 1, key='eval_fraction', msg=f"eval_fraction={self.eval_fraction!r}: use a share in [0, 1), such as 0.05")
+        require(isinstance(self.batch_size, int) and self.batch_size >= 1, key='batch_size', msg=f"batch_size={self.batch_size!r}: use a positive integer")
         require(self.max_tokens is None or self.max_tokens >= self.seq_len,
                 f"max_tokens={self.max_tokens!r} is smaller than one block (seq_len={self.seq_len}); raise it or use None")
-        require(self.eval_blocks is None or self.eval_blocks >= 1, f"eval_blocks={self.eval_blocks!r}: use None or a positive integer")
+        require(self.eval_blocks is None or self.eval_blocks >= 1, key='eval_blocks', msg=f"eval_blocks={self.eval_blocks!r}: use None or a positive integer")
         require(self.source != 'files' or self.path, "source='files' needs path= (a .txt/.jsonl/.parquet file, a folder or a glob)")
         require(self.source != 'hub' or self.name, "source='hub' needs name= (a dataset on the hub, or a builder such as 'json' with data_files=)")
 

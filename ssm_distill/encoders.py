@@ -18,7 +18,7 @@ from torch import nn
 from .core import require
 from .stages import STAGES, Stage
 from .teachers import Teacher
-from .loop import adamw, lr_schedule
+from .loop import adamw, lr_schedule, optimizer_step
 
 # %% auto #0
 __all__ = ['EncoderLM', 'encoder_student', 'distil_encoder', 'mean_pool', 'sentence_embeddings', 'ranks', 'spearman',
@@ -96,8 +96,8 @@ def distil_encoder(student:EncoderLM, # trained in place
     for ids in tqdm(batches, desc=kind, disable=not progress, mininterval=0.5):
         with torch.no_grad(): targets = stage.targets(teacher, ids, {})
         loss, logs = stage.loss(student, ids, targets, {}, aux)
-        opt.zero_grad(set_to_none=True); loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, grad_clip); opt.step(); sched.step()
+        loss.backward()
+        optimizer_step(opt, params, grad_clip, sched)
         history.append(dict(loss=loss.item(), **{k: float(v) for k, v in logs.items()}))
     return history
 

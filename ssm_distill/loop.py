@@ -16,7 +16,8 @@ from torch import nn
 from .core import Registry, require, supports_bf16
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'lr_multiplier', 'lr_factor', 'lr_schedule', 'adamw', 'causal_lm', 'as_blocks', 'autocast', 'evaluate']
+__all__ = ['SCHEDULES', 'lr_multiplier', 'lr_factor', 'lr_schedule', 'adamw', 'optimizer_step', 'causal_lm', 'as_blocks',
+           'autocast', 'evaluate']
 
 # %% ../nbs/04a_loop.ipynb #9995b3e7
 # learning-rate shapes after warm-up: factor of progress p in [0, 1] (p = 1 at the last step) and the floor ratio m
@@ -58,6 +59,22 @@ def adamw(params:Iterable[tuple[str, nn.Parameter]], # named parameters (`model.
         if p.requires_grad: (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
     return torch.optim.AdamW([g for g in groups if g['params']], lr=lr, betas=tuple(betas), fused=fused)
+
+# %% ../nbs/04a_loop.ipynb #3d6a1660
+def optimizer_step(opt:torch.optim.Optimizer,
+                   params:Iterable[nn.Parameter], # the parameters whose gradient norm is clipped
+                   grad_clip:float|None=1.0, # the largest gradient norm (None: measure it, clip nothing)
+                   sched=None, # a learning-rate schedule to step with the optimizer
+                   clip=torch.nn.utils.clip_grad_norm_, # the clipping function `clip(params, max_norm) -> norm`; None: no clipping
+                   check_norm=None, # called with the norm (None where nothing was clipped) before the optimizer steps
+                  ) -> torch.Tensor|None:
+    "Clip, step the optimizer and the schedule, clear the gradients; return the gradient norm before clipping."
+    norm = clip(params, grad_clip or float('inf')) if clip is not None else None
+    if check_norm is not None: check_norm(norm)
+    opt.step()
+    if sched is not None: sched.step()
+    opt.zero_grad(set_to_none=True)
+    return norm
 
 # %% ../nbs/04a_loop.ipynb #41803a20
 def causal_lm(m):

@@ -139,7 +139,7 @@ def _layers_ok(layers) -> bool:
 class MatrixOrientationOptions:
     "Options of MOHAWK stage 1."
     layers:list|None = None # student mixer layers to align (None: all)
-    def __post_init__(self): require(_layers_ok(self.layers), f"layers={self.layers!r}: use a list of layer indices or null")
+    def __post_init__(self): require(_layers_ok(self.layers), key='layers', msg=f"layers={self.layers!r}: use a list of layer indices or null")
 
 def mixer_can_materialize(mixer:str) -> bool:
     "Whether mixer `mixer` (a key of MIXERS) can produce its mixing matrix."
@@ -172,7 +172,7 @@ class HiddenStateAlignmentOptions:
     "Options of MOHAWK stage 2."
     layers:list|None = None # student mixer layers to align (None: all)
     freeze_mlp:bool = True # match mixer outputs against attention outputs (True) or whole blocks, MLPs training too (False)
-    def __post_init__(self): require(_layers_ok(self.layers), f"layers={self.layers!r}: use a list of layer indices or null")
+    def __post_init__(self): require(_layers_ok(self.layers), key='layers', msg=f"layers={self.layers!r}: use a list of layer indices or null")
 
 @STAGES.register('hidden_state_alignment')
 class HiddenStateAlignment(LayerwiseStage):
@@ -201,8 +201,8 @@ class KDOptions:
     hard_weight:float = 0.0 # weight of the hard-label (next-token) cross-entropy added to the soft one
     freeze_mlp:bool = False # keep the MLPs frozen (train mixers, attention, norms, embeddings and the head)
     def __post_init__(self):
-        require(self.temperature > 0, f"temperature={self.temperature!r}: use a positive temperature such as 1.0 or 2.0")
-        require(self.hard_weight >= 0, f"hard_weight={self.hard_weight!r}: use 0 or more")
+        require(self.temperature > 0, key='temperature', msg=f"temperature={self.temperature!r}: use a positive temperature such as 1.0 or 2.0")
+        require(self.hard_weight >= 0, key='hard_weight', msg=f"hard_weight={self.hard_weight!r}: use 0 or more")
 
 def logits_targets(teacher, ids:torch.Tensor) -> dict:
     "The teacher's next-token logits `[B, T, V]`."
@@ -227,7 +227,7 @@ class ODOptions:
     "Options of the output-distribution transfer."
     temperature:float = 1.0 # softmax temperature of both distributions
     def __post_init__(self):
-        require(self.temperature > 0, f"temperature={self.temperature!r}: use a positive temperature such as 1.0 or 2.0")
+        require(self.temperature > 0, key='temperature', msg=f"temperature={self.temperature!r}: use a positive temperature such as 1.0 or 2.0")
 
 @STAGES.register('od')
 class OD(Stage):
@@ -245,8 +245,8 @@ class HSOptions:
     layer_map:str = 'uniform' # how student layers map to teacher layers: a key of losses.LAYER_MAPS
     last_k:int = 1 # k of the 'last_k' layer map
     def __post_init__(self):
-        require(self.layer_map in LAYER_MAPS, f"layer_map={self.layer_map!r}: use one of {', '.join(LAYER_MAPS)}")
-        require(isinstance(self.last_k, int) and self.last_k >= 1, f"last_k={self.last_k!r}: use a positive integer")
+        require(self.layer_map in LAYER_MAPS, key='layer_map', msg=f"layer_map={self.layer_map!r}: use one of {', '.join(LAYER_MAPS)}")
+        require(isinstance(self.last_k, int) and self.last_k >= 1, key='last_k', msg=f"last_k={self.last_k!r}: use a positive integer")
     def map_kw(self) -> dict: return dict(k=self.last_k) if self.layer_map == 'last_k' else {}
 
 def hidden_states(model, ids:torch.Tensor) -> tuple:

@@ -12,7 +12,8 @@ from dataclasses import asdict
 from typing import Callable, Iterable
 
 from .core import require
-from .train import Distiller, RunConfig, load_config, load_run_teacher
+from .config import RunConfig, load_config
+from .train import Distiller, load_run_teacher
 
 # %% auto #0
 __all__ = ['REPORT_KEYS', 'vary', 'seeded', 'mean_std', 'run_seeds', 'summarise', 'sweep', 'fmt_mean_std', 'sweep_table']

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .core import require
-from .loop import adamw, lr_schedule
+from .loop import adamw, lr_schedule, optimizer_step
 
 # %% auto #0
 __all__ = ['MQARConfig', 'MQARBatch', 'mqar_batch', 'recall_accuracy', 'recall_loss', 'tiny_llama', 'recall_eval', 'train_recall',
@@ -112,8 +112,8 @@ def train_recall(model, cfg:MQARConfig, steps:int=1000, batch_size:int=64,
     for step in bar:
         b = mqar_batch(cfg, batch_size, g)
         loss = recall_loss(model(input_ids=b.ids).logits, b)
-        opt.zero_grad(set_to_none=True); loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); sched.step()
+        loss.backward()
+        optimizer_step(opt, model.parameters(), 1.0, sched)
         if (step + 1) % eval_every == 0 or step == steps - 1:
             history.append(dict(step=step + 1, loss=loss.item(), recall=recall_eval(model, cfg)))
             bar.set_postfix_str(f"loss {loss.item():.3f} recall {history[-1]['recall']:.3f}", refresh=False)

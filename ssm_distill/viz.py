@@ -16,7 +16,7 @@ from plotly.subplots import make_subplots
 
 from .core import Registry, log, require, SsmDistillError
 from .stages import teacher_rotary
-from .train import Callback
+from .callbacks import Callback
 
 # %% auto #0
 __all__ = ['COLOUR_SCALES', 'HEADLINE', 'ColourScale', 'log_scale', 'quantile_scale', 'linear_scale', 'diverging_scale',

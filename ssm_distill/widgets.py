@@ -19,7 +19,10 @@ from .core import SsmDistillError, log, require
 from .matrices import fit_matrix_class
 from .mixers import MIXERS
 from .students import STUDENT_INITS
-from .train import STAGES, Callback, Distiller, Event, RunConfig, load_config, load_run_teacher
+from .callbacks import Callback, Event
+from .config import RunConfig, load_config
+from .stages import STAGES
+from .train import Distiller, load_run_teacher
 from .viz import (COLOUR_SCALES, class_error_curves, compare_matrices, head_error_grid, head_errors, layer_matrices,
                              sharpest_head, token_strings)
 
@@ -332,7 +335,7 @@ class TrainerPanel:
                  callbacks:Iterable[Callback]=(), # more callbacks for the run (`HeadSnapshots`, a logger, ...), beside the panel's own
                 ):
         if config is None:
-            from ssm_distill.cli import demo_config
+            from ssm_distill.demo import demo_config
             config = demo_config(f"runs/widgets-{time.strftime('%Y%m%d-%H%M%S')}")
         self.form, self.throttle, self.with_explorer = RunForm(load_config(config)), throttle, explorer
         self.extra_callbacks = list(callbacks)
@@ -406,10 +409,7 @@ class TrainerPanel:
     def save_student(self, path:str|Path|None=None) -> Path|None:
         "Save the current student (`save_pretrained`, with the tokenizer) to `path` (default `<out>/student`); paused or done runs only."
         if not PANEL_STATES[self.state][3]: return None
-        d = self.distiller
-        path = Path(path or d.out/'student')
-        d.accelerator.unwrap_model(d.student).save_pretrained(path)
-        if hasattr(d.tokenizer, 'save_pretrained'): d.tokenizer.save_pretrained(path)
+        path = self.distiller.save_student(path)
         self._note(f'student saved to {path}')
         return path
 

@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssm_distill.cli import build_parser, demo_config, main, run_demo
-from ssm_distill.train import load_config, save_tiny_teacher, tiny_run_config
+from ssm_distill.cli import build_parser, main
+from ssm_distill.config import load_config
+from ssm_distill.demo import demo_config, run_demo
+from ssm_distill.train import save_tiny_teacher, tiny_run_config
 
 
 @pytest.fixture(scope='module')
@@ -98,7 +100,7 @@ def test_teacher_train_tiny(tmp_path, capsys):
 
 def test_distill_check_prints_the_validated_config(tmp_path, capsys):
     "`distill --check` validates and prints the resolved config as YAML, without training."
-    from ssm_distill.cli import example_config
+    from ssm_distill.demo import example_config
     p = tmp_path/'run.yaml'; p.write_text(example_config())
     assert main(['distill', '--config', str(p), '--check', '--out', str(tmp_path/'run')]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)

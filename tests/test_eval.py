@@ -13,7 +13,7 @@ from ssm_distill.eval import (LOCAL_TASKS, direct_scores, distill_metrics, eval_
 from ssm_distill.losses import hidden_state_alignment_loss
 from ssm_distill.students import build_student, build_student_from_config
 from ssm_distill.teachers import load_teacher
-from ssm_distill.train import teacher_rotary
+from ssm_distill.stages import teacher_rotary
 
 lm_eval = pytest.importorskip('lm_eval', reason='lm-eval is the [eval] extra')
 

@@ -7,7 +7,8 @@ import torch
 
 from ssm_distill.core import SsmDistillError
 from ssm_distill.stages import STAGES, Stage, kinds_taking, stage_options
-from ssm_distill.train import Distiller, load_config, save_tiny_teacher, tiny_run_config
+from ssm_distill.config import load_config
+from ssm_distill.train import Distiller, save_tiny_teacher, tiny_run_config
 
 
 @pytest.fixture(scope='module')

@@ -6,7 +6,8 @@ import torch
 import yaml
 from dataclasses import asdict
 
-from ssm_distill.train import latest_checkpoint, save_tiny_teacher, tiny_run_config
+from ssm_distill.checkpoints import latest_checkpoint
+from ssm_distill.train import save_tiny_teacher, tiny_run_config
 from ssm_distill.widgets import MixingExplorer, TrainerPanel
 
 
