@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      'saves them with save_pretrained.',
                          epilog='examples:\n  ssm-distill teacher train --tiny --out runs/teacher   # seconds, for a check\n'
                                 '  ssm-distill teacher train --out runs/teacher --device cuda')
-    tt.add_argument('args', nargs=argparse.REMAINDER, help=argparse.SUPPRESS)   # parsed by the recipe's own parser (`cmd_teacher`)
+    # its arguments are the recipe's own (`builtin.teacher_arg_parser`): `main` hands them over, and `cmd_teacher` parses them
 
     e = sub.add_parser('eval', formatter_class=fmt, help='how close saved students are to their teacher (and lm-eval scores)',
                        description='Held-out perplexity of students saved by runs; with --teacher also top-1 agreement, KL, and '
@@ -200,7 +200,10 @@ COMMANDS = dict(demo=cmd_demo, distill=cmd_distill, teacher=cmd_teacher, eval=cm
 
 def main(argv:list[str]|None=None) -> int:
     "The `ssm-distill` command: parse `argv` and run the command; SsmDistillError -> its message (a line per problem) on stderr, exit status 2."
-    args = build_parser().parse_args(argv)   # --help answers here, before anything heavy is imported
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)   # --help answers here, before anything heavy is imported
+    if args.command == 'teacher': args.args = rest   # the recipe's arguments, parsed by its own parser
+    elif rest: parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from ssm_distill.core import SsmDistillError
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format='%(message)s')
     if not args.verbose: _quiet_hub_bars()
