@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .core import get_device, log, require, seed_everything
+from .core import follow_umask, get_device, log, require, seed_everything
 from .data import DataConfig, build_data, infinite_batches, load_builtin_corpus
 from .loop import adamw, autocast, evaluate, lr_multiplier, optimizer_step
 
@@ -284,6 +284,7 @@ def train_teacher(cfg:TeacherRecipeConfig, # the recipe
     out.mkdir(parents=True, exist_ok=True)
     model.to(save_dtype).save_pretrained(out)
     tokenizer.save_pretrained(out)
+    follow_umask(*out.glob('*.safetensors'))
     report = dict(config=asdict(cfg), data=data.stats, split=dict(source='builtin', split_seed=cfg.seed, eval_fraction=cfg.eval_fraction),
                   first_train_loss=first_loss, final_train_loss=ema,
                   eval_loss=eval_loss, eval_perplexity=math.exp(eval_loss), best_step=max(history, key=lambda h: (h['max_induction_score'] >= cfg.min_induction, -h['eval_loss']))['step'],

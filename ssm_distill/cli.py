@@ -26,8 +26,10 @@ def __getattr__(name:str):
 # %% ../nbs/08_cli.ipynb #be5e8e07
 def eval_student(student_dir:str|Path|list, # one or several folders written by save_pretrained (a run's <out>/student)
                  teacher:str|None=None, # the teacher ('builtin', a folder or a hub name); None: perplexity only
-                 data:str='builtin', # 'builtin', or a local file/folder/glob of .txt/.jsonl/.parquet
-                 seq_len:int=DEMO_SEQ_LEN, max_blocks:int=DEMO_EVAL_BLOCKS, batch_size:int=DEMO_BATCH_SIZE, device:str='cpu',
+                 data:str|None=None, # 'builtin', or a local file/folder/glob of .txt/.jsonl/.parquet (None: the run's own, else 'builtin')
+                 seq_len:int|None=None, # tokens per block (None: the run's, else 128)
+                 max_blocks:int|None=None, # held-out blocks (None: as many as the run evaluated on, else 64)
+                 batch_size:int=DEMO_BATCH_SIZE, device:str='cpu',
                  tasks:list[str]|None=None, # lm-eval tasks for the teacher and every student (the [eval] extra)
                  limit:int|float|None=None, # documents per lm-eval task
                  num_fewshot:int|None=None) -> dict:
@@ -108,9 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                               '--tasks lambada_openai,piqa,hellaswag,arc_easy,arc_challenge,winogrande   # with internet')
     e.add_argument('--student', required=True, nargs='+', help="the student folder(s) (a run's OUT/student); several are compared side by side")
     e.add_argument('--teacher', default=None, help="'builtin', a folder or a hub name (optional)")
-    e.add_argument('--data', default='builtin', help="'builtin' (default) or a .txt/.jsonl/.parquet file, folder or glob")
-    e.add_argument('--seq-len', type=int, default=DEMO_SEQ_LEN, help=f'tokens per block (default {DEMO_SEQ_LEN})')
-    e.add_argument('--max-blocks', type=int, default=DEMO_EVAL_BLOCKS, help=f'held-out blocks to evaluate (default {DEMO_EVAL_BLOCKS})')
+    e.add_argument('--data', default=None, help="'builtin' or a .txt/.jsonl/.parquet file, folder or glob (default: the data of the "
+                                                "student's run, read from its report.json; else 'builtin')")
+    e.add_argument('--seq-len', type=int, default=None, help=f"tokens per block (default: the run's; else {DEMO_SEQ_LEN})")
+    e.add_argument('--max-blocks', type=int, default=None, help=f"held-out blocks to evaluate (default: as many as the run did; else {DEMO_EVAL_BLOCKS})")
     e.add_argument('--batch-size', type=int, default=DEMO_BATCH_SIZE, help=f'blocks per forward (default {DEMO_BATCH_SIZE})')
     e.add_argument('--tasks', default=None, help='comma-separated lm-eval tasks: the packaged offline ones (ssm_*; an unknown name lists them); '
                                                  "or lm-eval's own, with internet (needs the [eval] extra)")
@@ -178,9 +181,10 @@ def cmd_teacher(a) -> int:
     return 0
 
 def cmd_eval(a) -> int:
-    from ssm_distill.eval import eval_report
-    out = run_dir(a.out, 'eval'); out.mkdir(parents=True, exist_ok=True)
+    from ssm_distill.eval import check_eval_request, eval_report
     tasks = [t.strip() for t in (a.tasks or '').split(',') if t.strip()]
+    check_eval_request(a.student, tasks, a.limit)   # before any model loads
+    out = run_dir(a.out, 'eval'); out.mkdir(parents=True, exist_ok=True)
     res = eval_student(a.student, a.teacher, a.data, a.seq_len, a.max_blocks, a.batch_size, a.device, tasks=tasks or None,
                        limit=a.limit, num_fewshot=a.num_fewshot)
     (out/'eval.json').write_text(json.dumps(res, indent=1))

@@ -8,6 +8,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/core.html.md"""
 from __future__ import annotations
 import importlib, importlib.metadata, importlib.util, logging, os, random, threading, warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -15,7 +16,8 @@ import torch
 # %% auto #0
 __all__ = ['SHAPES', 'EXTRAS', 'log', 'DTYPES', 'SsmDistillError', 'require', 'deprecated_names', 'checks_enabled', 'unchecked',
            'check_shapes', 'Registry', 'has_module', 'optional_import', 'import_error', 'fla_triton_refusal',
-           'fast_backend_refusal', 'pick_backend', 'get_device', 'supports_bf16', 'get_dtype', 'seed_everything']
+           'fast_backend_refusal', 'pick_backend', 'get_device', 'supports_bf16', 'get_dtype', 'seed_everything',
+           'new_file_mode', 'follow_umask']
 
 # %% ../nbs/00_core.ipynb #ac3d20eb
 SHAPES = {
@@ -230,3 +232,20 @@ def seed_everything(seed:int=0) -> int:
     except ImportError: pass
     torch.manual_seed(seed)
     return seed
+
+# %% ../nbs/00_core.ipynb #45d75ae0
+def new_file_mode(folder:str|Path) -> int:
+    "The permission bits a file newly created in `folder` gets (0o666 less the umask, or what the folder's ACL makes of it)."
+    probe = Path(folder)/f'.mode-probe-{os.getpid()}-{threading.get_ident()}'
+    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    try: return os.fstat(fd).st_mode & 0o777
+    finally: os.close(fd); probe.unlink()
+
+def follow_umask(*paths:str|Path, # files just written (safetensors weights)
+                ) -> list[Path]:
+    "Give `paths` the mode a new file gets in their folder; return those whose mode changed."
+    changed, modes = [], {}
+    for p in map(Path, paths):
+        mode = modes.setdefault(p.parent, new_file_mode(p.parent))
+        if p.stat().st_mode & 0o777 != mode: p.chmod(mode); changed.append(p)
+    return changed

@@ -6,7 +6,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/data.html.md"""
 
 # %% ../nbs/05_data.ipynb #37371e12
 from __future__ import annotations
-import contextlib, glob, hashlib, importlib, inspect, io, json, math, os, pkgutil, re, subprocess, sys, time, warnings
+import codecs, contextlib, glob, hashlib, importlib, inspect, io, json, math, os, pkgutil, re, subprocess, sys, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -14,16 +14,16 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .core import Registry, log, optional_import, require
+from .core import Registry, SsmDistillError, log, optional_import, require
 
 # %% auto #0
 __all__ = ['STDLIB_SKIP', 'STDLIB_SKIP_PARTS', 'CORPUS_VERSION', 'SOURCES', 'FILE_READERS', 'cache_dir', 'wanted_stdlib_module',
-           'clean_docstring', 'iter_stdlib_docstrings', 'collect_stdlib_docs', 'builtin_corpus_path',
-           'build_builtin_corpus', 'read_jsonl', 'load_builtin_corpus', 'count_tokens', 'corpus_stats', 'DataConfig',
-           'builtin_texts', 'read_txt', 'read_parquet', 'list_files', 'file_texts', 'hub_texts', 'load_texts',
-           'is_held_out', 'heldout_overlap', 'tokenize_and_pack', 'PackedDataset', 'ResumableBatchSampler',
-           'make_dataloader', 'infinite_batches', 'PackedData', 'read_texts', 'build_data', 'memory_texts',
-           'in_memory_data']
+           'clean_docstring', 'iter_stdlib_docstrings', 'collect_stdlib_docs', 'guess_encoding', 'first_bad_byte',
+           'decoding', 'builtin_corpus_path', 'build_builtin_corpus', 'read_jsonl', 'load_builtin_corpus',
+           'count_tokens', 'corpus_stats', 'DataConfig', 'builtin_texts', 'read_txt', 'read_parquet', 'list_files',
+           'file_texts', 'hub_texts', 'load_texts', 'is_held_out', 'heldout_overlap', 'tokenize_and_pack',
+           'PackedDataset', 'ResumableBatchSampler', 'make_dataloader', 'infinite_batches', 'PackedData', 'read_texts',
+           'build_data', 'memory_texts', 'in_memory_data']
 
 # %% ../nbs/05_data.ipynb #7cb14a96
 def cache_dir() -> Path:
@@ -112,6 +112,47 @@ def _write_jsonl(docs:Iterable[dict], path:Path):
         for d in docs: f.write(json.dumps(d, ensure_ascii=False) + '\n')
     os.replace(tmp, path)
 
+# %% ../nbs/05_data.ipynb #8decc3c6
+_BOMS = ((codecs.BOM_UTF32_LE, 'utf-32'), (codecs.BOM_UTF32_BE, 'utf-32'), (codecs.BOM_UTF8, 'utf-8-sig'),
+         (codecs.BOM_UTF16_LE, 'utf-16'), (codecs.BOM_UTF16_BE, 'utf-16'))
+
+def guess_encoding(head:bytes, # the first bytes of a file (a few KiB are enough)
+                  ) -> str:
+    "A cheap guess at a file's encoding: its BOM; NULs at odd/even bytes: UTF-16 LE/BE; a byte 0x80-0x9F: cp1252; else latin-1."
+    for bom, enc in _BOMS:
+        if head.startswith(bom): return enc
+    if b'\0' in head:   # ASCII text in UTF-16 has a NUL in every other byte
+        return 'utf-16-le' if head[1::2].count(0) >= head[0::2].count(0) else 'utf-16-be'
+    # cp1252 puts printable characters (curly quotes, dashes, the euro sign) where latin-1 has C1 controls
+    return 'cp1252' if any(0x80 <= b <= 0x9f for b in head) else 'latin-1'
+
+def first_bad_byte(path:str|Path, encoding:str) -> int|None:
+    "The byte offset in `path` where decoding it as `encoding` first fails (None: it decodes)."
+    dec, pos = codecs.getincrementaldecoder(encoding)(), 0
+    with open(path, 'rb') as f:
+        while chunk := f.read(1 << 20):
+            pending = len(dec.getstate()[0])   # bytes of an unfinished character carried over from the last chunk
+            try: dec.decode(chunk)
+            except UnicodeDecodeError as e: return pos - pending + e.start
+            pos += len(chunk)
+    try: dec.decode(b'', final=True)
+    except UnicodeDecodeError as e: return pos - len(dec.getstate()[0]) + e.start
+    return None
+
+@contextlib.contextmanager
+def decoding(path:str|Path, # the file being read inside the block
+             encoding:str, # the encoding it is read with
+            ):
+    "Turn a `UnicodeDecodeError` while reading `path` into one line naming the file, the byte offset and the likely fix."
+    try: yield
+    except UnicodeDecodeError as e:
+        at = first_bad_byte(path, encoding)
+        with open(path, 'rb') as f: head = f.read(1 << 16)
+        guess = guess_encoding(head)
+        raise SsmDistillError(f"{path}: not {encoding} text (byte {at}: {head[at:at + 1].hex() if at is not None and at < len(head) else '?'}, "
+                              f"{e.reason}); it looks like {guess}: set data.encoding: {guess}") from None
+
+
 # %% ../nbs/05_data.ipynb #3e656abd
 CORPUS_VERSION = 1
 _CHILD = ("import sys; from ssm_distill.data import collect_stdlib_docs, _write_jsonl; "
@@ -143,9 +184,10 @@ def build_builtin_corpus(force:bool=False, # rebuild even if the cache exists
 
 def read_jsonl(path:str|Path, # a JSON-lines file
                text_field:str='text', # the key holding the text
+               encoding:str='utf-8', # the file's text encoding (`DataConfig.encoding`)
               ) -> Iterator[str]:
     "Yield the `text_field` of each JSON line of `path`."
-    with open(path, encoding='utf-8') as f:
+    with decoding(path, encoding), open(path, encoding=encoding) as f:
         for i, line in enumerate(f):
             if not line.strip(): continue
             rec = json.loads(line)
@@ -196,6 +238,7 @@ class DataConfig:
     data_files:Any = None # hub: `data_files` for the builder (local json/text/parquet files)
     streaming:bool = False # hub: stream instead of downloading the whole split
     text_field:str = 'text' # the field holding the text (jsonl, parquet, hub)
+    encoding:str = 'utf-8' # the text encoding of local .txt/.jsonl files ('latin-1', 'cp1252', 'utf-16', ...)
     seq_len:int = 256 # tokens per block (the model input length; labels are the same block shifted inside the loss)
     eval_fraction:float = 0.05 # share of *documents* held out for evaluation
     eval_blocks:int|None = None # at most this many held-out blocks (None: all)
@@ -207,6 +250,8 @@ class DataConfig:
 
     def __post_init__(self):
         SOURCES[self.source]  # raises, listing the valid sources
+        try: codecs.lookup(self.encoding)
+        except (LookupError, TypeError): require(False, key='encoding', msg=f"encoding={self.encoding!r} is not a text encoding Python knows; use one such as 'utf-8', 'latin-1', 'cp1252' or 'utf-16'")
         require(isinstance(self.seq_len, int) and self.seq_len >= 2, key='seq_len', msg=f"seq_len={self.seq_len!r}: use an integer >= 2, such as 256")
         require(0 <= self.eval_fraction < 1, key='eval_fraction', msg=f"eval_fraction={self.eval_fraction!r}: use a share in [0, 1), such as 0.05")
         require(isinstance(self.batch_size, int) and self.batch_size >= 1, key='batch_size', msg=f"batch_size={self.batch_size!r}: use a positive integer")
@@ -218,7 +263,8 @@ class DataConfig:
 
 # %% ../nbs/05_data.ipynb #7740e91b
 SOURCES = Registry('data source', hint='Add one with @SOURCES.register("name") on a function DataConfig -> iterator of str.')
-FILE_READERS = Registry('file type', hint='Supported: .txt, .jsonl/.json (JSON lines), .parquet; or use source="hub" with a datasets builder.')
+FILE_READERS = Registry('file type', hint='Supported: .txt, .jsonl/.json (JSON lines), .parquet; or use source="hub" with a datasets builder. '
+                        'A reader is a function (path, text_field, encoding) -> iterator of str.')
 
 @SOURCES.register('builtin')
 def builtin_texts(cfg:DataConfig) -> Iterator[str]:
@@ -226,15 +272,16 @@ def builtin_texts(cfg:DataConfig) -> Iterator[str]:
     yield from load_builtin_corpus()
 
 @FILE_READERS.register('.txt')
-def read_txt(path:Path, text_field:str) -> Iterator[str]:
+def read_txt(path:Path, text_field:str, encoding:str='utf-8') -> Iterator[str]:
     "A text file is one document."
-    yield Path(path).read_text(encoding='utf-8')
+    with decoding(path, encoding): text = Path(path).read_text(encoding=encoding)
+    yield text
 
 FILE_READERS['.jsonl'] = FILE_READERS['.json'] = read_jsonl
 
 @FILE_READERS.register('.parquet')
-def read_parquet(path:Path, text_field:str) -> Iterator[str]:
-    "The `text_field` column of a parquet file, one document per row."
+def read_parquet(path:Path, text_field:str, encoding:str='utf-8') -> Iterator[str]:
+    "The `text_field` column of a parquet file, one document per row (parquet stores text as UTF-8: `encoding` is not used)."
     pq = optional_import('pyarrow.parquet')
     f = pq.ParquetFile(path)
     require(text_field in f.schema_arrow.names,
@@ -253,7 +300,7 @@ def list_files(path:str|Path) -> list[Path]:
 @SOURCES.register('files')
 def file_texts(cfg:DataConfig) -> Iterator[str]:
     "Documents from local files (`cfg.path`)."
-    for f in list_files(cfg.path): yield from FILE_READERS[f.suffix.lower()](f, cfg.text_field)
+    for f in list_files(cfg.path): yield from FILE_READERS[f.suffix.lower()](f, cfg.text_field, cfg.encoding)
 
 @SOURCES.register('hub')
 def hub_texts(cfg:DataConfig) -> Iterator[str]:

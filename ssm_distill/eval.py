@@ -7,24 +7,26 @@ Docs: https://ssm-distill.github.io/ssm_distill/eval.html.md"""
 
 # %% ../nbs/11_eval.ipynb #66e19415
 from __future__ import annotations
-import json, random, re, time
+import difflib, importlib.metadata, importlib.util, json, math, os, random, re, time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
-from .core import Registry, optional_import, require
+from .core import Registry, SsmDistillError, optional_import, require
+from .data import DataConfig
 from .loop import as_blocks, causal_lm as _lm
 from .stages import mixer_can_materialize as can_materialize, teacher_rotary
 
 # %% auto #0
 __all__ = ['LOCAL_TASKS', 'DIRECT_SCORERS', 'logit_metrics', 'teacher_layer_of', 'comparable_layers', 'layer_errors',
-           'EvalResult', 'distill_metrics', 'results_table', 'load_student', 'eval_blocks', 'LocalTask',
-           'lm_eval_tasks_dir', 'load_local_docs', 'sentences', 'task_docs', 'write_local_tasks', 'encode_pair',
-           'loglikelihood', 'greedy_until', 'direct_scores', 'hflm', 'run_lm_eval', 'lm_eval_table', 'compare_students',
-           'eval_report', 'decode_speed']
+           'EvalResult', 'distill_metrics', 'results_table', 'load_student', 'eval_data_config', 'eval_blocks',
+           'LocalTask', 'lm_eval_tasks_dir', 'load_local_docs', 'sentences', 'task_docs', 'write_local_tasks',
+           'encode_pair', 'loglikelihood', 'greedy_until', 'direct_scores', 'hflm', 'run_lm_eval', 'lm_eval_table',
+           'lm_eval_task_names', 'check_limit', 'check_eval_request', 'run_data_settings', 'eval_data_settings',
+           'data_settings_line', 'compare_students', 'eval_report', 'decode_speed']
 
 # %% ../nbs/11_eval.ipynb #4319edf6
 def logit_metrics(student_logits:torch.Tensor, # (B, T, V)
@@ -167,12 +169,18 @@ def load_student(path:str|Path, # a folder written by save_pretrained (a run's <
     tok = AutoTokenizer.from_pretrained(p) if any(p.glob('tokenizer*')) else None
     return AutoModelForCausalLM.from_pretrained(p).to(device).eval(), tok
 
-def eval_blocks(data:str, # 'builtin', or a local .txt/.jsonl/.parquet file, folder or glob
+def eval_data_config(data:str='builtin', # 'builtin', or a local .txt/.jsonl/.parquet file, folder or glob
+                     seq_len:int=128, max_blocks:int=64, **kw) -> DataConfig:
+    "The `DataConfig` of `data` cut into `seq_len` blocks, at most `max_blocks` held out (`kw`: other fields, such as encoding)."
+    from ssm_distill.data import DataConfig
+    return DataConfig('builtin', seq_len=seq_len, eval_blocks=max_blocks, **kw) if data == 'builtin' else \
+           DataConfig('files', path=data, seq_len=seq_len, eval_blocks=max_blocks, **kw)
+
+def eval_blocks(data:str|DataConfig, # 'builtin', a local .txt/.jsonl/.parquet file, folder or glob, or a whole DataConfig
                 tokenizer, seq_len:int=128, max_blocks:int=64) -> torch.Tensor:
     "Held-out blocks `(N, seq_len)` of `data` (the documents `build_data` holds out)."
     from ssm_distill.data import DataConfig, build_data
-    kw = dict(seq_len=seq_len, eval_blocks=max_blocks)
-    dc = DataConfig('builtin', **kw) if data == 'builtin' else DataConfig('files', path=data, **kw)
+    dc = data if isinstance(data, DataConfig) else eval_data_config(data, seq_len, max_blocks)
     return build_data(dc, tokenizer).eval.blocks
 
 # %% ../nbs/11_eval.ipynb #216cb5af
@@ -227,7 +235,7 @@ def load_local_docs(file:str, # a JSON-lines file name in `lm_eval_tasks_dir()` 
     "`{'test': datasets.Dataset}` of a local task's documents (lm-eval's `custom_dataset` hook; other metadata ignored)."
     import datasets
     p = Path(file) if Path(file).is_absolute() else lm_eval_tasks_dir()/file
-    return {'test': datasets.Dataset.from_list([json.loads(l) for l in p.read_text().splitlines() if l.strip()])}
+    return {'test': datasets.Dataset.from_list([json.loads(l) for l in p.read_text(encoding='utf-8').splitlines() if l.strip()])}
 
 # %% ../nbs/11_eval.ipynb #95bbc14c
 _WORD = re.compile(r'[A-Za-z][A-Za-z0-9_]*$')
@@ -379,16 +387,120 @@ def lm_eval_table(scores:dict[str, dict[str, dict[str, float]]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
     return '\n'.join('  '.join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells)
 
+# %% ../nbs/11_eval.ipynb #e9d690c0
+def _lm_eval_index_path() -> Path:
+    from ssm_distill.data import cache_dir
+    return cache_dir()/f"lm_eval_tasks-{importlib.metadata.version('lm_eval')}.json"
+
+def lm_eval_task_names() -> frozenset[str]:
+    "Every task, group and tag name lm-eval knows, with the local tasks (its `TaskManager` index: built once per version, then cached)."
+    path = _lm_eval_index_path()
+    if path.exists(): return frozenset(json.loads(path.read_text()))
+    optional_import('lm_eval')
+    from lm_eval.tasks import TaskManager
+    names = sorted(TaskManager(include_path=str(lm_eval_tasks_dir())).all_tasks)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'{path.name}.tmp{os.getpid()}'); tmp.write_text(json.dumps(names)); os.replace(tmp, path)
+    return frozenset(names)
+
+def _check_student_folder(path:str|Path):
+    "Refuse a folder that is not a saved student (a teacher's folder, a run folder, a typo)."
+    from ssm_distill.students import StudentConfig
+    p = Path(path)
+    holds = (f"a saved student holds config.json with model_type {StudentConfig.model_type!r}, model.safetensors and "
+             f"(from a run) the tokenizer: give a run's <out>/student")
+    require(p.is_dir(), f"--student {p}: no config.json there (the folder does not exist); {holds}")
+    require((p/'config.json').is_file(), f"--student {p}: no config.json there{' (a run folder? its student is ' + str(p/'student') + ')' if (p/'student').is_dir() else ''}; {holds}")
+    mt = json.loads((p/'config.json').read_text()).get('model_type')
+    require(mt == StudentConfig.model_type, f"--student {p}: a {mt!r} model, not a saved student (a teacher? give it as --teacher); {holds}")
+
+def _check_task(name:str, known:frozenset[str]):
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    require(name in known, f"unknown lm-eval task {name!r}{f'; did you mean {close}' if close else ''}; offline tasks: "
+            f"{', '.join(LOCAL_TASKS)}; lm-eval lists {len(known) - len(LOCAL_TASKS)} more (`lm-eval ls tasks`, internet for their data)")
+
+def check_limit(limit):
+    "Refuse a `limit` lm-eval cannot use: an int >= 1 (documents per task), a fraction in (0, 1), or None for all."
+    ok = limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1) or \
+         (isinstance(limit, float) and 0 < limit < 1)
+    require(ok, f"limit={limit!r}: give the documents per task as an integer >= 1, a fraction between 0 and 1, or None for all")
+
+def check_eval_request(students:list[str|Path], # folders that should hold saved students
+                       tasks:list[str]|None=None, # lm-eval task names (offline LOCAL_TASKS or lm-eval's own)
+                       limit:int|float|None=None, # documents per lm-eval task
+                      ) -> None:
+    "Refuse, in one line each, an eval request that would fail or mislead after models load; imports no model code."
+    require(students, "give at least one saved student folder (a run's <out>/student)")
+    for s in students: _check_student_folder(s)
+    check_limit(limit)
+    if not tasks: return
+    require(importlib.util.find_spec('lm_eval') is not None,
+            f"tasks {list(tasks)} need lm-evaluation-harness, which is not installed: pip install 'ssm_distill[eval]'")
+    other = [t for t in tasks if t not in LOCAL_TASKS]
+    known = lm_eval_task_names() if other else frozenset(LOCAL_TASKS)
+    for t in tasks: _check_task(t, known)
+
 # %% ../nbs/11_eval.ipynb #85d67628
+def run_data_settings(student:str|Path, # a saved student; a run saves it as <run>/student
+                     ) -> tuple[DataConfig, Path]|None:
+    "The held-out data a run measured its student on (its config in `<run>/report.json`, else its newest checkpoint), and that file; None outside a run."
+    from ssm_distill.checkpoints import latest_checkpoint
+    from ssm_distill.config import ConfigError, RunConfig, config_from_dict
+    from ssm_distill.train import run_data_config
+    run = Path(student).resolve().parent
+    ck = latest_checkpoint(run) if (run/'checkpoints').is_dir() else None
+    src = run/'report.json' if (run/'report.json').is_file() else ck/'state.json' if ck else None
+    if src is None: return None
+    cfg = json.loads(src.read_text()).get('config')
+    if not isinstance(cfg, dict) or cfg.get('data', {}).get('source') == 'memory': return None   # in-memory blocks: nothing to re-read
+    try: rc = config_from_dict(RunConfig, cfg)
+    except ConfigError as e: require(False, f"{src}: cannot read the run's data settings ({'; '.join(e.problems)}); give --data, --seq-len and --max-blocks")
+    dc = run_data_config(rc)
+    if rc.eval_batches is not None:   # the run measured on at most eval_batches batches of data.batch_size blocks
+        dc = replace(dc, eval_blocks=min(dc.eval_blocks or math.inf, rc.eval_batches * dc.batch_size))
+    return dc, src
+
+def eval_data_settings(students:list[str|Path], data:str|None=None, seq_len:int|None=None, max_blocks:int|None=None,
+                      ) -> tuple[DataConfig, dict]:
+    "The held-out data to measure `students` on: their run's own, with what the caller gives in its place; and a record of it."
+    found = {str(s): r for s in students if (r := run_data_settings(s)) is not None}
+    runs = {json.dumps(asdict(dc), sort_keys=True): (dc, src) for dc, src in found.values()}
+    given = {k: v for k, v in dict(data=data, seq_len=seq_len, max_blocks=max_blocks).items() if v is not None}
+    require(len(runs) <= 1 or 'data' in given, f"the students come from runs with different data settings "
+            f"({'; '.join(f'{s}: {_settings_text(dc)}' for s, (dc, _) in found.items())}); give --data (and --seq-len, "
+            f"--max-blocks) to measure them on the same blocks")
+    if runs and 'data' not in given:
+        dc, src = next(iter(runs.values()))
+        dc = replace(dc, seq_len=given.get('seq_len', dc.seq_len), eval_blocks=given.get('max_blocks', dc.eval_blocks))
+        origin = f"the run's own ({src})" + (f", with {', '.join(f'{k}={v}' for k, v in given.items())} given" if given else '')
+    else:
+        dc = eval_data_config(data or 'builtin', seq_len or 128, max_blocks or 64)
+        origin = 'given' if given else 'the defaults (no run settings beside the students)'
+    return dc, dict(origin=origin, **{k: getattr(dc, k) for k in _SETTINGS})
+
+_SETTINGS = ('source', 'path', 'seq_len', 'eval_blocks', 'eval_fraction', 'split_seed', 'max_tokens', 'encoding')
+
+def _settings_text(dc) -> str:
+    return ', '.join(f'{k}={getattr(dc, k)}' for k in _SETTINGS if getattr(dc, k) is not None)
+
+def data_settings_line(s:dict) -> str:
+    "One line saying which held-out data the numbers are measured on, and where the settings came from."
+    return f"held-out data: {', '.join(f'{k}={v}' for k, v in s.items() if k != 'origin' and v is not None)} (settings: {s['origin']})"
+
 def compare_students(students:list[str|Path], # folders written by save_pretrained (a run's <out>/student)
                      teacher:str|None=None, # 'builtin', a folder or a hub name (None: perplexity only)
-                     data:str='builtin', seq_len:int=128, max_blocks:int=64, batch_size:int=8, device:str='cpu',
+                     data:str|None=None, # 'builtin' or local files (None: the students' run's own data, else 'builtin')
+                     seq_len:int|None=None, # tokens per block (None: the run's, else 128)
+                     max_blocks:int|None=None, # held-out blocks (None: as many as the run evaluated on, else 64)
+                     batch_size:int=8, device:str='cpu',
                      tasks:list[str]|None=None, # lm-eval tasks for the teacher and every student
                      limit:int|float|None=None, # documents per lm-eval task
                      num_fewshot:int|None=None, # lm-eval few-shot examples (None: each task's own)
                     ) -> dict:
     "Distillation metrics of saved students against their teacher (and lm-eval scores with `tasks`), as plain data."
     from ssm_distill.train import load_run_teacher
+    check_eval_request(students, tasks, limit)
+    dc, settings = eval_data_settings(students, data, seq_len, max_blocks)
     t, tok = load_run_teacher(teacher, device) if teacher else (None, None)
     loaded = {}
     for p in students:
@@ -396,10 +508,10 @@ def compare_students(students:list[str|Path], # folders written by save_pretrain
         require(st_tok is not None or tok is not None, f"{p} holds no tokenizer; pass --teacher so its tokenizer is used")
         loaded[_student_name(p, loaded)] = (st, st_tok or tok)
     tok = tok or next(iter(loaded.values()))[1]
-    blocks = eval_blocks(data, tok, seq_len, max_blocks)
+    blocks = eval_blocks(dc, tok)
     res = [distill_metrics(st, t, blocks, name=n, batch_size=batch_size) for n, (st, _) in loaded.items()]
-    out = dict(students={n: str(p) for n, p in zip(loaded, students)}, teacher=teacher, data=data, blocks=len(blocks),
-               seq_len=seq_len, metrics=[r.to_dict() for r in res])
+    out = dict(students={n: str(p) for n, p in zip(loaded, students)}, teacher=teacher, data=dc.path or dc.source,
+               blocks=len(blocks), seq_len=dc.seq_len, data_settings=settings, metrics=[r.to_dict() for r in res])
     if tasks:
         models = ({'teacher': (t, tok)} if t is not None else {}) | loaded
         out['lm_eval'] = run_lm_eval(models, tasks, limit=limit, batch_size=1, num_fewshot=num_fewshot)
@@ -415,7 +527,8 @@ def _student_name(path:str|Path, taken:dict) -> str:
 
 def eval_report(res:dict) -> str:
     "`compare_students`' result as text: the metrics table, then the lm-eval table."
-    parts = [results_table([EvalResult(**{**m, **{k: {int(l): v for l, v in m[k].items()} for k in
+    parts = [data_settings_line(res['data_settings'])] if 'data_settings' in res else []
+    parts += [results_table([EvalResult(**{**m, **{k: {int(l): v for l, v in m[k].items()} for k in
                                                   ('hidden_error', 'hidden_rel_error', 'mixing_error')}}) for m in res['metrics']])]
     if 'lm_eval' in res: parts.append('lm-eval (teacher and students):\n' + lm_eval_table(res['lm_eval']))
     return '\n\n'.join(parts)

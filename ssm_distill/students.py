@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, Pret
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .core import Registry, SsmDistillError, require, log
+from .core import Registry, SsmDistillError, follow_umask, require, log
 from .matrices import Descent, FitConfig, descend, frobenius_errors
 from .mixers import MIXERS, AttentionWeights, mixer_from_attention
 from .teachers import ADAPTERS, Teacher, load_teacher
@@ -27,10 +27,10 @@ from .teachers import ADAPTERS, Teacher, load_teacher
 # %% auto #0
 __all__ = ['CACHE_ARGS', 'MIRRORED', 'REMOTE_MODULE', 'AUTO_MAP', 'REMOTE_CODE', 'STUDENT_GROUPS', 'STUDENT_INITS',
            'StudentCache', 'MixerAttention', 'cache_arg', 'find_cache', 'output_cache_field', 'check_reached',
-           'allow_checkpointing_with_cache', 'StudentConfig', 'StudentForCausalLM', 'check_transformers_contract',
-           'causal_mask', 'set_trainable_groups', 'qkv_copy_init', 'random_init', 'mixing_error', 'fit_mixing_matrix',
-           'calibration_batch', 'mixing_init', 'build_student', 'copy_teacher_weights', 'resized_config',
-           'uniform_teacher_layers', 'build_student_from_config']
+           'allow_checkpointing_with_cache', 'is_local_path', 'StudentConfig', 'StudentForCausalLM',
+           'check_transformers_contract', 'causal_mask', 'set_trainable_groups', 'qkv_copy_init', 'random_init',
+           'mixing_error', 'fit_mixing_matrix', 'calibration_batch', 'mixing_init', 'build_student',
+           'copy_teacher_weights', 'resized_config', 'uniform_teacher_layers', 'build_student_from_config']
 
 # %% ../nbs/04_students.ipynb #f8defdaf
 def _tensors_map(fn, tree):
@@ -204,6 +204,10 @@ def allow_checkpointing_with_cache(layers:Iterable[nn.Module]):
 MIRRORED = ('vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'max_position_embeddings',
             'bos_token_id', 'eos_token_id', 'pad_token_id')
 
+def is_local_path(name) -> bool:
+    "Whether `name` is an absolute (or `~`) path of this machine, which a saved config must not record."
+    return isinstance(name, str) and (Path(name).is_absolute() or name.startswith('~'))
+
 class StudentConfig(PretrainedConfig):
     "Config of a `StudentForCausalLM`: the skeleton's config plus which mixer replaces which attention layer."
     model_type = 'ssm_distill_student'
@@ -214,7 +218,7 @@ class StudentConfig(PretrainedConfig):
     mixer_configs: dict|None = None        # str(layer) -> the mixer's full config (fields of its <Name>Config)
     attention_layers: list|None = None     # layers that keep the teacher's attention (a hybrid)
     init: str = 'qkv_copy'                 # how the mixers were initialised (a key of STUDENT_INITS)
-    teacher: str|None = None               # the teacher's name or path, for the record
+    teacher: str|None = None               # the teacher's hub name or relative path (a local folder: its name), for the record
     teacher_layers: list|None = None       # students of another depth: the teacher block each layer was copied from
 
     def __post_init__(self, **kwargs):
@@ -224,6 +228,13 @@ class StudentConfig(PretrainedConfig):
         self.attention_layers = sorted(int(i) for i in (self.attention_layers or []))
         super().__post_init__(**kwargs)
         if self.base_config: self.mirror()
+
+    def to_dict(self) -> dict:
+        "The config as plain data, as `config.json` holds it: no absolute path of the machine it was built on."
+        d = super().to_dict()
+        d['base_config'] = {k: v for k, v in d['base_config'].items() if not (k == '_name_or_path' and is_local_path(v))}
+        if is_local_path(d.get('teacher')): d['teacher'] = Path(d['teacher']).name
+        return d
 
     def skeleton(self) -> PretrainedConfig:
         "The skeleton's Hugging Face config object."
@@ -485,7 +496,9 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
         "Hugging Face's `save_pretrained`, plus the loader that `from_pretrained(..., trust_remote_code=True)` needs."
         self.config.auto_map = dict(AUTO_MAP)
         super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get('is_main_process', True): (Path(save_directory)/f'{REMOTE_MODULE}.py').write_text(REMOTE_CODE)
+        if not kwargs.get('is_main_process', True): return
+        (Path(save_directory)/f'{REMOTE_MODULE}.py').write_text(REMOTE_CODE)
+        follow_umask(*Path(save_directory).glob('*.safetensors'))   # safetensors leaves its files 0600
 
 # %% ../nbs/04_students.ipynb #d7eebc90
 REMOTE_MODULE = 'modeling_ssm_distill'

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .core import Registry, require, log
+from .core import Registry, follow_umask, require, log
 from .mixers import AttentionWeights, apply_rotary
 
 # %% auto #0
@@ -397,4 +397,5 @@ def tiny_teacher(model_type:str, # a key of TINY_CONFIGS
             tiny_config(model_type, **overrides), attn_implementation=attn_implementation)
     if path is None: return Teacher(model.eval())
     model.save_pretrained(path)
+    follow_umask(*Path(path).glob('*.safetensors'))
     return load_teacher(path, attn_implementation=attn_implementation)

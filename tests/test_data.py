@@ -63,3 +63,24 @@ def test_resume_state_mismatch():
         ResumableBatchSampler(11, 3, seed=0).load_state_dict(s.state_dict())
     with pytest.raises(SsmDistillError, match='cannot fill one batch'):
         ResumableBatchSampler(2, 3)
+
+SAMPLES = {'latin-1': 'Café, naïve façade, señor.', 'cp1252': '“Smart quotes” – dashes and €5.', 'utf-16': 'Ünïcode text in UTF-16.'}
+
+@pytest.mark.parametrize('enc', list(SAMPLES))
+@pytest.mark.parametrize('suffix', ['.txt', '.jsonl'])
+def test_other_encodings_refused_then_read(tmp_path, enc, suffix):
+    "A non-UTF-8 file is refused in one line naming the file, the byte and `data.encoding: <enc>`; with the setting it reads."
+    text = SAMPLES[enc]
+    body = text if suffix == '.txt' else json.dumps({'text': text}, ensure_ascii=False) + '\n'
+    f = tmp_path/f'doc{suffix}'; f.write_bytes(body.encode(enc))
+    with pytest.raises(SsmDistillError) as e: list(load_texts(DataConfig('files', path=f)))
+    msg = str(e.value)
+    assert '\n' not in msg and str(f) in msg and 'byte ' in msg and msg.endswith(f'set data.encoding: {enc}'), msg
+    assert list(load_texts(DataConfig('files', path=f, encoding=enc))) == [text]
+
+def test_decode_error_names_the_byte_offset(tmp_path):
+    f = tmp_path/'late.txt'; f.write_bytes(b'plain ascii ' * 1000 + 'é'.encode('latin-1') + b' end')
+    with pytest.raises(SsmDistillError, match=r'late.txt: not utf-8 text \(byte 12000: e9'): list(load_texts(DataConfig('files', path=f)))
+
+def test_unknown_encoding_is_refused():
+    with pytest.raises(SsmDistillError, match="encoding='utf-9'"): DataConfig(encoding='utf-9')

@@ -8,12 +8,13 @@ import torch
 from ssm_distill.builtin import load_builtin_teacher
 from ssm_distill.cli import main
 from ssm_distill.core import SsmDistillError
-from ssm_distill.eval import (LOCAL_TASKS, direct_scores, distill_metrics, eval_blocks, lm_eval_table, results_table,
-                              run_lm_eval)
+from ssm_distill.eval import (LOCAL_TASKS, check_eval_request, compare_students, direct_scores, distill_metrics, eval_blocks,
+                              eval_report, lm_eval_table, lm_eval_task_names, results_table, run_lm_eval)
 from ssm_distill.losses import hidden_state_alignment_loss
 from ssm_distill.students import build_student, build_student_from_config
 from ssm_distill.teachers import load_teacher
 from ssm_distill.stages import teacher_rotary
+from ssm_distill.train import Distiller, save_tiny_teacher, tiny_run_config
 
 lm_eval = pytest.importorskip('lm_eval', reason='lm-eval is the [eval] extra')
 
@@ -99,3 +100,79 @@ def test_eval_cli_offline_with_a_local_task(builtin, tmp_path, capsys):
 def test_unknown_local_task_is_a_clean_error(builtin):
     with pytest.raises(SsmDistillError, match='not a local task'):
         direct_scores(builtin[0], builtin[1], 'lambada')
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    "A finished tiny run (seconds): <root>/run/report.json beside <root>/run/student, and its teacher at <root>/teacher."
+    root = tmp_path_factory.mktemp('tiny')
+    rep = Distiller(tiny_run_config(save_tiny_teacher(root/'teacher'), out=root/'run'), progress=False).run()
+    return root, rep
+
+
+def _refused(*args, **kw) -> str:
+    with pytest.raises(SsmDistillError) as e: check_eval_request(*args, **kw)
+    assert '\n' not in str(e.value), str(e.value)
+    return str(e.value)
+
+
+def test_eval_request_is_checked_before_any_model_loads(tiny_run, monkeypatch):
+    "A teacher folder, a run folder, a task-name typo, limit=0 and a missing [eval] extra: one line each, in well under a second."
+    import time
+    root, _ = tiny_run
+    student = root/'run'/'student'
+    lm_eval_task_names()   # lm-eval's task index: built once per lm-eval version (seconds), then read from the cache
+    t0 = time.perf_counter()
+    check_eval_request([student], ['ssm_next_word', 'lambada_openai'], limit=5)
+    check_eval_request([student], None, limit=0.5)
+    msg = _refused([root/'teacher'])
+    assert str(root/'teacher') in msg and "a 'llama' model, not a saved student" in msg and 'config.json' in msg
+    assert 'a run folder? its student is' in _refused([root/'run'])
+    assert "did you mean ['ssm_next_word'" in _refused([student], ['ssm_nope'])
+    msg = _refused([student], ['hellaswg'])
+    assert "did you mean ['hellaswag'" in msg and 'ssm_last_word' in msg
+    for bad in (0, -1, 1.5, True): assert f'limit={bad!r}' in _refused([student], limit=bad)
+    assert time.perf_counter() - t0 < 1
+    import ssm_distill.eval as ev
+    monkeypatch.setattr(ev.importlib.util, 'find_spec', lambda name, *a: None if name == 'lm_eval' else importlib_find(name, *a))
+    assert "pip install 'ssm_distill[eval]'" in _refused([student], ['ssm_next_word'])
+    check_eval_request([student])   # without tasks, lm-eval is not needed
+
+
+def importlib_find(name, *a):
+    import importlib.machinery
+    return importlib.machinery.PathFinder.find_spec(name, *a)
+
+
+def test_compare_students_refuses_before_loading(tiny_run):
+    root, _ = tiny_run
+    with pytest.raises(SsmDistillError, match='not a saved student'): compare_students([root/'teacher'], teacher=str(root/'teacher'))
+    with pytest.raises(SsmDistillError, match="unknown lm-eval task 'ssm_nope'"): compare_students([root/'run'/'student'], tasks=['ssm_nope'])
+
+
+def test_eval_of_a_run_student_reproduces_its_report(tiny_run):
+    "With no data settings given, eval measures a run's student on the run's own held-out blocks: the report's perplexity."
+    root, rep = tiny_run
+    res = compare_students([root/'run'/'student'], teacher=str(root/'teacher'))
+    m = res['metrics'][0]
+    assert m['perplexity'] == pytest.approx(rep['student_perplexity'], rel=1e-5)
+    assert m['teacher_perplexity'] == pytest.approx(rep['teacher_perplexity'], rel=1e-5)
+    s = res['data_settings']
+    assert (s['seq_len'], s['eval_blocks'], s['max_tokens'], res['blocks']) == (32, 4, 30_000, rep['data']['eval_blocks'])
+    assert str(root/'run'/'report.json') in s['origin'] and 'held-out data: source=builtin, seq_len=32' in eval_report(res)
+    given = compare_students([root/'run'/'student'], data='builtin', seq_len=48, max_blocks=3)
+    assert given['data_settings']['origin'] == 'given' and (given['seq_len'], given['blocks']) == (48, 3)
+    assert given['metrics'][0]['perplexity'] != pytest.approx(rep['student_perplexity'], rel=1e-5)   # other blocks, another number
+
+
+def test_students_of_runs_with_other_data_are_refused_together(tiny_run, tmp_path):
+    "Two runs that held out different data cannot share one table unless the caller names the data."
+    import json, shutil
+    root, _ = tiny_run
+    shutil.copytree(root/'run'/'student', tmp_path/'other'/'student')
+    rep = json.loads((root/'run'/'report.json').read_text()); rep['config']['data']['seq_len'] = 16
+    (tmp_path/'other'/'report.json').write_text(json.dumps(rep))
+    with pytest.raises(SsmDistillError, match='different data settings'):
+        compare_students([root/'run'/'student', tmp_path/'other'/'student'])
+    res = compare_students([root/'run'/'student', tmp_path/'other'/'student'], data='builtin', seq_len=32, max_blocks=2)
+    assert res['blocks'] == 2 and len(res['metrics']) == 2

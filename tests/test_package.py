@@ -114,3 +114,41 @@ def test_kernel_modules_import_in_any_order_without_a_cycle(first):
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert out.stdout.split('] ')[1].split() == ['False', 'True'], out.stdout
     assert out.stdout.startswith("['kernel_base']"), out.stdout   # (relative imports, as nbdev writes them)
+
+
+def test_license_file_is_apache_2():
+    "The package declares Apache-2.0 and ships the licence's text (license-files)."
+    assert PYPROJECT['project']['license'] == 'Apache-2.0' and PYPROJECT['project']['license-files'] == ['LICENSE']
+    text = (ROOT/'LICENSE').read_text()
+    assert 'Apache License' in text and 'Version 2.0, January 2004' in text and 'END OF TERMS AND CONDITIONS' in text
+
+
+def _source_copy(dst:Path) -> Path:
+    "What a build reads (pyproject, README, LICENSE, the package), copied so that the build writes nothing into the checkout."
+    import shutil
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in ('pyproject.toml', 'README.md', 'LICENSE'): shutil.copy(ROOT/f, dst/f)
+    shutil.copytree(ROOT/'ssm_distill', dst/'ssm_distill', ignore=shutil.ignore_patterns('__pycache__'))
+    return dst
+
+
+def test_wheel_and_sdist_ship_the_license(tmp_path):
+    "An offline build (no isolation, no download) puts LICENSE in the wheel's dist-info and in the sdist."
+    import tarfile, zipfile
+    src = _source_copy(tmp_path/'src')
+    out = tmp_path/'dist'
+    res = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--no-index', '-q', '-w', str(out), '.'],
+                         cwd=src, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    wheel, = out.glob('ssm_distill-*.whl')
+    names = zipfile.ZipFile(wheel).namelist()
+    lic = [n for n in names if n.endswith('.dist-info/licenses/LICENSE')]
+    assert lic, [n for n in names if 'dist-info' in n]
+    assert zipfile.ZipFile(wheel).read(lic[0]) == (ROOT/'LICENSE').read_bytes()
+    meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith('.dist-info/METADATA'))).decode()
+    assert 'License-Expression: Apache-2.0' in meta and 'License-File: LICENSE' in meta
+    code = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
+    res = subprocess.run([sys.executable, '-c', code, str(out)], cwd=src, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with tarfile.open(out/res.stdout.split()[-1]) as tar:
+        assert any(n.endswith('/LICENSE') and n.count('/') == 1 for n in tar.getnames())

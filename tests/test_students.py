@@ -145,3 +145,27 @@ def test_qk_norm_teachers_copy_exactly(tmp_path, family, kw):
     torch.testing.assert_close(logits(s2, ids), logits(s, ids), atol=0, rtol=0)
     m = build_student(t, 'phi_mamba').mixer(0)
     assert set(m.qk_norms) == {'q', 'k'} and torch.equal(m.qk_norms['q'].weight, w.q_norm['weight'])
+
+
+@pytest.mark.parametrize('family', ['llama', 'gpt2'])
+def test_saved_student_is_portable(teachers, tmp_path, family):
+    "A student of a teacher loaded from a temp folder saves no absolute path, and its weights share the other files' mode."
+    import json, os, re, stat
+    teacher_dir = str(teachers[family].config._name_or_path)
+    assert os.path.isabs(teacher_dir)   # the teacher itself records where it was loaded from
+    s = build_student(teachers[family], 'gla')
+    s.save_pretrained(tmp_path/'student')
+    text = (tmp_path/'student'/'config.json').read_text()
+    assert teacher_dir not in text and str(tmp_path) not in text
+    assert [v for v in re.findall(r'"([^"]*)"', text) if os.path.isabs(v) or v.startswith('~')] == []
+    assert json.loads(text)['teacher'] == family and s.config.teacher == teacher_dir   # the folder's name; memory untouched
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path/'student').iterdir()}
+    assert len(set(modes.values())) == 1 and 'model.safetensors' in modes, modes
+    again = AutoModelForCausalLM.from_pretrained(tmp_path/'student')
+    torch.testing.assert_close(logits(again, batch()), logits(s, batch()))
+
+
+def test_hub_and_relative_teacher_names_are_kept():
+    for name in ('org/model', 'runs/teacher'):
+        d = StudentConfig(teacher=name, base_config={'model_type': 'llama', '_name_or_path': name}).to_dict()
+        assert d['teacher'] == name and d['base_config']['_name_or_path'] == name
