@@ -4,7 +4,8 @@ from transformers import AutoModelForCausalLM
 from ssm_distill.core import SsmDistillError
 from ssm_distill.teachers import tiny_teacher
 from ssm_distill.students import (STUDENT_GROUPS, StudentConfig, StudentForCausalLM, build_student,
-                                  build_student_from_config, causal_mask, mixing_error)
+                                  build_student_from_config, causal_mask)
+from ssm_distill.matrices import mixing_error
 
 FAMILIES = ['llama', 'phi', 'gpt2', 'gpt_neox', 'qwen3']   # GQA + rotary, partial rotary, fused Conv1D + tied head, fused per-head qkv, q/k norms
 
