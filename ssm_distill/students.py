@@ -642,6 +642,7 @@ def mixing_init(student, teacher, weights:dict, calibration:torch.Tensor|None=No
                 mixing_params:str|None=None, # 'all' (default) or 'free'
                 **_):
     "QKV copy, then fit each mixer's mixing matrix to the teacher's attention on a calibration batch (Haller et al. 2025)."
+    teacher = load_teacher(teacher)
     qkv_copy_init(student, teacher, weights)
     layers = sorted(weights)
     if not layers: return
@@ -723,8 +724,9 @@ def build_student(teacher, # a `Teacher`, a transformers model, a hub name or a 
             if id(q) in off: q.requires_grad_(False)
     return student.eval()
 
-def copy_teacher_weights(student:StudentForCausalLM, teacher:Teacher) -> list[str]:
+def copy_teacher_weights(student:StudentForCausalLM, teacher) -> list[str]: # teacher: a `Teacher` or anything `load_teacher` takes
     "Copy every teacher tensor the student's skeleton still has, by key and shape; return the student keys left out."
+    teacher = load_teacher(teacher)
     mine = student.lm.state_dict()
     theirs = {k: v for k, v in teacher.model.state_dict().items() if k in mine and mine[k].shape == v.shape}
     missing, _ = student.lm.load_state_dict(theirs, strict=False)

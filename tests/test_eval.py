@@ -8,8 +8,8 @@ import torch
 from ssm_distill.builtin import load_builtin_teacher
 from ssm_distill.cli import main
 from ssm_distill.core import SsmDistillError
-from ssm_distill.eval import (LOCAL_TASKS, direct_scores, distill_metrics, eval_blocks, lm_eval_table, results_table,
-                              run_lm_eval)
+from ssm_distill.eval import (LOCAL_TASKS, comparable_layers, direct_scores, distill_metrics, eval_blocks, layer_errors,
+                              lm_eval_table, results_table, run_lm_eval)
 from ssm_distill.losses import hidden_state_alignment_loss
 from ssm_distill.students import build_student, build_student_from_config
 from ssm_distill.teachers import load_teacher
@@ -99,3 +99,17 @@ def test_eval_cli_offline_with_a_local_task(builtin, tmp_path, capsys):
 def test_unknown_local_task_is_a_clean_error(builtin):
     with pytest.raises(SsmDistillError, match='not a local task'):
         direct_scores(builtin[0], builtin[1], 'lambada')
+
+
+def test_a_transformers_model_is_measured_as_its_teacher(builtin, blocks):
+    "distill_metrics, comparable_layers and layer_errors take the LlamaForCausalLM itself (routed through load_teacher)."
+    teacher, _ = builtin
+    assert type(teacher.model).__name__ == 'LlamaForCausalLM'
+    st = build_student(teacher, 'phi_mamba')
+    a, b = distill_metrics(st, teacher.model, blocks, name='s'), distill_metrics(st, teacher, blocks, name='s')
+    assert (a.hidden_error, a.mixing_error, a.agreement, a.kl) == (b.hidden_error, b.mixing_error, b.agreement, b.kl)
+    assert comparable_layers(st, teacher.model) == comparable_layers(st, teacher)
+    cap = teacher.capture(blocks[:1], layers=[0], what={'attn_in', 'attn_out', 'attn_probs'})
+    with torch.no_grad():
+        got, want = (layer_errors(st, t, cap, blocks[:1], [0])[0] for t in (teacher.model, teacher))
+    for k in want: torch.testing.assert_close(got[k], want[k])

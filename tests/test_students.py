@@ -146,3 +146,22 @@ def test_qk_norm_teachers_copy_exactly(tmp_path, family, kw):
     torch.testing.assert_close(logits(s2, ids), logits(s, ids), atol=0, rtol=0)
     m = build_student(t, 'phi_mamba').mixer(0)
     assert set(m.qk_norms) == {'q', 'k'} and torch.equal(m.qk_norms['q'].weight, w.q_norm['weight'])
+
+
+def test_mixing_error_moved_to_matrices_and_the_old_name_warns():
+    import ssm_distill.matrices as matrices, ssm_distill.students as students
+    with pytest.warns(DeprecationWarning, match='ssm_distill.students.mixing_error moved to ssm_distill.matrices'):
+        from ssm_distill.students import mixing_error as old
+    assert old is matrices.mixing_error and 'mixing_error' not in students.__all__ and '__getattr__' not in students.__all__
+
+
+def test_copy_teacher_weights_takes_a_transformers_model():
+    "The model itself (a LlamaForCausalLM) is wrapped as load_teacher wraps it: the same keys copied, the same weights."
+    from ssm_distill.students import copy_teacher_weights
+    t = tiny_teacher('llama')
+    assert type(t.model).__name__ == 'LlamaForCausalLM'
+    a, b = build_student(t.model, mixer='gla', init='random'), build_student(t, mixer='gla', init='random')
+    assert copy_teacher_weights(a, t.model) == copy_teacher_weights(b, t)
+    sa, sb = a.lm.state_dict(), b.lm.state_dict()
+    for k, v in t.model.state_dict().items():
+        if k in sa and sa[k].shape == v.shape: assert torch.equal(sa[k], v) and torch.equal(sb[k], v)
