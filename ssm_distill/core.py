@@ -14,8 +14,8 @@ from typing import Any, Callable
 import torch
 
 # %% auto #0
-__all__ = ['SHAPES', 'EXTRAS', 'log', 'DTYPES', 'SsmDistillError', 'require', 'deprecated_names', 'checks_enabled', 'unchecked',
-           'check_shapes', 'Registry', 'has_module', 'optional_import', 'import_error', 'fla_triton_refusal',
+__all__ = ['SHAPES', 'EXTRAS', 'log', 'DTYPES', 'SsmDistillError', 'require', 'checks_enabled', 'unchecked', 'check_shapes',
+           'Registry', 'deprecated_names', 'has_module', 'optional_import', 'import_error', 'fla_triton_refusal',
            'fast_backend_refusal', 'pick_backend', 'get_device', 'supports_bf16', 'get_dtype', 'seed_everything',
            'new_file_mode', 'follow_umask']
 
@@ -46,18 +46,6 @@ def require(ok:bool, # the condition that must hold
            ) -> None:
     "Raise `SsmDistillError(msg, key=key)` unless `ok`."
     if not ok: raise SsmDistillError(msg, key=key)
-
-# %% ../nbs/00_core.ipynb #1de04b08
-def deprecated_names(module:str, # the old module (`__name__`)
-                     moved:dict[str, str], # {name: the module it lives in now}
-                    ) -> Callable[[str], Any]:
-    "A module-level `__getattr__` for `module` that returns each moved name from its new home, with a `DeprecationWarning`."
-    def __getattr__(name:str):
-        if name not in moved: raise AttributeError(f"module {module!r} has no attribute {name!r}")
-        warnings.warn(f"{module}.{name} moved to {moved[name]}.{name}; import it from there (the old name goes in the next release)",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(moved[name]), name)
-    return __getattr__
 
 # %% ../nbs/00_core.ipynb #a3e56d88
 _CHECKS = threading.local()
@@ -111,6 +99,19 @@ class Registry(dict):
     def __missing__(self, key):
         raise SsmDistillError(f"unknown {self.kind} {key!r}; choose one of: {', '.join(sorted(self))}"
                               + (f". {self.hint}" if self.hint else ''))
+
+# %% ../nbs/00_core.ipynb #86162709
+def deprecated_names(module_name:str, # the old home, e.g. 'ssm_distill.students' (named in the warning)
+                     moved:dict[str, str], # old name -> the module that defines it now, e.g. {'mixing_error': 'ssm_distill.matrices'}
+                    ) -> Callable[[str], Any]: # the old module's `__getattr__`
+    "A module `__getattr__` (PEP 562) that answers each moved name from its new home, with a `DeprecationWarning`."
+    def __getattr__(name:str):
+        if name not in moved: raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+        warnings.warn(f"{module_name}.{name} moved to {moved[name]}; import it from there "
+                      f"(`from {moved[name]} import {name}`): the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(moved[name]), name)
+    return __getattr__
 
 # %% ../nbs/00_core.ipynb #8f6a4a15
 EXTRAS = {

@@ -19,6 +19,7 @@ from .core import Registry, SsmDistillError, optional_import, require
 from .data import DataConfig
 from .loop import as_blocks, causal_lm as _lm
 from .stages import mixer_can_materialize as can_materialize, teacher_rotary
+from .teachers import load_teacher
 
 # %% auto #0
 __all__ = ['LOCAL_TASKS', 'DIRECT_SCORERS', 'logit_metrics', 'teacher_layer_of', 'comparable_layers', 'layer_errors',
@@ -48,6 +49,7 @@ def teacher_layer_of(student, l:int) -> int:
 
 def comparable_layers(student, teacher) -> tuple[list[int], list[str]]:
     "The student's mixer layers that can run on the teacher's attention input, and notes on what is left out."
+    teacher = load_teacher(teacher)
     if student.config.hidden_size != teacher.config.hidden_size:
         return [], [f"student width {student.config.hidden_size} != teacher width {teacher.config.hidden_size}: "
                     f"no layer-wise errors (the mixers cannot take the teacher's input)"]
@@ -57,6 +59,7 @@ def comparable_layers(student, teacher) -> tuple[list[int], list[str]]:
 def layer_errors(student, teacher, cap, ids:torch.Tensor, # (B, T)
                  layers:Iterable[int]) -> dict[int, dict[str, torch.Tensor]]:
     "Per student layer: `hidden` and `hidden_rel` `[B, T]` (mixer output vs attention output), `mixing` `[B, H]` (Frobenius)."
+    teacher = load_teacher(teacher)
     rot, out = teacher_rotary(teacher, ids), {}
     for l in layers:
         tl = teacher_layer_of(student, l)
@@ -109,8 +112,7 @@ def distill_metrics(student, # a student (`StudentForCausalLM`) or any causal LM
                     layers:bool=True, # also the per-layer hidden and mixing errors
                    ) -> EvalResult:
     "Perplexity, agreement, KL and per-layer errors of `student` against `teacher` on `blocks`."
-    from ssm_distill.teachers import Teacher, load_teacher
-    if teacher is not None and not isinstance(teacher, Teacher): teacher = load_teacher(teacher)
+    if teacher is not None: teacher = load_teacher(teacher)
     use_layers = teacher is not None and layers and hasattr(student, 'mixer_layers')
     lw, notes = comparable_layers(student, teacher) if use_layers else ([], [])
     tl, what = sorted({teacher_layer_of(student, l) for l in lw}), {'logits'}

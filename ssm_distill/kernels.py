@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from .core import Registry, check_shapes, checks_enabled, optional_import, pick_backend, require
+from .core import Registry, check_shapes, checks_enabled, deprecated_names, optional_import, pick_backend, require
 from .kernel_base import (FAMILIES, Family, FamilyRegistry, check_chunk_size, check_log_gate, default_scale,
                                      from_chunks, mix, pad_time, randn, run_fast, segsum, to_chunks)
 
@@ -811,3 +811,13 @@ def _toeplitz_inputs(B, T, H, K, V, dtype=torch.float64, generator=None):
 
 FAMILIES['toeplitz'] = Family(toeplitz, chunk_toeplitz, recurrent_toeplitz, naive_toeplitz, toeplitz_kernel_matrix,
                               _toeplitz_inputs, doc='long convolution: any Toeplitz matrix, data-independent')
+
+# %% ../nbs/01_kernels.ipynb #8ed36fec
+_MOVED_TO_DELTA = (   # the names ssm_distill.kernels re-exported from kernels_delta before the split
+    'channels_to_heads', 'chunk_delta_rule', 'chunk_gated_delta_rule', 'chunk_mlstm', 'chunk_selective_scan',
+    'delta_rule', 'delta_rule_mixing_matrix', 'gated_delta_rule', 'gated_delta_rule_mixing_matrix', 'mlstm',
+    'mlstm_mixing_matrix', 'naive_delta_rule', 'naive_gated_delta_rule', 'naive_mlstm', 'naive_selective_scan',
+    'recurrent_delta_rule', 'recurrent_gated_delta_rule', 'recurrent_mlstm', 'recurrent_selective_scan',
+    'selective_scan', 'selective_scan_mixing_matrix',
+)
+__getattr__ = deprecated_names('ssm_distill.kernels', dict.fromkeys(_MOVED_TO_DELTA, 'ssm_distill.kernels_delta'))

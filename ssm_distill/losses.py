@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import Registry, SsmDistillError, check_shapes, require
-from .students import mixing_error
+from .matrices import mixing_error
 
 # %% auto #0
 __all__ = ['LOSSES', 'LAYER_MAPS', 'Mapping', 'matrix_orientation_loss', 'hidden_state_alignment_loss', 'layerwise',
@@ -68,7 +68,7 @@ def _check_matrices(M_student:torch.Tensor, M_teacher:torch.Tensor):
 def matrix_orientation_loss(M_student:torch.Tensor, # (B, H, T, S) the student mixer's materialized matrix
                             M_teacher:torch.Tensor, # (B, H, T, S) the teacher's attention probabilities
                            ) -> tuple[torch.Tensor, dict[str, float]]:
-    "MOHAWK stage 1: Frobenius norm of `M_teacher - M_student` per (batch, head), averaged (`students.mixing_error`, the teacher side detached)."
+    "MOHAWK stage 1: Frobenius norm of `M_teacher - M_student` per (batch, head), averaged (`matrices.mixing_error`, the teacher side detached)."
     _check_matrices(M_student, M_teacher)
     loss = mixing_error(M_student, M_teacher.detach())                        # (B, H) -> ()
     return loss, {'matrix_orientation': _f(loss)}

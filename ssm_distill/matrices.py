@@ -13,19 +13,17 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from .core import Registry, require, check_shapes
-from .kernels import (toeplitz_matrix, lti_kernel, linear_attention_mixing_matrix, simple_gla_mixing_matrix,
-                                 gla_mixing_matrix, softmax_attention_mixing_matrix, retention_mixing_matrix,
-                                 retnet_gammas, ssd_mixing_matrix)
-from .kernels_delta import (delta_rule_mixing_matrix, gated_delta_rule_mixing_matrix, mlstm_mixing_matrix,
-                                       selective_scan_mixing_matrix)
+from .kernels import toeplitz_matrix, lti_kernel, linear_attention_mixing_matrix, simple_gla_mixing_matrix, gla_mixing_matrix
+# one way only: each mixer declares its own matrix class (`Mixer.free_matrix`), mixers never import this module
+from .mixers import MIXERS, FreeMatrix, Mixer, MixerConfig, _heads, _per_head
 
 # %% auto #0
-__all__ = ['MATRIX_CLASSES', 'MIXER_CLASSES', 'frobenius_errors', 'FitConfig', 'Descent', 'descend', 'diagonal_means',
-           'toeplitz_fit', 'svd_start', 'gates', 'svd_and_gates', 'lti_start', 'MatrixClass', 'lti_matrix',
-           'low_rank_matrix', 'ssd_matrix', 'diagonal_matrix', 'MatrixFit', 'fit_matrix_class']
+__all__ = ['MATRIX_CLASSES', 'MIXER_CLASSES', 'frobenius_errors', 'mixing_error', 'FitConfig', 'Descent', 'descend',
+           'diagonal_means', 'toeplitz_fit', 'svd_start', 'gates', 'svd_and_gates', 'lti_start', 'MatrixClass',
+           'lti_matrix', 'low_rank_matrix', 'ssd_matrix', 'diagonal_matrix', 'mixer_matrix_class', 'MatrixFit',
+           'fit_matrix_class']
 
 # %% ../nbs/02a_matrices.ipynb #fc6f6df3
 def frobenius_errors(M:torch.Tensor, # [B, H, T, T] fitted matrices
@@ -33,6 +31,12 @@ def frobenius_errors(M:torch.Tensor, # [B, H, T, T] fitted matrices
                     ) -> torch.Tensor: # [B, H]
     "`‖M − A‖_F` per batch element and head (MOHAWK's stage-1 distance)."
     return (M - A.to(M.dtype)).flatten(-2).norm(dim=-1)
+
+def mixing_error(M_s:torch.Tensor, # [B, H, T, T] the student's mixing matrices
+                 M_t:torch.Tensor, # [B, H, T, T] the teacher's attention probabilities
+                ) -> torch.Tensor: # []
+    "Mean over (batch, head) of the Frobenius norm `‖M_t − M_s‖_F` of `[B, H, T, T]` matrices (MOHAWK stage 1)."
+    return frobenius_errors(M_s, M_t).mean()
 
 # %% ../nbs/02a_matrices.ipynb #1db28f8c
 @dataclass
@@ -188,18 +192,10 @@ class MatrixClass:
     embed:Callable|None = None # parameters of `contains` -> parameters of this class with the same matrices
     doc:str = '' # one line for tables
 
-MATRIX_CLASSES = Registry('matrix class', hint='the structured classes, and the mixers of ssm_distill.mixers.MIXERS by name; '
-                          'add one with MATRIX_CLASSES["name"] = MatrixClass(matrix, start, ...)')
+MATRIX_CLASSES = Registry('matrix class', hint='the structured classes, and the mixers of ssm_distill.mixers.MIXERS by name '
+                          '(each declares its class: Mixer.free_matrix); add one with MATRIX_CLASSES["name"] = MatrixClass(matrix, start, ...)')
 
 def _nonpositive(p:torch.Tensor): p.clamp_(max=0)   # a log decay: a decay in (0, 1]
-
-def _heads(x:torch.Tensor) -> torch.Tensor:
-    "Per-head parameters `[B, H, T, ...]` -> the kernels' layout with every (b, h) its own head: `[1, T, B*H, ...]`."
-    return rearrange(x, 'b h t ... -> 1 t (b h) ...')
-
-def _per_head(M:torch.Tensor, like:torch.Tensor) -> torch.Tensor:
-    "A kernel's `[1, B*H, T, T]` back to `[B, H, T, T]` (`like` has the [B, H] in front)."
-    return M[0].unflatten(0, like.shape[:2])
 
 # %% ../nbs/02a_matrices.ipynb #8e03c785
 def lti_matrix(T, log_a, c):
@@ -232,54 +228,25 @@ MATRIX_CLASSES.update(
 )
 
 # %% ../nbs/02a_matrices.ipynb #64db7fe2
-def _log_probs_start(A, N):
-    "Softmax's start: the SVD factors of the causal log-probabilities (softmax undoes the log; row shifts do not matter)."
-    return svd_start(A.clamp_min(1e-6).log().tril(), N)
+def _free_start(free:FreeMatrix) -> Callable:
+    "A mixer's start: the SVD factors it takes (of `A`, or of what its `svd_of` makes of A), plus its gates' start values."
+    def start(A, N):
+        target = A if free.svd_of is None else free.svd_of(A)
+        return {n: x for n, x in svd_start(target, N).items() if n in free.factors} | gates(A, N, **free.gates)
+    return start
 
-def _selective_matrix(T, q, k, a, A_log):
-    "Mamba-1 with one channel per head: `C_t·(Δ_s B_s) exp(Δ_{s+1} A + … + Δ_t A)`, Δ = softplus(a), A = −exp(A_log)."
-    group = lambda x: rearrange(x, 'b h t n -> 1 (b h) n t')                 # one group of B, C per channel
-    M = selective_scan_mixing_matrix(a.new_zeros(1, a[..., 0].numel(), T), rearrange(a, 'b h t -> 1 (b h) t'),
-                                     -A_log.exp().flatten(0, 1), group(k), group(q), delta_softplus=True)
-    return M[0].unflatten(0, a.shape[:2])                                     # (B, H, T, T)
+def mixer_matrix_class(mixer:str|Mixer, # a key of MIXERS, or a built layer (its own options)
+                       config:MixerConfig|None=None, # the layer's options (default: the layer's, or the defaults)
+                      ) -> MatrixClass:
+    "The matrix class that a mixer declares (`Mixer.free_matrix`) under its options, as a `MatrixClass` to fit."
+    cls = MIXERS[mixer] if isinstance(mixer, str) else type(mixer)
+    # the class depends on a layer's options, not on its width: a one-head layer carries the defaults
+    c = config or (mixer.config if isinstance(mixer, Mixer) else cls.config_cls(d_model=1, n_heads=1))
+    free = cls.free_matrix(c)
+    if isinstance(free, str): return MATRIX_CLASSES[free]   # the layer is a structured class itself
+    return MatrixClass(free.matrix, _free_start(free), doc=free.doc)
 
-_SOFTPLUS_1 = math.log(math.e - 1)   # softplus(_SOFTPLUS_1) = 1
-
-MIXER_CLASSES = dict(   # each mixer's own parametrisation of its kernel's matrix, with free per-token inputs of width N
-    softmax_attention=MatrixClass(lambda T, q, k: _per_head(softmax_attention_mixing_matrix(_heads(q), _heads(k), scale=1.0), q),
-                                  _log_probs_start, doc='softmax(q kᵀ), causal'),
-    linear_attention=MatrixClass(lambda T, q, k: _per_head(linear_attention_mixing_matrix(
-        _heads(q), _heads(k), feature_map='elu', normalize=True, scale=1.0), q), svd_start, doc='normalised elu+1 features'),
-    hedgehog=MatrixClass(lambda T, q, k: _per_head(linear_attention_mixing_matrix(
-        _heads(q), _heads(k), feature_map='hedgehog', normalize=True, scale=1.0), q), svd_start, doc='normalised hedgehog features'),
-    mamba2=MatrixClass(lambda T, q, k, a, A_log: _per_head(ssd_mixing_matrix(
-        F.softplus(_heads(a)), -A_log.exp().flatten(), _heads(k), _heads(q)), q),
-        svd_and_gates(a=('t', _SOFTPLUS_1), A_log=('', math.log(0.01))),
-        doc='SSD: dt = softplus(a), A = −exp(A_log) per head, B = k, C = q'),
-    phi_mamba=MatrixClass(lambda T, q, k, a: ssd_matrix(T, q, k, -F.softplus(a)), svd_and_gates(a=('t', -5.)),
-                          doc='discrete SSD: g = −softplus(a)'),
-    mamba=MatrixClass(_selective_matrix, svd_and_gates(a=('t', _SOFTPLUS_1), A_log=('n', math.log(0.01))),
-                      doc='selective scan, one channel per head: Δ = softplus(a), A = −exp(A_log) per state'),
-    gla=MatrixClass(lambda T, q, k, a: diagonal_matrix(T, q, k, F.logsigmoid(a) / 16), svd_and_gates(a=('tn', 6.)),
-                    doc='g = logsigmoid(a) / 16 per key channel'),
-    retnet=MatrixClass(lambda T, q, k: _per_head(retention_mixing_matrix(
-        _heads(q), _heads(k), retnet_gammas(q.shape[1]).to(q).repeat(q.shape[0]), scale=1.0), q), svd_start,
-        doc='fixed decay 1 − 2^(−5−h) per head'),
-    hgrn2=MatrixClass(lambda T, q, f: diagonal_matrix(T, F.silu(q), -torch.expm1(F.logsigmoid(f)), F.logsigmoid(f)),
-                      lambda A, N: dict(q=svd_start(A, N)['q']) | gates(A, N, f=('tn', 3.)),
-                      doc='forget gate f per channel, key 1 − f, query silu(q)'),
-    deltanet=MatrixClass(lambda T, q, k, b: _per_head(delta_rule_mixing_matrix(
-        F.normalize(_heads(q), dim=-1), F.normalize(_heads(k), dim=-1), _heads(b).sigmoid(), scale=1.0), q),
-        svd_and_gates(b=('t', 0.)), doc='delta rule, unit q and k, beta = sigmoid(b)'),
-    gated_deltanet=MatrixClass(lambda T, q, k, b, a: _per_head(gated_delta_rule_mixing_matrix(
-        F.normalize(_heads(q), dim=-1), F.normalize(_heads(k), dim=-1), -F.softplus(_heads(a)), _heads(b).sigmoid(),
-        scale=1.0), q), svd_and_gates(b=('t', 0.), a=('t', -5.)), doc='gated delta rule, g = −softplus(a)'),
-    mlstm=MatrixClass(lambda T, q, k, i, f: _per_head(mlstm_mixing_matrix(
-        _heads(q), _heads(k), _heads(i), _heads(f), scale=1.0), q), svd_and_gates(i=('t', 0.), f=('t', 3.)),
-        doc='normalised, stabilised exp(i) input and sigmoid(f) forget gates'),
-    # the mixers built from MOHAWK's structured classes are those classes: scale is absorbed into q, taps are free
-    low_rank=MATRIX_CLASSES['low_rank'], toeplitz=MATRIX_CLASSES['toeplitz'],
-)
+MIXER_CLASSES = {name: mixer_matrix_class(name) for name in MIXERS}   # every mixer's class under its default options
 MATRIX_CLASSES.update(MIXER_CLASSES)
 
 # %% ../nbs/02a_matrices.ipynb #81c8e125

@@ -7,11 +7,13 @@ Docs: https://ssm-distill.github.io/ssm_distill/mixers.html.md"""
 # %% ../nbs/02_mixers.ipynb #086bdae5
 from __future__ import annotations
 import inspect, math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Callable
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from .core import Registry, SsmDistillError, require, check_shapes, checks_enabled, unchecked, _say_once
 from .kernel_base import FAMILIES
@@ -21,7 +23,7 @@ from .kernels_delta import channels_to_heads   # (importing it registers the del
 # %% auto #0
 __all__ = ['QK_NORMS', 'ACTIVATIONS', 'MIXERS', 'AttentionWeights', 'rotate_half', 'apply_rotary', 'rotary_cos_sin',
            'silu_inverse', 'FusedProjection', 'ShortConv', 'GatedNorm', 'MixerConfig', 'expand_kv', 'call_with',
-           'Mixer', 'SoftmaxAttentionConfig', 'SoftmaxAttention', 'mixer_from_attention', 'dt_bias_init',
+           'FreeMatrix', 'Mixer', 'SoftmaxAttentionConfig', 'SoftmaxAttention', 'mixer_from_attention', 'dt_bias_init',
            'Mamba2Config', 'Mamba2', 'tiny_mixer', 'PhiMambaConfig', 'PhiMamba', 'MambaConfig', 'Mamba', 'GLAConfig',
            'GLA', 'RetNetConfig', 'RetNet', 'HGRN2Config', 'HGRN2', 'DeltaNetConfig', 'DeltaNet', 'GatedDeltaNetConfig',
            'GatedDeltaNet', 'MLSTMConfig', 'MLSTM', 'LinearAttentionConfig', 'LinearAttention', 'HedgehogConfig',
@@ -279,6 +281,30 @@ def _step_rotary(rotary):
     if rotary is None: return None
     return tuple(r[:, None] if r.dim() == 2 else r for r in rotary)
 
+# %% ../nbs/02_mixers.ipynb #20d91af6
+@dataclass
+class FreeMatrix:
+    "A mixer's matrix class: its kernel's mixing matrix as a function of free inputs per head (what `matrices` fits)."
+    matrix:Callable # (T, **inputs) -> [B, H, T, T]; q, k: [B, H, T, N], each gate [B, H, *its axes]
+    gates:dict = field(default_factory=dict) # gate -> (axes, start value): axes from 't' (steps), 'n' (state channels); '' one per head
+    factors:str = 'qk' # the SVD factors (`A ≈ q kᵀ`) the fit starts from: 'qk', or 'q' where the key is made from a gate
+    svd_of:Callable|None = None # A -> the matrix whose SVD gives those factors (None: A itself)
+    doc:str = '' # one line for tables
+
+_SOFTPLUS_1 = math.log(math.e - 1)   # softplus(_SOFTPLUS_1) = 1: a step size of one
+
+def _heads(x:torch.Tensor) -> torch.Tensor:
+    "Per-head inputs `[B, H, T, ...]` -> the kernels' layout with every (b, h) its own head: `[1, T, B*H, ...]`."
+    return rearrange(x, 'b h t ... -> 1 t (b h) ...')
+
+def _per_head(M:torch.Tensor, like:torch.Tensor) -> torch.Tensor:
+    "A kernel's `[1, B*H, T, T]` back to `[B, H, T, T]` (`like` has the [B, H] in front)."
+    return M[0].unflatten(0, like.shape[:2])
+
+def _family_matrix(family:str, like:torch.Tensor, *args, **kw) -> torch.Tensor: # [B, H, T, T]
+    "Kernel family `family`'s mixing matrix of inputs in the kernels' layout, back per head (`like`: [B, H, ...])."
+    return _per_head(FAMILIES[family].mixing_matrix(*args, **kw), like)
+
 # %% ../nbs/02_mixers.ipynb #02e7346e
 class Mixer(nn.Module):
     "Base class of all mixers: `forward`, `step`, `init_state`, `materialize`, `init_from_attention`."
@@ -312,6 +338,11 @@ class Mixer(nn.Module):
         "The kernel state before the first token (zeros `[B, H, K, V]` by default)."
         c = self.config
         return torch.zeros(batch_size, c.n_heads, c.head_dim, c.head_dim, device=device, dtype=dtype)
+    @classmethod
+    def free_matrix(cls, c:MixerConfig) -> FreeMatrix|str:
+        "This layer's matrix class under options `c`: a `FreeMatrix`, or the name of the structured class of `matrices` it is."
+        raise SsmDistillError(f"{cls.__name__} declares no matrix class; give it a classmethod free_matrix(cls, c) returning "
+                              "a FreeMatrix (as GLA's does), so that ssm_distill.matrices can fit it")
 
     # --- shared plumbing
     def build_qkv(self, c, names:str='qkv', **extra:int):
@@ -462,6 +493,12 @@ class SoftmaxAttention(Mixer):
     "Causal softmax attention with rotary, GQA, biases and a padding mask; state: a growing KV cache."
     config_cls, family = SoftmaxAttentionConfig, 'softmax_attention'
 
+    @classmethod
+    def free_matrix(cls, c):
+        # the start is the SVD of the log-probabilities: softmax undoes the log (row shifts do not matter)
+        return FreeMatrix(lambda T, q, k: _family_matrix(cls.family, q, _heads(q), _heads(k), scale=1.0),
+                          svd_of=lambda A: A.clamp_min(1e-6).log().tril(), doc='softmax(q kᵀ), causal')
+
     def build(self, c):
         Dh, Hkv = c.head_dim, c.n_kv_heads
         self.in_proj = FusedProjection(c.d_model, dict(q=c.inner, k=Hkv * Dh, v=Hkv * Dh), bias=c.bias)
@@ -570,6 +607,12 @@ class Mamba2(Mixer):
     qkv_parts = dict(q='C', k='B', v='x')
     qkv_args = ('C', 'B', 'x')
 
+    @classmethod
+    def free_matrix(cls, c):
+        return FreeMatrix(lambda T, q, k, a, A_log: _family_matrix(
+            cls.family, q, F.softplus(_heads(a)).clamp(*c.dt_limit), -A_log.exp().flatten(), _heads(k), _heads(q)),
+            gates=dict(a=('t', _SOFTPLUS_1), A_log=('', math.log(0.01))), doc='SSD: dt = softplus(a), A = −exp(A_log) per head, B = k, C = q')
+
     def build(self, c):
         H, G, N = c.n_heads, c.n_groups, c.d_state
         self.in_proj = FusedProjection(c.d_model, dict(z=c.inner, x=c.inner, B=G * N, C=G * N, dt=H), bias=c.bias)
@@ -628,6 +671,11 @@ class PhiMamba(Mixer):
     config_cls, family, pad_zero = PhiMambaConfig, 'simple_gla', ('k', 'g')
     qkv_parts = dict(q='C', k='B', v='x')
 
+    @classmethod
+    def free_matrix(cls, c):
+        return FreeMatrix(lambda T, q, k, a: _family_matrix(cls.family, q, _heads(q), _heads(k), _heads(-F.softplus(a)), scale=1.0),
+                          gates=dict(a=('t', -5.)), doc='discrete SSD: g = −softplus(a)')
+
     def build(self, c):
         self.in_proj = FusedProjection(c.d_model, dict(x=c.inner, B=c.inner, C=c.inner, z=c.inner, A_log=c.n_heads),
                                        bias=c.bias)
@@ -677,6 +725,17 @@ class Mamba(Mixer):
     "Mamba-1: in_proj -> x, z; conv + SiLU; x_proj -> dt, B, C; dt_proj; selective scan with D and silu(z)."
     config_cls, family = MambaConfig, 'selective_scan'
     qkv_parts = dict(v='x')
+
+    @classmethod
+    def free_matrix(cls, c):
+        def matrix(T, q, k, a, A_log):
+            "One channel per head: `C_t·(Δ_s B_s) exp(Δ_{s+1} A + … + Δ_t A)`, Δ = softplus(a), A = −exp(A_log)."
+            group = lambda x: rearrange(x, 'b h t n -> 1 (b h) n t')         # one group of B, C per channel
+            M = FAMILIES[cls.family].mixing_matrix(a.new_zeros(1, a[..., 0].numel(), T), rearrange(a, 'b h t -> 1 (b h) t'),
+                                                   -A_log.exp().flatten(0, 1), group(k), group(q), delta_softplus=True)
+            return M[0].unflatten(0, a.shape[:2])                             # (B, H, T, T)
+        return FreeMatrix(matrix, gates=dict(a=('t', _SOFTPLUS_1), A_log=('n', math.log(0.01))),
+                          doc='selective scan, one channel per head: Δ = softplus(a), A = −exp(A_log) per state')
 
     def build(self, c):
         require(not c.rotary, "mamba: B and C are shared by all channels and come from the conv'd input; "
@@ -739,6 +798,12 @@ class GLA(Mixer):
     "Gated linear attention: per-key-channel data-dependent decay, RMSNorm and swish output gate."
     config_cls, family = GLAConfig, 'gla'
 
+    @classmethod
+    def free_matrix(cls, c):
+        return FreeMatrix(lambda T, q, k, a: _family_matrix(
+            cls.family, q, _heads(q), _heads(k), _heads(F.logsigmoid(a) / c.gate_logit_normalizer), scale=1.0),
+            gates=dict(a=('tn', 6.)), doc=f'g = logsigmoid(a) / {c.gate_logit_normalizer:g} per key channel')
+
     def build(self, c):
         self.build_qkv(c, **(dict(g=c.inner) if c.output_gate else {}))
         self.gk_proj = nn.Sequential(nn.Linear(c.d_model, c.gate_low_rank_dim, bias=False),
@@ -762,6 +827,12 @@ class RetNet(Mixer):
     "Multi-scale retention: fixed decay gamma_h = 1 - 2^(-5-h) per head, GroupNorm, swish gate."
     config_cls, family, pad_zero = RetNetConfig, 'retention', ('k',)
 
+    @classmethod
+    def free_matrix(cls, c):
+        return FreeMatrix(lambda T, q, k: _family_matrix(
+            cls.family, q, _heads(q), _heads(k), retnet_gammas(q.shape[1]).to(q).repeat(q.shape[0]), scale=1.0),
+            doc='fixed decay 1 − 2^(−5−h) per head')
+
     def build(self, c):
         self.build_qkv(c, **(dict(g=c.inner) if c.output_gate else {}))
         self.register_buffer('gamma', retnet_gammas(c.n_heads).float())   # (H,)
@@ -782,6 +853,12 @@ class HGRN2(Mixer):
     "HGRN2: forget gate f as per-key-channel decay, key = 1 - f, query = swish(q); GLA kernel; RMSNorm."
     config_cls, family = HGRN2Config, 'gla'
     qkv_parts = dict(q='q', v='v')      # the key is the complement of the forget gate: no teacher counterpart
+
+    @classmethod
+    def free_matrix(cls, c):
+        return FreeMatrix(lambda T, q, f: _family_matrix(
+            cls.family, q, _heads(F.silu(q)), _heads(-torch.expm1(F.logsigmoid(f))), _heads(F.logsigmoid(f)), scale=1.0),
+            gates=dict(f=('tn', 3.)), factors='q', doc='forget gate f per channel, key 1 − f, query silu(q)')
 
     def build(self, c):
         self.build_qkv(c, 'qfv')
@@ -804,6 +881,12 @@ class DeltaNetConfig(MixerConfig):
 class DeltaNet(Mixer):
     "DeltaNet: S = S - beta k (k^T S) + beta k v^T with L2-normalised q/k; RMSNorm per head."
     config_cls, family, pad_zero = DeltaNetConfig, 'delta_rule', ('beta',)
+
+    @classmethod
+    def free_matrix(cls, c):
+        return FreeMatrix(lambda T, q, k, b: _family_matrix(
+            cls.family, q, F.normalize(_heads(q), dim=-1), F.normalize(_heads(k), dim=-1), _heads(b).sigmoid(), scale=1.0),
+            gates=dict(b=('t', 0.)), doc='delta rule, unit q and k, beta = sigmoid(b)')
 
     def parts(self, c) -> dict:
         "The input projection's parts after q, k, v."
@@ -839,6 +922,12 @@ class GatedDeltaNet(DeltaNet):
     "Gated DeltaNet: the delta rule with a per-head decay exp(-exp(A_log) softplus(a + dt_bias))."
     config_cls, family, pad_zero = GatedDeltaNetConfig, 'gated_delta_rule', ('beta', 'g')
 
+    @classmethod
+    def free_matrix(cls, c):
+        return FreeMatrix(lambda T, q, k, b, a: _family_matrix(
+            cls.family, q, F.normalize(_heads(q), dim=-1), F.normalize(_heads(k), dim=-1), -F.softplus(_heads(a)),
+            _heads(b).sigmoid(), scale=1.0), gates=dict(b=('t', 0.), a=('t', -5.)), doc='gated delta rule, g = −softplus(a)')
+
     def parts(self, c): return super().parts(c) | dict(a=c.n_heads)
 
     def build(self, c):
@@ -859,6 +948,12 @@ class MLSTMConfig(MixerConfig):
 class MLSTM(Mixer):
     "mLSTM: C = f C + exp(i) k v^T, n = f n + exp(i) k, y = C^T q / max(|n^T q|, 1); LayerNorm; sigmoid gate."
     config_cls, family = MLSTMConfig, 'mlstm'
+
+    @classmethod
+    def free_matrix(cls, c):
+        return FreeMatrix(lambda T, q, k, i, f: _family_matrix(cls.family, q, _heads(q), _heads(k), _heads(i), _heads(f), scale=1.0),
+                          gates=dict(i=('t', 0.), f=('t', c.forget_bias)),
+                          doc='normalised, stabilised exp(i) input and sigmoid(f) forget gates')
 
     def build(self, c):
         self.build_qkv(c, i=c.n_heads, f=c.n_heads, o=c.inner)
@@ -893,6 +988,13 @@ class LinearAttentionConfig(MixerConfig):
 class LinearAttention(Mixer):
     "Linear attention with a feature map, normalised by default; no decay, no gate, no norm."
     config_cls, family, pad_zero = LinearAttentionConfig, 'linear_attention', ('k',)
+
+    @classmethod
+    def free_matrix(cls, c):
+        features = 'elu+1' if c.feature_map == 'elu' else c.feature_map
+        return FreeMatrix(lambda T, q, k: _family_matrix(
+            cls.family, q, _heads(q), _heads(k), feature_map=c.feature_map, normalize=c.normalize, scale=1.0),
+            doc=f"{'normalised' if c.normalize else 'unnormalised'} {features} features")
 
     def build(self, c):
         self.build_qkv(c)
@@ -943,6 +1045,9 @@ class LowRank(LinearAttention):
     "Causal low-rank mixing `M = tril(q kᵀ) · scale` (MOHAWK's low-rank class): QKV-copied, it is attention without the softmax."
     config_cls = LowRankConfig
 
+    @classmethod
+    def free_matrix(cls, c): return 'low_rank'   # MOHAWK's class itself: the scale is absorbed into q
+
 def ema_kernels(n_heads:int, # H
                 max_len:int, # L taps
                 decay_min:float=0.5, decay_max:float=0.97, # γ of the first and the last head
@@ -971,6 +1076,9 @@ class Toeplitz(Mixer):
     "A long convolution per head, `M[t, s] = κ_h[t − s]`, the same for every input (MOHAWK's Toeplitz class); values `V x`."
     config_cls, family, pad_zero = ToeplitzConfig, 'toeplitz', ('v',)
     qkv_parts, qkv_args = dict(v='v'), ()
+
+    @classmethod
+    def free_matrix(cls, c): return 'toeplitz'   # MOHAWK's class itself: the taps are free
 
     def build(self, c):
         self.build_qkv(c, names='v')

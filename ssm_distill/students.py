@@ -19,8 +19,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, Pret
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .core import Registry, SsmDistillError, follow_umask, require, log
-from .matrices import Descent, FitConfig, descend, frobenius_errors
+from .core import Registry, SsmDistillError, deprecated_names, follow_umask, require, log
+from .matrices import Descent, FitConfig, descend, mixing_error as _mixing_error   # students.mixing_error: the old name
 from .mixers import MIXERS, AttentionWeights, mixer_from_attention
 from .teachers import ADAPTERS, Teacher, load_teacher
 
@@ -29,8 +29,8 @@ __all__ = ['CACHE_ARGS', 'MIRRORED', 'REMOTE_MODULE', 'AUTO_MAP', 'REMOTE_CODE',
            'StudentCache', 'MixerAttention', 'cache_arg', 'find_cache', 'output_cache_field', 'check_reached',
            'allow_checkpointing_with_cache', 'is_local_path', 'StudentConfig', 'StudentForCausalLM',
            'check_transformers_contract', 'causal_mask', 'set_trainable_groups', 'qkv_copy_init', 'random_init',
-           'mixing_error', 'fit_mixing_matrix', 'calibration_batch', 'mixing_init', 'build_student',
-           'copy_teacher_weights', 'resized_config', 'uniform_teacher_layers', 'build_student_from_config']
+           'fit_mixing_matrix', 'calibration_batch', 'mixing_init', 'build_student', 'copy_teacher_weights',
+           'resized_config', 'uniform_teacher_layers', 'build_student_from_config']
 
 # %% ../nbs/04_students.ipynb #f8defdaf
 def _tensors_map(fn, tree):
@@ -602,10 +602,6 @@ def _frozen_rows(mixer:nn.Module) -> torch.Tensor|None:
     for part in mixer.qkv_parts.values(): rows[proj.slice(part)] = True
     return rows
 
-def mixing_error(M_s:torch.Tensor, M_t:torch.Tensor) -> torch.Tensor:
-    "Mean over (batch, head) of the Frobenius norm `‖M_t − M_s‖_F` of `[B, H, T, T]` matrices (MOHAWK stage 1)."
-    return frobenius_errors(M_s, M_t).mean()
-
 def _fitted_params(mixer:nn.Module, params:str) -> tuple[list, list]:
     "The parameters that shape the mixing matrix (`out_proj` does not) and gradient hooks that pin QKV-copied rows."
     require(params in ('free', 'all'), f"mixing_params={params!r}: use 'all' or 'free'")
@@ -633,7 +629,7 @@ def fit_mixing_matrix(mixer:nn.Module, # a mixer, already QKV-copied
     was = [p.requires_grad for p in ps]
 
     def loss():
-        e = mixing_error(mixer.materialize(x, rotary=rot), M_t)              # one error for the layer (shared parameters)
+        e = _mixing_error(mixer.materialize(x, rotary=rot), M_t)              # one error for the layer (shared parameters)
         return e, e
 
     try:
@@ -659,6 +655,7 @@ def mixing_init(student, teacher, weights:dict, calibration:torch.Tensor|None=No
                 mixing_params:str|None=None, # 'all' (default) or 'free'
                 **_):
     "QKV copy, then fit each mixer's mixing matrix to the teacher's attention on a calibration batch (Haller et al. 2025)."
+    teacher = load_teacher(teacher)
     qkv_copy_init(student, teacher, weights)
     layers = sorted(weights)
     if not layers: return
@@ -677,6 +674,9 @@ def mixing_init(student, teacher, weights:dict, calibration:torch.Tensor|None=No
     student.init_report = report
 
 STUDENT_INITS.update(qkv_copy=qkv_copy_init, mixing=mixing_init, random=random_init)
+
+# %% ../nbs/04_students.ipynb #4a60a9d7
+__getattr__ = deprecated_names('ssm_distill.students', {'mixing_error': 'ssm_distill.matrices'})
 
 # %% ../nbs/04_students.ipynb #e678f894
 _GEOMETRY = ('d_model', 'n_heads', 'head_dim', 'n_kv_heads')
@@ -737,8 +737,9 @@ def build_student(teacher, # a `Teacher`, a transformers model, a hub name or a 
             if id(q) in off: q.requires_grad_(False)
     return student.eval()
 
-def copy_teacher_weights(student:StudentForCausalLM, teacher:Teacher) -> list[str]:
+def copy_teacher_weights(student:StudentForCausalLM, teacher) -> list[str]: # teacher: a `Teacher` or anything `load_teacher` takes
     "Copy every teacher tensor the student's skeleton still has, by key and shape; return the student keys left out."
+    teacher = load_teacher(teacher)
     mine = student.lm.state_dict()
     theirs = {k: v for k, v in teacher.model.state_dict().items() if k in mine and mine[k].shape == v.shape}
     missing, _ = student.lm.load_state_dict(theirs, strict=False)

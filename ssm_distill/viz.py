@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 
 from .core import Registry, log, require, SsmDistillError
 from .stages import teacher_rotary
+from .teachers import load_teacher
 from .callbacks import Callback
 
 # %% auto #0
@@ -182,7 +183,7 @@ def compare_matrices(mats:Mapping[str, torch.Tensor], # model name -> [H, T, T] 
 
 # %% ../nbs/07a_viz.ipynb #c0019
 @torch.no_grad()
-def layer_matrices(teacher, # a `Teacher` (ssm_distill.teachers)
+def layer_matrices(teacher, # a `Teacher`, or anything `load_teacher` takes (a transformers model, a folder, a hub name)
                    student=None, # a student (ssm_distill.students) or None: the teacher's matrices only
                    ids:torch.Tensor=None, # (1, T) one block of token ids
                    layers:Sequence[int]|None=None, # student layers (default: all its mixer layers; the teacher's layers without a student)
@@ -190,6 +191,7 @@ def layer_matrices(teacher, # a `Teacher` (ssm_distill.teachers)
                   ) -> dict[int, dict[str, torch.Tensor]]:
     "Per layer: the teacher's attention probabilities and the student's mixing matrix, each (H, T, T)."
     require(ids is not None and ids.dim() == 2 and ids.shape[0] == 1, "layer_matrices: pass ids of shape (1, T), one block")
+    teacher = load_teacher(teacher)
     layers = list(layers if layers is not None else (student.mixer_layers if student is not None else range(teacher.n_layers)))
     tl = {l: (layer_map or {}).get(l, l) for l in layers}                       # the teacher layer of each
     cap = teacher.capture(ids, layers=sorted(set(tl.values())), what={'attn_in', 'attn_probs'})

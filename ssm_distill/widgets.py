@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from .core import SsmDistillError, log, require
 from .matrices import fit_matrix_class
 from .mixers import MIXERS
+from .teachers import load_teacher
 from .students import STUDENT_INITS
 from .callbacks import Callback, Event
 from .config import RunConfig, load_config
@@ -50,9 +51,9 @@ DEFAULT_TEXT = ("Return a new list containing all items from the iterable in asc
 CLASS_SIZES = (1, 2, 4, 8, 16) # state sizes N the matrix-class panel fits
 
 def _resolve_teacher(teacher, tokenizer):
-    "A `Teacher` and its tokenizer from a Teacher (plus tokenizer) or a name `load_run_teacher` knows."
+    "A `Teacher` and its tokenizer from a name `load_run_teacher` knows ('builtin', a folder, a hub name) or what `load_teacher` wraps."
     if isinstance(teacher, (str, Path)): teacher, tok = load_run_teacher(str(teacher))
-    else: tok = getattr(teacher, 'tokenizer', None)
+    else: teacher = load_teacher(teacher); tok = teacher.tokenizer      # a Teacher, or a transformers model
     tok = tokenizer or tok
     require(tok is not None, "MixingExplorer: this teacher carries no tokenizer; pass tokenizer=...")
     return teacher, tok
@@ -83,7 +84,7 @@ def matrix_class_errors(attn:torch.Tensor, # [H, T, T] one layer's attention (or
 # %% ../nbs/10_widgets.ipynb #c0010
 class MixingExplorer:
     "One head's teacher | student | difference heatmaps, the per-head error grid and the matrix-class fits, updating in place."
-    def __init__(self, teacher, # a Teacher, or 'builtin', a folder, a hub name (`load_run_teacher`)
+    def __init__(self, teacher, # a Teacher, a transformers model, or 'builtin', a folder, a hub name (`load_run_teacher`)
                  student=None, # a student model, a folder a run saved, or None (the teacher alone)
                  text:str=DEFAULT_TEXT, # the input whose matrices are shown
                  tokenizer=None, # the teacher's tokenizer, if the teacher does not carry one

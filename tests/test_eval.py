@@ -8,8 +8,8 @@ import torch
 from ssm_distill.builtin import load_builtin_teacher
 from ssm_distill.cli import main
 from ssm_distill.core import SsmDistillError
-from ssm_distill.eval import (LOCAL_TASKS, check_eval_request, compare_students, direct_scores, distill_metrics, eval_blocks,
-                              eval_report, lm_eval_table, lm_eval_task_names, results_table, run_lm_eval)
+from ssm_distill.eval import (LOCAL_TASKS, check_eval_request, comparable_layers, compare_students, direct_scores, distill_metrics,
+                              eval_blocks, eval_report, layer_errors, lm_eval_table, lm_eval_task_names, results_table, run_lm_eval)
 from ssm_distill.losses import hidden_state_alignment_loss
 from ssm_distill.students import build_student, build_student_from_config
 from ssm_distill.teachers import load_teacher
@@ -176,3 +176,17 @@ def test_students_of_runs_with_other_data_are_refused_together(tiny_run, tmp_pat
         compare_students([root/'run'/'student', tmp_path/'other'/'student'])
     res = compare_students([root/'run'/'student', tmp_path/'other'/'student'], data='builtin', seq_len=32, max_blocks=2)
     assert res['blocks'] == 2 and len(res['metrics']) == 2
+
+
+def test_a_transformers_model_is_measured_as_its_teacher(builtin, blocks):
+    "distill_metrics, comparable_layers and layer_errors take the LlamaForCausalLM itself (routed through load_teacher)."
+    teacher, _ = builtin
+    assert type(teacher.model).__name__ == 'LlamaForCausalLM'
+    st = build_student(teacher, 'phi_mamba')
+    a, b = distill_metrics(st, teacher.model, blocks, name='s'), distill_metrics(st, teacher, blocks, name='s')
+    assert (a.hidden_error, a.mixing_error, a.agreement, a.kl) == (b.hidden_error, b.mixing_error, b.agreement, b.kl)
+    assert comparable_layers(st, teacher.model) == comparable_layers(st, teacher)
+    cap = teacher.capture(blocks[:1], layers=[0], what={'attn_in', 'attn_out', 'attn_probs'})
+    with torch.no_grad():
+        got, want = (layer_errors(st, t, cap, blocks[:1], [0])[0] for t in (teacher.model, teacher))
+    for k in want: torch.testing.assert_close(got[k], want[k])

@@ -361,3 +361,17 @@ def test_fast_state(name):
     o2_f, _ = spec.op(**args, initial_state=S_t, backend='auto')
     o2_t, _ = spec.op(**args, initial_state=S_t, backend='torch')
     assert (o2_f - o2_t).abs().max() / o2_t.abs().max().clamp_min(1) < 5e-3
+
+
+def test_old_names_of_the_delta_ops_warn_and_are_the_same_objects():
+    "The delta-rule, mLSTM and selective-scan ops moved to kernels_delta; their old names still answer, with a warning."
+    from ssm_distill import kernels_delta as KD
+    assert len(K._MOVED_TO_DELTA) == 21 and set(K._MOVED_TO_DELTA) <= set(KD.__all__)
+    for name in K._MOVED_TO_DELTA:
+        with pytest.warns(DeprecationWarning, match=f'ssm_distill.kernels.{name} moved to ssm_distill.kernels_delta'):
+            assert getattr(K, name) is getattr(KD, name)
+    with pytest.warns(DeprecationWarning):
+        from ssm_distill.kernels import chunk_delta_rule
+    assert chunk_delta_rule is KD.chunk_delta_rule
+    assert '__getattr__' not in K.__all__ and not set(K._MOVED_TO_DELTA) & set(K.__all__)
+    with pytest.raises(AttributeError, match='no_such_op'): K.no_such_op

@@ -173,3 +173,11 @@ def test_direct_minilm_mask_and_projection():
 def test_registry_names():
     assert LOSSES['mha'] is LOSSES['minilm'] is minilm_relation_loss
     with pytest.raises(SsmDistillError, match='choose one of'): LOSSES['cosine']
+
+
+def test_losses_do_not_import_students():
+    "losses sits below students: mixing_error comes from matrices, and importing losses loads no student code."
+    import subprocess, sys
+    out = subprocess.run([sys.executable, '-c', 'import sys, ssm_distill.losses; print("ssm_distill.students" in sys.modules)'],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == 'False'

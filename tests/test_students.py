@@ -4,7 +4,8 @@ from transformers import AutoModelForCausalLM
 from ssm_distill.core import SsmDistillError
 from ssm_distill.teachers import tiny_teacher
 from ssm_distill.students import (STUDENT_GROUPS, StudentConfig, StudentForCausalLM, build_student,
-                                  build_student_from_config, causal_mask, mixing_error)
+                                  build_student_from_config, causal_mask)
+from ssm_distill.matrices import mixing_error
 
 FAMILIES = ['llama', 'phi', 'gpt2', 'gpt_neox', 'qwen3']   # GQA + rotary, partial rotary, fused Conv1D + tied head, fused per-head qkv, q/k norms
 
@@ -169,3 +170,22 @@ def test_hub_and_relative_teacher_names_are_kept():
     for name in ('org/model', 'runs/teacher'):
         d = StudentConfig(teacher=name, base_config={'model_type': 'llama', '_name_or_path': name}).to_dict()
         assert d['teacher'] == name and d['base_config']['_name_or_path'] == name
+
+
+def test_mixing_error_moved_to_matrices_and_the_old_name_warns():
+    import ssm_distill.matrices as matrices, ssm_distill.students as students
+    with pytest.warns(DeprecationWarning, match='ssm_distill.students.mixing_error moved to ssm_distill.matrices'):
+        from ssm_distill.students import mixing_error as old
+    assert old is matrices.mixing_error and 'mixing_error' not in students.__all__ and '__getattr__' not in students.__all__
+
+
+def test_copy_teacher_weights_takes_a_transformers_model():
+    "The model itself (a LlamaForCausalLM) is wrapped as load_teacher wraps it: the same keys copied, the same weights."
+    from ssm_distill.students import copy_teacher_weights
+    t = tiny_teacher('llama')
+    assert type(t.model).__name__ == 'LlamaForCausalLM'
+    a, b = build_student(t.model, mixer='gla', init='random'), build_student(t, mixer='gla', init='random')
+    assert copy_teacher_weights(a, t.model) == copy_teacher_weights(b, t)
+    sa, sb = a.lm.state_dict(), b.lm.state_dict()
+    for k, v in t.model.state_dict().items():
+        if k in sa and sa[k].shape == v.shape: assert torch.equal(sa[k], v) and torch.equal(sb[k], v)

@@ -27,3 +27,19 @@ def test_report_of_a_run_with_head_snapshots(teacher_dir, tmp_path):
     order = [page.index(s) for s in ('teacher perplexity', '<h2>training curves', '<h2>mixing matrices', 'across the run',
                                      '<summary>run config')]
     assert order == sorted(order)                                       # headline, curves, matrices, the head, config folded
+
+
+def test_layer_matrices_takes_a_transformers_model(teacher_dir):
+    "A LlamaForCausalLM gives the matrices its Teacher gives (routed through load_teacher)."
+    import torch
+    from ssm_distill.students import build_student
+    from ssm_distill.teachers import load_teacher
+    from ssm_distill.viz import layer_matrices
+    teacher = load_teacher(teacher_dir)
+    assert type(teacher.model).__name__ == 'LlamaForCausalLM'
+    student = build_student(teacher, mixer='phi_mamba').eval()
+    ids = torch.randint(0, teacher.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+    want, got = layer_matrices(teacher, student, ids), layer_matrices(teacher.model, student, ids)
+    assert sorted(got) == sorted(want) == list(student.mixer_layers)
+    for l in want:
+        for who in ('teacher', 'student'): torch.testing.assert_close(got[l][who], want[l][who])

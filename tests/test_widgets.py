@@ -87,3 +87,15 @@ def test_matrix_class_panel_fits_the_head(teacher_dir):
     ex = MixingExplorer(load_teacher(teacher_dir), text='one two one two one two', fit_classes=True, class_sizes=(1, 4))
     assert len(ex.classes.data) >= 2 and all(list(t.x) == [1, 4] for t in ex.classes.data)
     assert all(e >= 0 for t in ex.classes.data for e in t.y)
+
+
+def test_explorer_takes_a_transformers_model(teacher_dir):
+    "MixingExplorer(model, tokenizer=tok) with a LlamaForCausalLM works as with its Teacher (it raised AttributeError: n_heads)."
+    from ssm_distill.teachers import load_teacher
+    teacher = load_teacher(teacher_dir)
+    assert type(teacher.model).__name__ == 'LlamaForCausalLM'
+    ex = MixingExplorer(teacher.model, tokenizer=teacher.tokenizer, text='one two one two one two')
+    ref = MixingExplorer(teacher, text='one two one two one two')
+    assert ex.teacher.model is teacher.model and list(ex.head.options) == list(ref.head.options)
+    assert sorted(ex.mats) == sorted(ref.mats)
+    for l in ref.mats: torch.testing.assert_close(ex.mats[l]['teacher'], ref.mats[l]['teacher'])
