@@ -27,8 +27,9 @@ $(STAMP):
 	touch $(STAMP)
 
 ## (1) the main job: the demo distillation on the built-in defaults
+# --resume: a second `make demo` continues the first (or, when it finished, reports it again); DEMO_ARGS=--overwrite starts afresh
 demo: setup
-	$(BIN)/ssm-distill demo --out runs/demo
+	$(BIN)/ssm-distill demo --out runs/demo --resume $(DEMO_ARGS)
 
 # many tiny ops on 2 cores: one thread per test process avoids oversubscription (nbdev-test runs 2 in parallel)
 test test-slow test-cuda: export OMP_NUM_THREADS = 1

@@ -48,6 +48,11 @@ class Callback:
 def _jsonable(d:dict) -> dict:
     return {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
 
+def _record(line:str) -> dict|None:
+    "One JSON-lines record, or None for an empty line or one cut by a kill while it was written."
+    try: return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError: return None
+
 class JSONLLogger(Callback):
     "Append every step, eval and stage-end record as one JSON line to `<out>/metrics.jsonl` (main process only)."
     def __init__(self, path:str|Path|None=None): self.path = path
@@ -59,8 +64,8 @@ class JSONLLogger(Callback):
         if distiller.is_main and distiller.state.global_step == 0: self.file.write_text('')   # a new run: a new log
         elif distiller.is_main and self.file.exists():
             # a resumed run: drop records written after the checkpoint, so no step is logged twice
-            keep = [l for l in self.file.read_text().splitlines() if l.strip() and json.loads(l).get('global_step', 0) <= distiller.state.global_step]
-            self.file.write_text(''.join(l + '\n' for l in keep))
+            keep = [l for l in map(_record, self.file.read_text().splitlines()) if l and l.get('global_step', 0) <= distiller.state.global_step]
+            self.file.write_text(''.join(json.dumps(l) + '\n' for l in keep))
     def on_step_end(self, distiller, metrics): self._write(distiller, 'step', metrics)
     def on_eval(self, distiller, metrics): self._write(distiller, 'eval', metrics)
     def on_stage_end(self, distiller, stage, metrics): self._write(distiller, 'stage_end', metrics)

@@ -6,7 +6,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/checkpoints.html.md"""
 
 # %% ../nbs/06d_checkpoints.ipynb #9bcee46b
 from __future__ import annotations
-import json, os, random, shutil
+import errno, hashlib, json, os, random, shutil
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -14,9 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .core import SsmDistillError, follow_umask
+
 # %% auto #0
-__all__ = ['RunState', 'rng_state', 'set_rng_state', 'checkpoints', 'latest_checkpoint', 'save_checkpoint',
-           'read_checkpoint_state', 'load_student_weights']
+__all__ = ['MANIFEST', 'RunState', 'DiskFullError', 'disk_full_message', 'write_manifest', 'rng_state', 'set_rng_state',
+           'checkpoints', 'latest_checkpoint', 'checkpoint_problem', 'intact_checkpoint', 'checkpoint_bytes',
+           'save_checkpoint', 'read_checkpoint_state', 'load_student_weights']
 
 # %% ../nbs/06d_checkpoints.ipynb #1c50180a
 @dataclass
@@ -33,6 +36,18 @@ class RunState:
     last_loss:float|None = None # the last loss of the current stage
     finished:list = field(default_factory=list) # summaries of finished stages
 
+MANIFEST = 'manifest.json' # written last into a checkpoint: every file's size and SHA-256
+
+class DiskFullError(SsmDistillError):
+    "The disk has no room for what a run writes; the run stopped, nothing half-written was left, the last complete checkpoint is kept."
+
+def disk_full_message(folder:str|Path, need:int|None=None, free:int|None=None) -> str:
+    "One line: where the disk is full, how much is needed, and how to go on."
+    mib = lambda b: f"{b / 2**20:,.1f} MiB"
+    room = f": about {mib(need)} needed, {mib(free)} free" if need is not None else ''
+    return (f"no room on the disk for the run's files in {folder}{room}; free some space (or move the run folder), then continue "
+            f"with --resume (resume=True): the last complete checkpoint is kept")
+
 def _fsync_tree(path:Path):
     for f in sorted(path.rglob('*')):
         if f.is_file():
@@ -40,6 +55,18 @@ def _fsync_tree(path:Path):
     fd = os.open(path, os.O_RDONLY)
     try: os.fsync(fd)
     finally: os.close(fd)
+
+def _sha256(path:Path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
+    return h.hexdigest()
+
+def write_manifest(folder:Path) -> dict:
+    "Record the size and SHA-256 of every file of `folder` in its `manifest.json`; return the record."
+    files = {f.name: [f.stat().st_size, _sha256(f)] for f in sorted(folder.iterdir()) if f.is_file() and f.name != MANIFEST}
+    (folder/MANIFEST).write_text(json.dumps(dict(files=files), indent=1))
+    return files
 
 def rng_state() -> dict:
     "The RNG states of Python, NumPy and torch (CPU and CUDA)."
@@ -53,36 +80,82 @@ def set_rng_state(st:dict):
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
 
 def checkpoints(out:str|Path) -> list[Path]:
-    "The complete checkpoints of the run folder `out`, oldest first."
+    "The complete checkpoints of the run folder `out` (a manifest, or a `state.json` from before manifests), oldest first."
     d = Path(out)/'checkpoints'
-    return sorted(p for p in d.glob('ckpt-*') if (p/'state.json').exists()) if d.exists() else []
+    return sorted(p for p in d.glob('ckpt-*') if (p/MANIFEST).exists() or (p/'state.json').exists()) if d.exists() else []
 
 def latest_checkpoint(out:str|Path) -> Path|None:
     "The newest complete checkpoint of `out`, or None."
     ck = checkpoints(out)
     return ck[-1] if ck else None
 
-def save_checkpoint(distiller, optimizer=None, scheduler=None,
-                    aux:nn.Module|None=None, # mid-stage: the stage loss's learned projections (they train too)
-                   ) -> Path:
-    "Write `distiller`'s checkpoint atomically (all processes call it; the main one writes the shared files)."
+def checkpoint_problem(path:str|Path) -> str|None:
+    "What is wrong with checkpoint `path` (a file missing, cut or changed since it was written, an unreadable state), or None."
+    path = Path(path)
+    try:
+        files = json.loads((path/MANIFEST).read_text())['files'] if (path/MANIFEST).exists() else None
+        for name, (size, digest) in (files or {}).items():
+            f = path/name
+            if not f.is_file(): return f"{name} is missing"
+            if f.stat().st_size != size: return f"{name} has {f.stat().st_size:,} bytes where {size:,} were written"
+            if _sha256(f) != digest: return f"{name} is not what was written (its checksum differs)"
+        read_checkpoint_state(path)   # a checkpoint from before manifests: at least its state must read
+    except (OSError, ValueError, KeyError, TypeError) as e: return f"its manifest or state does not read ({type(e).__name__}: {e})"
+    return None
+
+def intact_checkpoint(out:str|Path) -> tuple[Path|None, list[tuple[Path, str]]]:
+    "The newest checkpoint of `out` that verifies, and the newer ones that do not, each with what is wrong."
+    broken = []
+    for ck in reversed(checkpoints(out)):
+        why = checkpoint_problem(ck)
+        if why is None: return ck, broken
+        broken.append((ck, why))
+    return None, broken
+
+def checkpoint_bytes(out:str|Path, student:nn.Module, optimizer=None) -> int:
+    "About how many bytes the next checkpoint takes: the newest one's size, else the weights (and AdamW's two moments)."
+    ck = latest_checkpoint(out)
+    if ck is not None: return sum(f.stat().st_size for f in ck.iterdir() if f.is_file())
+    weights = sum(p.numel() * p.element_size() for p in student.parameters())
+    moments = sum(2 * p.numel() * 4 for p in student.parameters() if p.requires_grad) if optimizer is not None else 0
+    return weights + moments + 2**20
+
+def _write_checkpoint(distiller, tmp:Path, optimizer, scheduler, aux):
+    "The files of one checkpoint into `tmp` (each process its RNG; the main one the rest, `state.json` and the manifest last)."
     from safetensors.torch import save_model
     acc, st = distiller.accelerator, distiller.state
-    final = distiller.out/'checkpoints'/f"ckpt-{st.global_step:08d}-s{st.stage}"
-    tmp = final.with_name('.tmp-' + final.name)
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
         save_model(acc.unwrap_model(distiller.student), str(tmp/'model.safetensors'))
         if optimizer is not None: torch.save(optimizer.state_dict(), tmp/'optimizer.pt')
         if scheduler is not None: torch.save(scheduler.state_dict(), tmp/'scheduler.pt')
         if aux is not None: save_model(aux, str(tmp/'stage_aux.safetensors'))
+        follow_umask(*tmp.glob('*.safetensors'))   # safetensors writes 0600; the others follow the umask
     acc.wait_for_everyone()
     torch.save(rng_state(), tmp/f'rng-{acc.process_index}.pt')
     acc.wait_for_everyone()
     if acc.is_main_process:
         (tmp/'state.json').write_text(json.dumps(dict(state=asdict(st), config=distiller.config_dict(),
                                                       data=distiller.data_fingerprint), indent=1))
+        write_manifest(tmp)
         _fsync_tree(tmp)
+
+def save_checkpoint(distiller, optimizer=None, scheduler=None,
+                    aux:nn.Module|None=None, # mid-stage: the stage loss's learned projections (they train too)
+                   ) -> Path:
+    "Write `distiller`'s checkpoint atomically (all processes call it; the main one writes the shared files)."
+    acc, st = distiller.accelerator, distiller.state
+    final = distiller.out/'checkpoints'/f"ckpt-{st.global_step:08d}-s{st.stage}"
+    tmp = final.with_name('.tmp-' + final.name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    need, free = checkpoint_bytes(distiller.out, acc.unwrap_model(distiller.student), optimizer), shutil.disk_usage(final.parent).free
+    if free < need: raise DiskFullError(disk_full_message(final.parent, need, free))
+    try: _write_checkpoint(distiller, tmp, optimizer, scheduler, aux)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT): raise
+        shutil.rmtree(tmp, ignore_errors=True)   # nothing half-written stays on the full disk
+        raise DiskFullError(disk_full_message(final.parent, need, shutil.disk_usage(final.parent).free)) from None
+    if acc.is_main_process:
         if final.exists(): shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync_tree(final.parent)

@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument('--batch-size', type=int, default=DEMO_BATCH_SIZE, help=f'blocks per batch (default {DEMO_BATCH_SIZE})')
     d.add_argument('--device', default='cpu', help='cpu (default), cuda or auto')
     d.add_argument('--resume', action='store_true', help='continue a stopped demo in --out')
+    d.add_argument('--overwrite', action='store_true', help='start afresh, deleting the checkpoints an earlier demo left in --out')
     d.add_argument('--no-progress', action='store_true', help='no progress bars')
 
     r = sub.add_parser('distill', formatter_class=fmt, help='run the stages of a YAML run config',
@@ -85,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--config', required=True, help='the run config (YAML)')
     r.add_argument('--out', help='run folder (overrides the config\'s `out`; default runs/distill-<timestamp>; '
                                  'give it when running several processes)')
-    r.add_argument('--resume', action='store_true', help='continue from the newest checkpoint in the run folder')
+    r.add_argument('--resume', action='store_true', help='continue from the newest intact checkpoint in the run folder')
+    r.add_argument('--overwrite', action='store_true', help='start afresh, deleting the checkpoints an earlier run left in the run folder '
+                                                          '(without --resume or --overwrite, a folder with checkpoints is refused)')
     r.add_argument('--check', action='store_true', help='only validate the config and print it')
     r.add_argument('--no-progress', action='store_true', help='no progress bars')
 
@@ -142,7 +145,7 @@ def cmd_demo(a) -> int:
     from ssm_distill.demo import run_demo
     out = run_dir(a.out, 'demo')
     rep = run_demo(out, a.budget or DEMO_TOKENS, compare_kd_only=a.compare_kd_only, progress=not a.no_progress,
-                   device=a.device, resume=a.resume, seq_len=a.seq_len, batch_size=a.batch_size)
+                   device=a.device, resume=a.resume, overwrite=a.overwrite, seq_len=a.seq_len, batch_size=a.batch_size)
     _out(dict(run_folder=str(out), **_summary(rep)))
     return 0
 
@@ -157,7 +160,7 @@ def cmd_distill(a) -> int:
     from ssm_distill.demo import write_html_report
     from ssm_distill.train import Distiller
     d = Distiller(cfg, progress=not a.no_progress)
-    rep = d.run(resume=a.resume)
+    rep = d.run(resume=a.resume, overwrite=a.overwrite)
     if d.is_main:
         write_html_report(d, title=f'ssm-distill distill: {a.config}')
         _out(dict(run_folder=str(d.out), **_summary(rep)))

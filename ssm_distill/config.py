@@ -19,9 +19,10 @@ from .stages import MOHAWK_TOKENS, STAGES, Stage, field_default, kinds_taking, s
 
 # %% auto #0
 __all__ = ['LIST_ITEM_TYPES', 'MIXED_PRECISION', 'TRACKERS', 'ConfigError', 'raise_problems', 'StudentBuildConfig', 'StageConfig',
-           'mohawk_stages', 'RunConfig', 'config_fields', 'config_table', 'config_from_dict', 'stage_budgets',
-           'stage_batch_size', 'tokens_per_step', 'stage_steps', 'teacher_problem', 'teacher_sizes', 'model_sizes',
-           'validate_config', 'student_teacher_layers', 'validate_for_teacher', 'load_config', 'config_yaml']
+           'mohawk_stages', 'DivergenceConfig', 'RunConfig', 'config_fields', 'config_table', 'config_from_dict',
+           'stage_budgets', 'stage_batch_size', 'tokens_per_step', 'stage_steps', 'teacher_problem', 'teacher_sizes',
+           'model_sizes', 'validate_config', 'student_teacher_layers', 'validate_for_teacher', 'load_config',
+           'config_yaml']
 
 # %% ../nbs/06b_config.ipynb #3c2c1606
 class ConfigError(SsmDistillError):
@@ -138,6 +139,19 @@ def mohawk_stages(**kw) -> list[StageConfig]:
     return [StageConfig(k, **kw) for k in MOHAWK_TOKENS]
 
 @dataclass
+class DivergenceConfig:
+    "When a run counts as diverged: it stops with a message, keeping its last good checkpoint, instead of training on."
+    loss_ratio:float|None = 10.0 # a stage whose loss stays above this multiple of its first step's loss for `patience` steps (null: never)
+    uniform:bool = True # a stage on logits whose student predicts the uniform distribution (loss at ln V) for `patience` steps
+    patience:int = 20 # optimizer steps in a row; no checkpoint is written while a stage looks like diverging
+    perplexity:float|None = None # an evaluation whose student perplexity passes this (null: only a final student no better than uniform)
+
+    def __post_init__(self):
+        raise_problems([(self.loss_ratio is None or self.loss_ratio > 1, 'loss_ratio', f"loss_ratio={self.loss_ratio!r}: use a number above 1, such as 10, or null"),
+            (isinstance(self.patience, int) and self.patience >= 1, 'patience', f"patience={self.patience!r}: use a positive number of steps"),
+            (self.perplexity is None or self.perplexity > 1, 'perplexity', f"perplexity={self.perplexity!r}: use a perplexity above 1, or null")])
+
+@dataclass
 class RunConfig:
     "One distillation run: teacher, student, data, stages, and where and how to run it."
     teacher:str = 'builtin' # builtin (the packaged small Llama), a local folder, or a hub name of a causal LM
@@ -154,6 +168,7 @@ class RunConfig:
     checkpoint_every:int = 0 # checkpoint every this many optimizer steps (0: at stage ends and on stop)
     keep_checkpoints:int = 1 # how many checkpoints to keep (the newest)
     log_with:list = field(default_factory=list) # Accelerate trackers to log to as well: tensorboard, wandb
+    divergence:DivergenceConfig = field(default_factory=DivergenceConfig) # when the run stops as diverged
 
 # %% ../nbs/06b_config.ipynb #f0408d5c
 def config_fields(cls) -> list[tuple[str, Any, str]]:

@@ -14,10 +14,10 @@ from typing import Any, Callable
 import torch
 
 # %% auto #0
-__all__ = ['SHAPES', 'EXTRAS', 'log', 'DTYPES', 'SsmDistillError', 'require', 'checks_enabled', 'unchecked', 'check_shapes',
-           'Registry', 'deprecated_names', 'has_module', 'optional_import', 'import_error', 'fla_triton_refusal',
-           'fast_backend_refusal', 'pick_backend', 'get_device', 'supports_bf16', 'get_dtype', 'seed_everything',
-           'new_file_mode', 'follow_umask']
+__all__ = ['SHAPES', 'EXTRAS', 'log', 'DTYPES', 'SsmDistillError', 'require', 'NonFiniteError', 'checks_enabled', 'unchecked',
+           'check_shapes', 'Registry', 'deprecated_names', 'has_module', 'optional_import', 'import_error',
+           'fla_triton_refusal', 'fast_backend_refusal', 'pick_backend', 'get_device', 'supports_bf16', 'get_dtype',
+           'seed_everything', 'new_file_mode', 'follow_umask']
 
 # %% ../nbs/00_core.ipynb #ac3d20eb
 SHAPES = {
@@ -46,6 +46,9 @@ def require(ok:bool, # the condition that must hold
            ) -> None:
     "Raise `SsmDistillError(msg, key=key)` unless `ok`."
     if not ok: raise SsmDistillError(msg, key=key)
+
+class NonFiniteError(SsmDistillError):
+    "A tensor holds NaN or inf: the computation that produced it went wrong (a diverging run, an overflow), not the user's input."
 
 # %% ../nbs/00_core.ipynb #a3e56d88
 _CHECKS = threading.local()

@@ -72,6 +72,7 @@ def run_demo(out:str|Path|None=None, # the run folder (default runs/demo-<timest
              total_tokens:int=DEMO_TOKENS, # the budget
              compare_kd_only:bool=False, # also run stage-3-only at the same budget, in <out>/kd_only
              progress:bool=True, device:str='cpu', resume:bool=False, teacher:str='builtin',
+             overwrite:bool=False, # delete the checkpoints an earlier run left in `out` (without it or `resume`, such a folder is refused)
              seq_len:int=DEMO_SEQ_LEN, batch_size:int=DEMO_BATCH_SIZE, max_tokens:int|None=None) -> dict:
     "The demo: MOHAWK 1 -> 2 -> 3 from the built-in teacher to a Phi-Mamba student; returns the report (+ the KD-only one)."
     from ssm_distill.train import Distiller
@@ -79,12 +80,12 @@ def run_demo(out:str|Path|None=None, # the run folder (default runs/demo-<timest
     kw = dict(seq_len=seq_len, batch_size=batch_size, device=device, teacher=teacher, max_tokens=max_tokens)
     cfg = demo_config(out, total_tokens, **kw)
     d = Distiller(cfg, report_callbacks(), progress=progress)
-    rep = d.run(resume=resume)
+    rep = d.run(resume=resume, overwrite=overwrite)
     write_html_report(d, title='ssm-distill demo: MOHAWK, built-in teacher -> Phi-Mamba')
     if compare_kd_only:
         cfg_kd = demo_config(out/'kd_only', total_tokens, kd_only=True, **kw)
         d_kd = Distiller(cfg_kd, report_callbacks(), progress=progress)
-        rep_kd = d_kd.run(resume=resume)
+        rep_kd = d_kd.run(resume=resume, overwrite=overwrite)
         write_html_report(d_kd, title='ssm-distill demo: KD only (stage 3), same budget')
         rep['kd_only'] = {k: rep_kd[k] for k in ('student_perplexity', 'teacher_perplexity', 'perplexity_ratio', 'teacher_agreement',
                                                  'total_tokens', 'wall_s', 'final_losses')}

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from .core import Registry, check_shapes, checks_enabled, optional_import, require
+from .core import NonFiniteError, Registry, check_shapes, checks_enabled, optional_import, require
 
 # %% auto #0
 __all__ = ['FAMILIES', 'check_chunk_size', 'check_log_gate', 'default_scale', 'pad_time', 'to_chunks', 'from_chunks', 'segsum',
@@ -39,7 +39,7 @@ def check_log_gate(g:torch.Tensor, # a gate in log space: log of a decay in (0, 
         top = g.detach().max().item()
         require(not top > 0, f"{name} has an entry {top:.3g} > 0, i.e. a decay exp({name}) above 1 that makes "
                 f"the state blow up; pass log-space gates <= 0, e.g. {name} = -F.softplus(x) or F.logsigmoid(x)")
-        require(not math.isnan(top), f"{name} contains NaN; check the computation that produced the gate")
+        if math.isnan(top): raise NonFiniteError(f"{name} contains NaN; check the computation that produced the gate")
     return g
 
 def default_scale(scale:float|None, # the scale asked for, or None

@@ -6,7 +6,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/stages.html.md"""
 
 # %% ../nbs/06a_stages.ipynb #7ed8915f
 from __future__ import annotations
-import dataclasses
+import dataclasses, math
 from dataclasses import dataclass
 
 import torch
@@ -21,9 +21,10 @@ from .mixers import MIXERS
 # %% auto #0
 __all__ = ['MOHAWK_TOKENS', 'STAGES', 'NoOptions', 'Stage', 'stage_options', 'kinds_taking', 'positions', 'teacher_rotary',
            'capture_layers', 'layer_sum', 'LayerwiseStage', 'MatrixOrientationOptions', 'mixer_can_materialize',
-           'MatrixOrientation', 'HiddenStateAlignmentOptions', 'HiddenStateAlignment', 'KDOptions', 'logits_targets',
-           'KD', 'ODOptions', 'OD', 'HSOptions', 'hidden_states', 'HS', 'QKVStage', 'MHAOptions', 'MHA',
-           'DirectMiniLMOptions', 'DirectMiniLM', 'options_doc', 'field_default', 'stage_table']
+           'MatrixOrientation', 'HiddenStateAlignmentOptions', 'HiddenStateAlignment', 'KDOptions',
+           'predicts_uniformly', 'logits_targets', 'KD', 'ODOptions', 'OD', 'HSOptions', 'hidden_states', 'HS',
+           'QKVStage', 'MHAOptions', 'MHA', 'DirectMiniLMOptions', 'DirectMiniLM', 'options_doc', 'field_default',
+           'stage_table']
 
 # %% ../nbs/06a_stages.ipynb #33a97ae4
 MOHAWK_TOKENS = dict(matrix_orientation=80e6, hidden_state_alignment=160e6, kd=2.76e9)  # the paper's 3B-token split
@@ -66,6 +67,10 @@ class Stage:
     def aux(self, student, teacher, ids:torch.Tensor) -> nn.Module|None:
         "The loss's own learned parameters (such as projections across widths), or None; they train and checkpoint with the stage."
         return None
+
+    def collapsed(self, logs:dict, vocab_size:int) -> bool:
+        "Whether this step's `logs` show a student that predicts the uniform distribution while the teacher does not (kinds on logits say)."
+        return False
 
     def targets(self, teacher, ids:torch.Tensor, # [B, T]
                 layers:dict) -> dict: # {student layer: teacher layer}
@@ -204,6 +209,13 @@ class KDOptions:
         require(self.temperature > 0, key='temperature', msg=f"temperature={self.temperature!r}: use a positive temperature such as 1.0 or 2.0")
         require(self.hard_weight >= 0, key='hard_weight', msg=f"hard_weight={self.hard_weight!r}: use 0 or more")
 
+def predicts_uniformly(ce:float, # the soft cross-entropy of the student to the teacher (nats, per token)
+                       teacher_entropy:float, # the teacher's entropy (nats, per token)
+                       vocab_size:int) -> bool:
+    "A soft cross-entropy of ln V is what a uniform student scores against any teacher: collapsed, unless the teacher is near-uniform too."
+    ln_v = math.log(vocab_size)
+    return abs(ce - ln_v) < 0.01 * ln_v and teacher_entropy < 0.9 * ln_v
+
 def logits_targets(teacher, ids:torch.Tensor) -> dict:
     "The teacher's next-token logits `[B, T, V]`."
     return dict(logits=causal_lm(teacher)(input_ids=ids).logits)
@@ -215,6 +227,7 @@ class KD(Stage):
 
     def groups(self): return ('mixers', 'attention', 'norms', 'embeddings', 'head') if self.opt.freeze_mlp else self.trainable
     def targets(self, teacher, ids, layers): return logits_targets(teacher, ids)
+    def collapsed(self, logs, vocab_size): return predicts_uniformly(logs['kd/ce'], logs['kd/teacher_entropy'], vocab_size)
 
     def loss(self, student, ids, t, layers, aux=None):
         logits = student(input_ids=ids).logits                                  # (B, T, V)
@@ -234,6 +247,7 @@ class OD(Stage):
     "Task-agnostic output-distribution transfer (Udagawa et al. 2023): KL of the next-token distributions, times T²."
     Options, doc = ODOptions, 'task-agnostic: output distribution (Udagawa et al. 2023)'
     def targets(self, teacher, ids, layers): return logits_targets(teacher, ids)
+    def collapsed(self, logs, vocab_size): return predicts_uniformly(logs['od/ce'], logs['od/ce'] - logs['od/kl'], vocab_size)
     def loss(self, student, ids, t, layers, aux=None):
         logits = student(input_ids=ids).logits                                  # (B, T, V)
         return od_loss(logits, t['logits'].to(logits.dtype), temperature=self.opt.temperature)

@@ -63,7 +63,7 @@ def run_seeds(cfg:RunConfig, # the run (its own seeds are replaced)
     for s in seeds:
         folder = f"{out}/seed{s}" if out else tempfile.mkdtemp(prefix='ssm_distill_seed')
         cbs = list(callbacks()) if callbacks else []
-        try: rep = Distiller(vary(seeded(cfg, s), out=folder), cbs, teacher=teacher, progress=progress).run(resume=False)
+        try: rep = Distiller(vary(seeded(cfg, s), out=folder), cbs, teacher=teacher, progress=progress).run(resume=False, overwrite=True)
         finally:
             if not out: shutil.rmtree(folder, ignore_errors=True)
         measured = {k: v for cb in cbs if hasattr(cb, 'measures') for k, v in cb.measures().items()}

@@ -6,7 +6,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #bc5298f9
 from __future__ import annotations
-import contextlib, itertools, json, shutil, threading, time, warnings
+import contextlib, errno, itertools, json, math, shutil, threading, time, warnings
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .core import SsmDistillError, deprecated_names, get_device, log, require, seed_everything, supports_bf16
+from .core import NonFiniteError, SsmDistillError, deprecated_names, get_device, log, require, seed_everything, supports_bf16
 from .data import DataConfig, PackedData, PackedDataset, ResumableBatchSampler, build_data, heldout_overlap, in_memory_data
 from .loop import adamw, causal_lm, evaluate as evaluate_model, lr_schedule, optimizer_step
 from .stages import Stage
@@ -23,13 +23,13 @@ from .students import build_student, build_student_from_config, set_trainable_gr
 from .config import (RunConfig, StageConfig, config_from_dict, load_config, model_sizes, stage_batch_size, stage_steps,
                                 student_teacher_layers, tokens_per_step, validate_config, validate_for_teacher)
 from .callbacks import EVENT_HOOKS, Callback, Event, StopAfter, default_callbacks
-from .checkpoints import (RunState, checkpoints, latest_checkpoint, load_student_weights, read_checkpoint_state,
-                                     save_checkpoint, set_rng_state)
+from .checkpoints import (DiskFullError, RunState, checkpoints, disk_full_message, intact_checkpoint, latest_checkpoint,
+                                     load_student_weights, read_checkpoint_state, save_checkpoint, set_rng_state)
 
 # %% auto #0
-__all__ = ['make_optimizer', 'make_scheduler', 'resolve_mixed_precision', 'NonFiniteLossError', 'StageModule', 'StageStream',
-           'load_run_teacher', 'run_data_config', 'warn_teacher_overlap', 'check_token_ids', 'build_run_student',
-           'StageRun', 'Distiller', 'distill', 'save_tiny_teacher', 'tiny_run_config']
+__all__ = ['make_optimizer', 'make_scheduler', 'resolve_mixed_precision', 'DivergenceError', 'NonFiniteLossError', 'StageModule',
+           'StageStream', 'load_run_teacher', 'run_data_config', 'warn_teacher_overlap', 'check_token_ids',
+           'build_run_student', 'StageRun', 'Distiller', 'distill', 'save_tiny_teacher', 'tiny_run_config']
 
 # %% ../nbs/07_train.ipynb #17da204a
 # names that lived here before the config, the callbacks and the checkpoints got their own modules
@@ -61,8 +61,11 @@ def resolve_mixed_precision(mp:str, device:torch.device) -> str:
     return 'bf16' if supports_bf16(device) else 'no'
 
 # %% ../nbs/07_train.ipynb #0d54f47c
-class NonFiniteLossError(SsmDistillError):
-    "A loss or gradient norm became NaN or infinite; the last good checkpoint is kept."
+class DivergenceError(SsmDistillError):
+    "The run diverged (a loss blowing up, a collapsed student, a value no longer finite); the last good checkpoint is kept."
+
+class NonFiniteLossError(DivergenceError):
+    "A loss, gradient norm, weight or activation became NaN or infinite; the last good checkpoint is kept."
 
 # %% ../nbs/07_train.ipynb #647de548
 class StageModule(nn.Module):
@@ -166,6 +169,8 @@ class StageRun:
     n_steps:int # the stage's optimizer steps in all
     name:str # `<number>-<kind>` unless the config names it
     params:list # the trainable parameters (their gradient norm is clipped)
+    first_loss:float|None = None # the loss of the stage's first step (in this session): what divergence is measured against
+    bad_steps:int = 0 # optimizer steps in a row that looked like diverging
 
 class Distiller:
     "Run a `RunConfig`'s stages headlessly; callbacks watch, checkpoints make it resumable."
@@ -281,9 +286,12 @@ class Distiller:
         d = json.loads((ck/'state.json').read_text())   # one read: the config and the data fingerprint beside the state
         return d.get('data') == self.data_fingerprint and d['config'] == json.loads(json.dumps(self.config_dict()))
 
-    def _resume(self) -> Path|None:
-        "Load the newest checkpoint's weights and run state; the checkpoint (None: there is none, start from the beginning)."
-        ck = latest_checkpoint(self.out)
+    def _resume(self, ck:Path|None, broken:list) -> Path|None:
+        "Load checkpoint `ck`'s weights and run state, setting the damaged newer ones aside; the checkpoint (None: start from the beginning)."
+        if broken and self.is_main:
+            log.warning(f"resume: {'; '.join(f'{p.name} is damaged ({why})' for p, why in broken)}; it is set aside as damaged-<name> and "
+                        f"the run continues from {ck.name if ck else 'the beginning'}")
+            for p, _ in broken: p.rename(p.with_name(f"damaged-{p.name}"))
         if ck is None:
             log.info(f"resume: no checkpoint in {self.out}/checkpoints; starting from the beginning")
             return None
@@ -370,30 +378,52 @@ class Distiller:
                     tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), **logs)
 
     def _after_step(self, r:StageRun, metrics:dict) -> bool:
-        "Step 4b: checkpoint and evaluate when due, the `step` event, hold while paused; False if the run must stop here."
+        "Step 4b: the `step` event, the divergence watch, evaluation and checkpoint when due, hold while paused; False to stop here."
         cfg, st = self.cfg, self.state
-        last = st.step == r.n_steps   # the stage's end checkpoints and evaluates anyway
-        if not last and cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0: self._checkpoint(r.si, r.opt, r.sched, r.aux)
-        self._emit('step', metrics, loss=st.last_loss, lr=metrics['lr'])
-        if not last and cfg.eval_every and st.global_step % cfg.eval_every == 0:
-            with self._nan_guard(r.si): ev = self.evaluate()
-            self._emit('eval', dict(stage=r.name, stage_index=r.si, global_step=st.global_step, **ev))
+        last = st.step == r.n_steps   # the stage's end evaluates and checkpoints anyway
+        self._emit('step', metrics, loss=st.last_loss, lr=metrics['lr'])   # its record before any checkpoint: a kill loses no record
+        self._watch(r, metrics)
+        if not last and cfg.eval_every and st.global_step % cfg.eval_every == 0: self._evaluate_stage(r)
+        if not last and cfg.checkpoint_every and st.global_step % cfg.checkpoint_every == 0: self._checkpoint(r)
         if last: return True
         self._hold_if_paused()
-        if self._stop: self._checkpoint(r.si, r.opt, r.sched, r.aux)
+        if self._stop: self._checkpoint(r)
         return not self._stop
 
+    def _evaluate_stage(self, r:StageRun, final:bool=False) -> dict:
+        "Evaluate the student, emit the `eval` event, and stop the run if the numbers say it diverged."
+        with self._nan_guard(r.si): ev = self.evaluate()
+        self._emit('eval', dict(stage=r.name, stage_index=r.si, global_step=self.state.global_step, **ev))
+        dv, V, ppl, t_ppl = self.cfg.divergence, self.teacher.config.vocab_size, ev['perplexity'], ev['teacher_perplexity']
+        if dv.perplexity is not None and ppl > dv.perplexity:
+            self._halt(r.si, f"diverged: the held-out perplexity {ppl:.4g} passed divergence.perplexity={dv.perplexity}", self.state.step)
+        if final and ppl >= V and t_ppl < V / 2:   # no better than guessing uniformly, from a teacher that is far better
+            self._halt(r.si, f"diverged: the student's held-out perplexity {ppl:.4g} is no better than guessing uniformly among the "
+                             f"{V} tokens (the teacher's is {t_ppl:.4g})", self.state.step)
+        return ev
+
+    def _watch(self, r:StageRun, metrics:dict):
+        "Count the steps in a row whose loss blows up or shows a collapsed student; stop after `divergence.patience` of them."
+        dv, loss, V = self.cfg.divergence, metrics['loss'], self.teacher.config.vocab_size
+        if r.first_loss is None: r.first_loss = loss
+        high = dv.loss_ratio is not None and loss > dv.loss_ratio * r.first_loss
+        flat = dv.uniform and r.stage.collapsed(metrics, V)
+        r.bad_steps = r.bad_steps + 1 if high or flat else 0
+        if r.bad_steps < dv.patience: return
+        self._halt(r.si, f"diverged: the loss stayed above {dv.loss_ratio} x the stage's first ({r.first_loss:.4g}) for {dv.patience} "
+                         f"steps (now {loss:.4g})" if high else f"diverged: the student predicted the uniform distribution for "
+                         f"{dv.patience} steps (its loss at ln V = {math.log(V):.4g})", self.state.step)
+
     def _end_stage(self, r:StageRun):
-        "Step 5: evaluate, summarise, checkpoint at the stage boundary, the `stage_end` event."
+        "Step 5: evaluate, summarise, the `stage_end` event, checkpoint at the stage boundary."
         st, si = self.state, r.si
-        with self._nan_guard(si): ev = self.evaluate()
-        self._emit('eval', dict(stage=r.name, stage_index=si, global_step=st.global_step, **ev))
-        summary = dict(stage=r.name, stage_index=si, kind=r.cfg.kind, steps=st.step, tokens=st.stage_tokens, final_loss=st.last_loss,
-                       wall_s=st.stage_wall_s, tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), eval=ev)
+        ev = self._evaluate_stage(r, final=si == len(self.cfg.stages) - 1)
+        summary = dict(stage=r.name, stage_index=si, kind=r.cfg.kind, steps=st.step, global_step=st.global_step, tokens=st.stage_tokens,
+                       final_loss=st.last_loss, wall_s=st.stage_wall_s, tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), eval=ev)
         st.finished.append(summary)
         st.stage, st.step, st.data_step, st.stage_tokens, st.stage_wall_s, st.last_loss = si + 1, 0, 0, 0, 0.0, None
-        self._checkpoint(si)
-        self._emit('stage_end', summary)
+        self._emit('stage_end', summary)   # the record first, as for steps
+        self._checkpoint(r, end=True)
         self.accelerator.free_memory()
 
     def _run_stage(self, si:int, ckpt:Path|None) -> bool:
@@ -418,42 +448,57 @@ class Distiller:
 
     @contextlib.contextmanager
     def _nan_guard(self, si:int):
-        "Turn a kernel's refusal of NaN inputs into a `NonFiniteLossError` when the student's weights are to blame."
+        "Turn a kernel's refusal of NaN inputs (a `NonFiniteError`, or any refusal when a weight is no longer finite) into a `NonFiniteLossError`."
         try: yield
         except NonFiniteLossError: raise
         except SsmDistillError as e:
             bad = self._first_nonfinite()
-            if bad is None: raise
-            self._nonfinite(f'weight {bad}', float('nan'), si, cause=str(e))
+            if bad is None and not isinstance(e, NonFiniteError): raise
+            self._nonfinite(f'weight {bad}' if bad else 'value of an activation', float('nan'), si, cause=str(e))
 
-    def _checkpoint(self, si:int, opt=None, sched=None, aux=None):
-        "Save a checkpoint, unless a weight is no longer finite (then stop: the last good checkpoint stays)."
+    def _checkpoint(self, r:StageRun|int, end:bool=False):
+        "Save a checkpoint (mid-stage: with the optimizer, schedule and projections of `r`), unless the stage looks like diverging."
+        si = r if isinstance(r, int) else r.si
         bad = self._first_nonfinite()
         if bad is not None: self._nonfinite(f'weight {bad}', float('nan'), si)
-        save_checkpoint(self, opt, sched, aux)
+        if end or isinstance(r, int): return save_checkpoint(self)
+        if r.bad_steps: return log.info(f"no checkpoint at step {self.state.global_step}: the last {r.bad_steps} steps looked like diverging")
+        save_checkpoint(self, r.opt, r.sched, r.aux)
+
+    def _halt(self, si:int, happened:str, step:int|None=None, error:type=DivergenceError, cause:str=''):
+        "Stop the run: `happened` in stage `si` at `step`; the message names the last good checkpoint and what to change."
+        ck = latest_checkpoint(self.out)
+        raise error(f"{happened} in stage {si + 1} ({self.cfg.stages[si].kind}) at step {step or self.state.step + 1}"
+                    f"{f' ({cause})' if cause else ''}; the run stopped. The last good checkpoint is "
+                    f"{ck or 'none (no checkpoint was written yet)'}. Lower stages[{si}].lr, set stages[{si}].grad_clip, or use "
+                    f"mixed_precision: no; then resume or restart")
 
     def _nonfinite(self, what, value, si, cause:str=''):
-        "Stop the run: `what` became `value` (NaN or inf) in stage `si`; the message names the last good checkpoint."
-        ck = latest_checkpoint(self.out)
-        raise NonFiniteLossError(
-            f"the {what} became {float(value)} in stage {si + 1} ({self.cfg.stages[si].kind}) at step {self.state.step + 1}"
-            f"{f' ({cause})' if cause else ''}; "
-            f"the run stopped. The last good checkpoint is {ck or 'none (no checkpoint was written yet)'}. "
-            f"Lower stages[{si}].lr, set stages[{si}].grad_clip, or use mixed_precision: no; then resume or restart")
+        "Stop the run: `what` became `value` (NaN or inf) in stage `si`."
+        self._halt(si, f"the {what} became {float(value)}", error=NonFiniteLossError, cause=cause)
 
     # ---- the whole run
-    def run(self, resume:bool|None=None, # continue from the newest checkpoint in `out` (None: if it was written by this config)
+    def run(self, resume:bool|None=None, # continue from the newest intact checkpoint in `out` (None: if this config wrote it)
             max_steps:int|None=None, # stop (with a checkpoint) once the run has done this many optimizer steps
+            overwrite:bool=False, # start afresh and delete the checkpoints `out` holds (without it, a folder with checkpoints is refused)
            ) -> dict:
-        "Run every stage (from the newest checkpoint of `out` when resuming); return the report (also `<out>/report.json`)."
+        "Run every stage (from the newest intact checkpoint of `out` when resuming); return the report (also `<out>/report.json`)."
+        try: return self._run(resume, max_steps, overwrite)
+        except OSError as e:   # the log, the report or the student on a full disk: one line, and the last checkpoint stays
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT): raise
+            raise DiskFullError(disk_full_message(self.out)) from None
+
+    def _run(self, resume:bool|None, max_steps:int|None, overwrite:bool) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
-        ck = latest_checkpoint(self.out)
+        held = checkpoints(self.out)
+        ck, broken = intact_checkpoint(self.out) if held and not overwrite else (None, [])
         if resume is None: resume = ck is not None and self._same_config(ck)
+        require(resume or overwrite or not held,
+                f"{self.out} holds the checkpoints of an earlier run (the newest: {held[-1].name if held else ''}); continue it with "
+                f"--resume (resume=True), start afresh deleting them with --overwrite (overwrite=True), or give another --out")
         self.prepare(force=self._prepared and self._trained and not resume)   # a fresh start after training: a fresh student
-        ckpt = self._resume() if resume else None
-        if not resume and checkpoints(self.out) and self.is_main:
-            log.warning(f"{self.out} already holds checkpoints of an earlier run; starting afresh, they are deleted (resume=True continues them)")
-            shutil.rmtree(self.out/'checkpoints')
+        if overwrite and held and self.is_main: shutil.rmtree(self.out/'checkpoints')   # asked for by name, never implied
+        ckpt = self._resume(ck, broken) if resume else None
         self.accelerator.wait_for_everyone()
         stopper = StopAfter(max_steps) if max_steps is not None else None
         if stopper: self.callbacks.append(stopper)
