@@ -29,10 +29,10 @@ __all__ = ['COLOUR_SCALES', 'HEADLINE', 'ColourScale', 'log_scale', 'quantile_sc
 class ColourScale:
     "A colour scale fitted to some values: `z(M)` is what gets coloured, `axis` the plotly colour-axis settings."
     def __init__(self, to_z:Callable, zmin:float, zmax:float, ticks:dict|None=None, colorscale:str='Viridis', title:str='',
-                 z_is_value:bool=True, # False when `z(M)` is not M itself (log): the figure then carries the values for the hover
+                 hover:str='value %{z:.3g}', # the hover's line for a cell: names what `z` is
                 ):
         self.to_z, self.zmin, self.zmax, self.ticks, self.colorscale, self.title = to_z, zmin, zmax, ticks or {}, colorscale, title
-        self.z_is_value = z_is_value
+        self.hover = hover
     def z(self, M:torch.Tensor) -> torch.Tensor: return self.to_z(M.float())
     def axis(self) -> dict:
         "Settings for a `layout.coloraxis`: range, colours and a colour bar labelled in values."
@@ -55,7 +55,8 @@ def log_scale(values, floor:float=1e-3) -> ColourScale:
     lo, hi = math.log10(floor), math.log10(top)
     powers = list(range(math.ceil(lo), math.floor(hi) + 1))
     ticks = dict(tickvals=powers, ticktext=[f'{10.0 ** p:g}' for p in powers])
-    return ColourScale(lambda M: M.clamp(min=floor).log10(), lo, hi, ticks, title='value (log)', z_is_value=False)
+    return ColourScale(lambda M: M.clamp(min=floor).log10(), lo, hi, ticks, title='value (log)',
+                       hover=f'log₁₀ value %{{z:.3g}} (clipped below at {lo:g})')
 
 @COLOUR_SCALES.register('quantile')
 def quantile_scale(values, q:float=0.02) -> ColourScale:
@@ -74,7 +75,7 @@ def linear_scale(values) -> ColourScale:
 def diverging_scale(values, q:float=0.01) -> ColourScale:
     "A signed scale centred on 0, symmetric, clipped at the `1 - q` quantile of |value|: blue below, red above."
     m = torch.quantile(_finite(values).abs(), 1 - q).item() or 1e-12
-    return ColourScale(lambda M: M, -m, m, colorscale='RdBu_r', title='difference')
+    return ColourScale(lambda M: M, -m, m, colorscale='RdBu_r', title='difference', hover='difference %{z:.3g}')
 
 # %% ../nbs/07a_viz.ipynb #c0009
 def token_strings(tokenizer, ids) -> list[str]:
@@ -107,16 +108,14 @@ def _rounded(M:torch.Tensor, digits:int=4) -> np.ndarray:
 
 def _matrix_trace(M:torch.Tensor, # (T, T) the values
                   scale:ColourScale, coloraxis:str, name:str='', causal:bool=True) -> go.Heatmap:
-    "A heatmap at integer positions; the hover reads both positions and the value, from the figure's own arrays."
-    # float32 arrays go into the figure as binary (base64) and NaN marks the blank future; hover text is a template,
-    # not per-cell strings, so a 128 x 128 panel costs about 90 kB in a notebook
+    "A heatmap at integer positions; the hover reads both positions and the coloured value, from the figure's own arrays."
+    # one float32 array goes into the figure, which plotly writes as binary (base64), NaN marking the blank future;
+    # the hover is a template, not per-cell strings, so a 128 x 128 panel costs about 90 kB in a notebook
     T = M.shape[0]
     shown = _future_nan(M) if causal else M                                    # (T, T)
-    value = 'value %{z:.3g}' if scale.z_is_value else 'value %{customdata:.3g}'
     return go.Heatmap(z=_rounded(scale.z(shown)), x=list(range(T)), y=list(range(T)), coloraxis=coloraxis,
-                      customdata=None if scale.z_is_value else _rounded(shown),   # (T, T) the values, when z is not
                       hoverongaps=False, name=name,
-                      hovertemplate=f'output t=%{{y}}<br>input s=%{{x}}<br>{value}<extra>{html.escape(name)}</extra>')
+                      hovertemplate=f'output t=%{{y}}<br>input s=%{{x}}<br>{scale.hover}<extra>{html.escape(name)}</extra>')
 
 def _token_axes(fig:go.Figure, labels:list[str], row=None, col=None, x_ticks:bool=True, y_ticks:bool=True, max_ticks:int=40):
     "Positions as coordinates, tokens as tick text (every k-th when there are many), time running down; titles where the ticks are."
