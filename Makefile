@@ -79,7 +79,7 @@ check-export: setup
 	  git status --porcelain -- ssm_distill README.md; \
 	  echo "ssm_distill/ or README.md differ from the notebooks: run 'make export' and commit."; exit 1; fi
 
-# notebooks are committed clean (no outputs, no execution counts, no widget state)
+# notebooks are committed clean (no outputs, no execution counts, no widget state) and at most 1.5 MB (1,500,000 bytes) each
 check-clean: setup
 	$(BIN)/nbdev-clean
 	$(BIN)/python tools/check_outputs.py

@@ -10,6 +10,7 @@ import html, json, math
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -28,8 +29,11 @@ __all__ = ['COLOUR_SCALES', 'HEADLINE', 'ColourScale', 'log_scale', 'quantile_sc
 # %% ../nbs/07a_viz.ipynb #c0005
 class ColourScale:
     "A colour scale fitted to some values: `z(M)` is what gets coloured, `axis` the plotly colour-axis settings."
-    def __init__(self, to_z:Callable, zmin:float, zmax:float, ticks:dict|None=None, colorscale:str='Viridis', title:str=''):
+    def __init__(self, to_z:Callable, zmin:float, zmax:float, ticks:dict|None=None, colorscale:str='Viridis', title:str='',
+                 hover:str='value %{z:.3g}', # the hover's line for a cell: names what `z` is
+                ):
         self.to_z, self.zmin, self.zmax, self.ticks, self.colorscale, self.title = to_z, zmin, zmax, ticks or {}, colorscale, title
+        self.hover = hover
     def z(self, M:torch.Tensor) -> torch.Tensor: return self.to_z(M.float())
     def axis(self) -> dict:
         "Settings for a `layout.coloraxis`: range, colours and a colour bar labelled in values."
@@ -52,7 +56,8 @@ def log_scale(values, floor:float=1e-3) -> ColourScale:
     lo, hi = math.log10(floor), math.log10(top)
     powers = list(range(math.ceil(lo), math.floor(hi) + 1))
     ticks = dict(tickvals=powers, ticktext=[f'{10.0 ** p:g}' for p in powers])
-    return ColourScale(lambda M: M.clamp(min=floor).log10(), lo, hi, ticks, title='value (log)')
+    return ColourScale(lambda M: M.clamp(min=floor).log10(), lo, hi, ticks, title='value (log)',
+                       hover=f'log₁₀ value %{{z:.3g}} (clipped below at {lo:g})')
 
 @COLOUR_SCALES.register('quantile')
 def quantile_scale(values, q:float=0.02) -> ColourScale:
@@ -71,7 +76,7 @@ def linear_scale(values) -> ColourScale:
 def diverging_scale(values, q:float=0.01) -> ColourScale:
     "A signed scale centred on 0, symmetric, clipped at the `1 - q` quantile of |value|: blue below, red above."
     m = torch.quantile(_finite(values).abs(), 1 - q).item() or 1e-12
-    return ColourScale(lambda M: M, -m, m, colorscale='RdBu_r', title='difference')
+    return ColourScale(lambda M: M, -m, m, colorscale='RdBu_r', title='difference', hover='difference %{z:.3g}')
 
 # %% ../nbs/07a_viz.ipynb #c0009
 def token_strings(tokenizer, ids) -> list[str]:
@@ -95,20 +100,23 @@ def _labels(tokens:Sequence[str]|None, T:int) -> list[str]:
     require(len(labels) == T, f"got {len(labels)} tokens for a {T}x{T} matrix; pass one token per position")
     return labels
 
+def _rounded(M:torch.Tensor, digits:int=4) -> np.ndarray:
+    "M as float32 rounded to `digits` significant digits (NaN stays NaN): what a figure stores of a matrix."
+    a = M.detach().double().cpu().numpy()
+    with np.errstate(divide='ignore', invalid='ignore'): e = np.floor(np.log10(np.abs(a)))   # each entry's decade
+    unit = 10.0 ** np.where(np.isfinite(e), e - (digits - 1), 0)
+    return (np.round(a / unit) * unit).astype(np.float32)
+
 def _matrix_trace(M:torch.Tensor, # (T, T) the values
-                  labels:list[str], # one per position
                   scale:ColourScale, coloraxis:str, name:str='', causal:bool=True) -> go.Heatmap:
-    "A heatmap at integer positions; the hover shows the output token, the input token and the value itself."
+    "A heatmap at integer positions; the hover reads both positions and the coloured value, from the figure's own arrays."
+    # one float32 array goes into the figure, which plotly writes as binary (base64), NaN marking the blank future;
+    # the hover is a template, not per-cell strings, so a 128 x 128 panel costs about 90 kB in a notebook
     T = M.shape[0]
     shown = _future_nan(M) if causal else M                                    # (T, T)
-    short = lambda v: None if math.isnan(v) else float(f'{v:.5g}')           # 5 digits; blanks as null (JSON has no NaN)
-    custom = [[[f'{t} {labels[t]}', f'{s} {labels[s]}', short(float(M[t, s]))] if s <= t or not causal else None
-               for s in range(T)] for t in range(T)]                            # hover text of the drawn cells only
-    z = [[short(v) for v in row] for row in scale.z(shown).tolist()]
-    return go.Heatmap(z=z, x=list(range(T)), y=list(range(T)), customdata=custom, coloraxis=coloraxis,
+    return go.Heatmap(z=_rounded(scale.z(shown)), x=list(range(T)), y=list(range(T)), coloraxis=coloraxis,
                       hoverongaps=False, name=name,
-                      hovertemplate='output t=%{customdata[0]}<br>input s=%{customdata[1]}<br>value %{customdata[2]:.3g}'
-                                    f'<extra>{html.escape(name)}</extra>')
+                      hovertemplate=f'output t=%{{y}}<br>input s=%{{x}}<br>{scale.hover}<extra>{html.escape(name)}</extra>')
 
 def _token_axes(fig:go.Figure, labels:list[str], row=None, col=None, x_ticks:bool=True, y_ticks:bool=True, max_ticks:int=40):
     "Positions as coordinates, tokens as tick text (every k-th when there are many), time running down; titles where the ticks are."
@@ -119,7 +127,7 @@ def _token_axes(fig:go.Figure, labels:list[str], row=None, col=None, x_ticks:boo
     fig.update_yaxes(ticks, showticklabels=y_ticks, title='output position t' if y_ticks else None, autorange='reversed', row=row, col=col)
 
 def matrix_heatmap(M, # [T, T] mixing matrix (one batch element, one head)
-                   tokens:Sequence[str]|None=None, # tick and hover labels, one per position
+                   tokens:Sequence[str]|None=None, # tick labels, one per position
                    title:str='', # figure title
                    scale:str|None=None, # 'log', 'quantile', 'linear' (COLOUR_SCALES); None: log, or a diverging scale if M is signed
                    causal:bool=True, # blank out the upper triangle
@@ -129,7 +137,7 @@ def matrix_heatmap(M, # [T, T] mixing matrix (one batch element, one head)
     labels = _labels(tokens, M.shape[0])
     values = [M.tril() if causal else M]
     sc = COLOUR_SCALES[scale](values) if scale else (diverging_scale(values) if bool((M < 0).any()) else log_scale(values))
-    fig = go.Figure(_matrix_trace(M, labels, sc, 'coloraxis', causal=causal))
+    fig = go.Figure(_matrix_trace(M, sc, 'coloraxis', causal=causal))
     _token_axes(fig, labels)
     return fig.update_layout(title=title, coloraxis=sc.axis(), width=480, height=440, margin=dict(l=60, r=10, t=50, b=60))
 
@@ -144,7 +152,7 @@ def _colourbar_beside(fig:go.Figure, axis:str, row:int, col:int):
 
 def compare_matrices(mats:Mapping[str, torch.Tensor], # model name -> [H, T, T] (one batch element, one layer); the reference first
                      heads:Sequence[int]|None=None, # which heads to show (default: up to the first 4)
-                     tokens:Sequence[str]|None=None, # tick and hover labels, one per position
+                     tokens:Sequence[str]|None=None, # tick labels, one per position
                      title:str='',
                      scale:str='log', # the models' colour scale: 'log', 'quantile' or 'linear' (COLOUR_SCALES)
                      diff:bool=True, # with two models, add their difference (second - first) on a diverging scale
@@ -170,13 +178,13 @@ def compare_matrices(mats:Mapping[str, torch.Tensor], # model name -> [H, T, T] 
         shared = COLOUR_SCALES[scale]([m[h].tril() if causal else m[h] for m in mats.values()])
         fig.layout[_axis_name(2 * r - 1)] = shared.axis()
         for c, name in enumerate(names, start=1):
-            fig.add_trace(_matrix_trace(mats[name][h], labels, shared, _axis_name(2 * r - 1), f'{name} · head {h}', causal), row=r, col=c)
+            fig.add_trace(_matrix_trace(mats[name][h], shared, _axis_name(2 * r - 1), f'{name} · head {h}', causal), row=r, col=c)
         _colourbar_beside(fig, _axis_name(2 * r - 1), r, len(names))
         if with_diff:
             d = mats[names[1]][h] - mats[names[0]][h]                           # (T, T)
             dsc = diverging_scale([d.tril() if causal else d])
             fig.layout[_axis_name(2 * r)] = dsc.axis()
-            fig.add_trace(_matrix_trace(d, labels, dsc, _axis_name(2 * r), cols[-1], causal), row=r, col=len(cols))
+            fig.add_trace(_matrix_trace(d, dsc, _axis_name(2 * r), cols[-1], causal), row=r, col=len(cols))
             _colourbar_beside(fig, _axis_name(2 * r), r, len(cols))
         for c in range(1, len(cols) + 1): _token_axes(fig, labels, r, c, x_ticks=r == len(heads), y_ticks=c == 1)
     return fig.update_layout(title=title, width=width, height=height, margin=dict(l=70, r=70, t=70, b=80))
@@ -240,7 +248,7 @@ def head_error_grid(errors, # [L, H] per-head errors (`head_errors`)
 
 # %% ../nbs/07a_viz.ipynb #c0023
 def matrix_gallery(mats:Mapping[str, torch.Tensor], # name -> [T, T], in the order drawn
-                   tokens:Sequence[str]|None=None, # tick and hover labels, one per position
+                   tokens:Sequence[str]|None=None, # tick labels, one per position
                    title:str='', scale:str='log', # the shared colour scale: 'log', 'quantile' or 'linear'
                    panel:int=240) -> go.Figure:
     "One row of [T, T] heatmaps on one shared colour scale, so equal colours are equal values across the row."
@@ -253,7 +261,7 @@ def matrix_gallery(mats:Mapping[str, torch.Tensor], # name -> [T, T], in the ord
     width = (panel + 20) * len(mats) + 160
     fig = make_subplots(rows=1, cols=len(mats), subplot_titles=list(mats), horizontal_spacing=20 / width)
     for c, (name, m) in enumerate(mats.items(), start=1):
-        fig.add_trace(_matrix_trace(m, labels, sc, 'coloraxis', name), row=1, col=c)
+        fig.add_trace(_matrix_trace(m, sc, 'coloraxis', name), row=1, col=c)
         _token_axes(fig, labels, 1, c, y_ticks=c == 1)
     fig.update_layout(coloraxis=sc.axis())
     _colourbar_beside(fig, 'coloraxis', 1, len(mats))
