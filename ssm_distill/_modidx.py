@@ -1407,6 +1407,7 @@ d = { 'settings': { 'branch': 'main',
                                      'ssm_distill.widgets._parse_tokens': ('widgets.html#_parse_tokens', 'ssm_distill/widgets.py'),
                                      'ssm_distill.widgets._resolve_student': ('widgets.html#_resolve_student', 'ssm_distill/widgets.py'),
                                      'ssm_distill.widgets._resolve_teacher': ('widgets.html#_resolve_teacher', 'ssm_distill/widgets.py'),
+                                     'ssm_distill.widgets._widget_safe': ('widgets.html#_widget_safe', 'ssm_distill/widgets.py'),
                                      'ssm_distill.widgets.matrix_class_errors': ( 'widgets.html#matrix_class_errors',
                                                                                   'ssm_distill/widgets.py'),
                                      'ssm_distill.widgets.refill': ('widgets.html#refill', 'ssm_distill/widgets.py')}}}

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 import ipywidgets as W
 import plotly.graph_objects as go
@@ -32,16 +33,24 @@ __all__ = ['DEFAULT_TEXT', 'CLASS_SIZES', 'STRUCTURED_CLASSES', 'PANEL_STATES', 
            'MixingExplorer', 'OnKernelThread', 'LiveCurves', 'RunForm', 'TrainerPanel']
 
 # %% ../nbs/10_widgets.ipynb #c0005
+def _widget_safe(trace:dict) -> dict:
+    "A trace as the widget's JSON messages can carry it: NaN cells (a matrix's blank upper triangle) become None."
+    z = trace.get('z')
+    if isinstance(z, np.ndarray) and z.dtype.kind == 'f' and np.isnan(z).any():
+        trace = {**trace, 'z': np.where(np.isnan(z), None, z.astype(object)).tolist()}
+    return trace
+
 def refill(fw:go.FigureWidget, # the widget on the page
            fig:go.Figure, # the figure to show in it
           ) -> go.FigureWidget:
     "Make `fw` show `fig`: its traces (updated in place, or replaced when their kinds differ) and its layout."
+    traces = [_widget_safe(t.to_plotly_json()) for t in fig.data]
     if [t.type for t in fw.data] != [t.type for t in fig.data]:
         if fw.data: fw.data = []
-        fw.add_traces(list(fig.data))
+        fw.add_traces([type(t)(d) for t, d in zip(fig.data, traces)])
     else:
         with fw.batch_update():
-            for old, new in zip(fw.data, fig.data): old.update(new.to_plotly_json(), overwrite=True)
+            for old, new in zip(fw.data, traces): old.update(new, overwrite=True)
     fw.update_layout(fig.layout.to_plotly_json(), overwrite=True)
     return fw
 
