@@ -12,7 +12,7 @@ TORCH_CPU ?= torch==2.13.0
 # the reproductions (experiments/README.md): about 100 minutes (one process at a time); each script also has --quick
 EXPERIMENTS := mohawk_stages matrix_classes matrix_mixers which_student hybrids task_agnostic
 
-.PHONY: setup demo test tutorials experiments test-slow test-cuda test-compat test-browser constraints export clean-nbs check-export check-clean readme gpu bench docs docs-quick
+.PHONY: setup demo test lint tutorials experiments test-slow test-cuda test-compat test-browser constraints export clean-nbs check-export check-clean readme gpu bench docs docs-quick
 
 setup: $(STAMP)
 
@@ -37,7 +37,7 @@ test test-slow test-cuda: export OMP_NUM_THREADS = 1
 test: export SSM_DISTILL_QUICK = 1
 
 ## (2) the whole default test suite (what CI runs)
-test: setup check-export check-clean
+test: setup check-export check-clean lint
 	$(BIN)/nbdev-test --n-workers 2 --timing
 	$(BIN)/python -m pytest tests/ -q
 
@@ -78,6 +78,11 @@ check-export: setup
 	@if [ -n "$$(git status --porcelain -- ssm_distill README.md)" ]; then \
 	  git status --porcelain -- ssm_distill README.md; \
 	  echo "ssm_distill/ or README.md differ from the notebooks: run 'make export' and commit."; exit 1; fi
+
+## ruff: lint the exported package, tools, benchmarks, experiments and tests; format-check the tools (pyproject.toml [tool.ruff])
+lint: setup
+	$(BIN)/ruff check --no-cache ssm_distill tools benchmarks experiments tests
+	$(BIN)/ruff format --no-cache --check tools
 
 # notebooks are committed clean (no outputs, no execution counts, no widget state) and at most 1.5 MB (1,500,000 bytes) each
 check-clean: setup

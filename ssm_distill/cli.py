@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser('teacher', help="the built-in teacher's recipe", description="The built-in teacher's recipe.")
     tsub = t.add_subparsers(dest='teacher_command', metavar='ACTION', required=True)
-    tt = tsub.add_parser('train', formatter_class=fmt, add_help=False, help='pretrain the built-in teacher (a small Llama) on the built-in corpus',
+    tsub.add_parser('train', formatter_class=fmt, add_help=False, help='pretrain the built-in teacher (a small Llama) on the built-in corpus',
                          description='Pretrain the built-in teacher: a BPE tokenizer and a small Llama on the built-in corpus; '
                                      'saves them with save_pretrained.',
                          epilog='examples:\n  ssm-distill teacher train --tiny --out runs/teacher   # seconds, for a check\n'

@@ -380,7 +380,7 @@ def validate_for_teacher(cfg:RunConfig, # the run config
     "Checks that need the teacher's size: layer indices in range; copying only at the teacher's width, layer-wise stages where their sizes match; blocks the teacher can read."
     st = cfg.student
     try: src = student_teacher_layers(cfg, n_layers)
-    except SsmDistillError as e: raise ConfigError([f"student.n_layers: {e}"])
+    except SsmDistillError as e: raise ConfigError([f"student.n_layers: {e}"]) from None
     L = len(src)
     bad_src, bad_attn = [i for i in src if not 0 <= i < n_layers], [i for i in st.attention_layers if not 0 <= i < L]
     other = {k: v for k, v in (sizes or {}).items() if getattr(st, k) not in (None, v)}   # sizes that differ from the teacher's

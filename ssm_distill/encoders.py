@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import require
-from .stages import STAGES, Stage
+from .stages import STAGES
 from .teachers import Teacher
 from .loop import adamw, lr_schedule, optimizer_step
 

@@ -15,7 +15,7 @@ from typing import Iterable
 
 import torch
 
-from .core import Registry, SsmDistillError, optional_import, require
+from .core import Registry, optional_import, require
 from .data import DataConfig
 from .loop import as_blocks, causal_lm as _lm
 from .stages import mixer_can_materialize as can_materialize, teacher_rotary
@@ -164,7 +164,7 @@ def results_table(results:list[EvalResult]) -> str:
 def load_student(path:str|Path, # a folder written by save_pretrained (a run's <out>/student)
                  device:str|torch.device='cpu'):
     "`(student, tokenizer or None)` from a saved folder, in eval mode."
-    import ssm_distill.students  # registers the student with the Auto classes
+    import ssm_distill.students  # noqa: F401 (registers the student with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     p = Path(path)
     require((p/'config.json').exists(), f"--student {p}: no config.json there; give a folder written by a run (its <out>/student)")
@@ -213,8 +213,8 @@ class LocalTask:
     def yaml(self) -> str:
         "The task's YAML file: its config, loading its documents with `load_local_docs` through `utils.py`."
         import yaml
-        return (f"# written by ssm_distill.eval.write_local_tasks: edit LOCAL_TASKS in nbs/11_eval.ipynb instead\n"
-                f"custom_dataset: !function utils.load_docs\n" + yaml.safe_dump(self.config(), sort_keys=False))
+        return ("# written by ssm_distill.eval.write_local_tasks: edit LOCAL_TASKS in nbs/11_eval.ipynb instead\n"
+                "custom_dataset: !function utils.load_docs\n" + yaml.safe_dump(self.config(), sort_keys=False))
 
 _MEAN = dict(aggregation='mean', higher_is_better=True)
 LOCAL_TASKS = {t.name: t for t in [

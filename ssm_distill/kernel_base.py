@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import repeat
 
-from .core import NonFiniteError, Registry, check_shapes, checks_enabled, optional_import, require
+from .core import NonFiniteError, Registry, checks_enabled, optional_import, require
 
 # %% auto #0
 __all__ = ['FAMILIES', 'check_chunk_size', 'check_log_gate', 'default_scale', 'pad_time', 'to_chunks', 'from_chunks', 'segsum',

@@ -8,7 +8,6 @@ Docs: https://ssm-distill.github.io/ssm_distill/kernels.html.md"""
 # %% ../nbs/01_kernels.ipynb #17164d6d
 from __future__ import annotations
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from .core import Registry, check_shapes, checks_enabled, deprecated_names, optional_import, pick_backend, require
-from .kernel_base import (FAMILIES, Family, FamilyRegistry, check_chunk_size, check_log_gate, default_scale,
+from .kernel_base import (FAMILIES, Family, check_chunk_size, check_log_gate, default_scale,
                                      from_chunks, mix, pad_time, randn, run_fast, segsum, to_chunks)
 
 # %% auto #0

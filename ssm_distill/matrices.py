@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import Registry, require, check_shapes
-from .kernels import toeplitz_matrix, lti_kernel, linear_attention_mixing_matrix, simple_gla_mixing_matrix, gla_mixing_matrix
+from .kernels import toeplitz_matrix, lti_kernel, simple_gla_mixing_matrix, gla_mixing_matrix
 # one way only: each mixer declares its own matrix class (`Mixer.free_matrix`), mixers never import this module
 from .mixers import MIXERS, FreeMatrix, Mixer, MixerConfig, _heads, _per_head
 

@@ -147,7 +147,7 @@ def _axis_name(i:int) -> str: return 'coloraxis' if i == 1 else f'coloraxis{i}'
 def _colourbar_beside(fig:go.Figure, axis:str, row:int, col:int):
     "Put colour axis `axis`'s bar just right of subplot (row, col), as tall as the row."
     sp = fig.get_subplot(row, col)
-    (x0, x1), (y0, y1) = sp.xaxis.domain, sp.yaxis.domain
+    (_, x1), (y0, y1) = sp.xaxis.domain, sp.yaxis.domain
     fig.layout[axis].colorbar.update(x=x1 + 0.005, xanchor='left', y=(y0 + y1) / 2, yanchor='middle', len=y1 - y0, lenmode='fraction')
 
 def compare_matrices(mats:Mapping[str, torch.Tensor], # model name -> [H, T, T] (one batch element, one layer); the reference first

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssm_distill.cli import build_parser, main
+from ssm_distill.cli import main
 from ssm_distill.config import load_config
 from ssm_distill.demo import demo_config, run_demo
 from ssm_distill.train import save_tiny_teacher, tiny_run_config

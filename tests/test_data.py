@@ -1,9 +1,8 @@
 "Tests of ssm_distill.data beyond the notebook: determinism of the corpus, file formats, resumption."
-import json, os
+import json
 import pytest, torch
 from ssm_distill.core import SsmDistillError
-from ssm_distill.data import (DataConfig, build_data, build_builtin_corpus, builtin_corpus_path, collect_stdlib_docs,
-                              load_texts, make_dataloader, PackedDataset, infinite_batches, ResumableBatchSampler, cache_dir)
+from ssm_distill.data import (DataConfig, build_data, build_builtin_corpus, builtin_corpus_path, load_texts, make_dataloader, PackedDataset, infinite_batches, ResumableBatchSampler, cache_dir)
 
 class ByteTok:
     eos_token_id = 256

@@ -4,7 +4,7 @@ These are the tests `make test-compat` runs against the oldest and the newest tr
 import copy, json, os, subprocess, sys, warnings
 import pytest, torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, pipeline
+from transformers import AutoModelForCausalLM, GenerationConfig, pipeline
 from ssm_distill.core import SsmDistillError
 from ssm_distill.mixers import MIXERS
 from ssm_distill.teachers import tiny_teacher

@@ -4,7 +4,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ssm_distill.core import SsmDistillError
-from ssm_distill.mixers import (MIXERS, AttentionWeights, SoftmaxAttention, apply_rotary, rotary_cos_sin, expand_kv,
+from ssm_distill.mixers import (MIXERS, AttentionWeights, apply_rotary, rotary_cos_sin, expand_kv,
                                 mixer_from_attention, call_with, values_path)
 from ssm_distill.mixers import tiny_mixer as tiny, tiny_rotary as rotary_for   # the notebook's float64 helpers
 

@@ -1,5 +1,5 @@
 "The install story: what `import ssm_distill` needs, what pip would install, and that the notebooks are the source."
-import importlib, json, os, pkgutil, subprocess, sys, tomllib, venv
+import pkgutil, subprocess, sys, tomllib, venv
 from pathlib import Path
 
 import pytest

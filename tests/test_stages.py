@@ -3,7 +3,6 @@ import json
 from dataclasses import asdict, dataclass
 
 import pytest
-import torch
 
 from ssm_distill.core import SsmDistillError
 from ssm_distill.stages import STAGES, Stage, kinds_taking, stage_options

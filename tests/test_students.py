@@ -3,7 +3,7 @@ import pytest, torch
 from transformers import AutoModelForCausalLM
 from ssm_distill.core import SsmDistillError
 from ssm_distill.teachers import tiny_teacher
-from ssm_distill.students import (STUDENT_GROUPS, StudentConfig, StudentForCausalLM, build_student,
+from ssm_distill.students import (StudentConfig, StudentForCausalLM, build_student,
                                   build_student_from_config, causal_mask)
 from ssm_distill.matrices import mixing_error
 

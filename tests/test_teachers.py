@@ -1,9 +1,8 @@
 "Tests of ssm_distill.teachers beyond the notebook: every family x attention implementation, padding, GQA, windows, exports, MiniLM."
-import os
 import pytest, torch
 from ssm_distill.core import SsmDistillError
 from ssm_distill.mixers import apply_rotary, rotary_cos_sin
-from ssm_distill.teachers import (ADAPTERS, TINY_CONFIGS, FIELDS, Capture, Teacher, allowed_keys, attention_probs,
+from ssm_distill.teachers import (ADAPTERS, TINY_CONFIGS, FIELDS, allowed_keys, attention_probs,
                                   load_teacher, tiny_teacher)
 
 FAMILIES = sorted(TINY_CONFIGS)

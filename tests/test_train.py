@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from ssm_distill.core import SsmDistillError
 from ssm_distill.callbacks import Callback, StopAfter
-from ssm_distill.checkpoints import latest_checkpoint, load_student_weights, read_checkpoint_state
+from ssm_distill.checkpoints import latest_checkpoint, read_checkpoint_state
 from ssm_distill.config import ConfigError, load_config, stage_steps, validate_for_teacher
 from ssm_distill.train import Distiller, NonFiniteLossError, save_tiny_teacher, tiny_run_config
 

@@ -6,170 +6,245 @@ Playwright; no browser is downloaded), runs all cells, presses Start on the pane
 into a Phi-Mamba student), waits until the loss curve has points and the explorer shows the first stage's student,
 Pause, Resume, Stop, and changes the explorer's head. Screenshots go to runs/browser/*.png. It fails on an error
 output in the notebook, on a widget that cannot be displayed, or on a widget-manager error in the page's console."""
+
 import json, os, re, shutil, socket, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT/'runs'/'browser'
-CHROMIUM = os.environ.get('CHROMIUM', '/usr/bin/chromium')
-FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-         '--disable-sync', '--no-first-run']
-WIDGET_ERRORS = re.compile(r'widget|comm|model class|anywidget|Class \S+ not found', re.I)
+OUT = ROOT / "runs" / "browser"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WIDGET_ERRORS = re.compile(r"widget|comm|model class|anywidget|Class \S+ not found", re.I)
 
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def start_lab(work:Path, port:int, token:str) -> subprocess.Popen:
+def start_lab(work: Path, port: int, token: str) -> subprocess.Popen:
     "JupyterLab serving `work`, with its kernels on this Python (the one running this script)."
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               JUPYTER_CONFIG_DIR=str(work/'.jupyter'), JUPYTER_RUNTIME_DIR=str(work/'.runtime'), OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'),
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get('PYTHONPATH', '')) if p))
-    cmd = [sys.executable, '-m', 'jupyterlab', '--no-browser', f'--port={port}', '--ip=127.0.0.1', f'--IdentityProvider.token={token}',
-           f'--ServerApp.root_dir={work}', f'--LabApp.workspaces_dir={work/".workspaces"}',
-           '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate', '--LabApp.news_url=None',
-           '--LabApp.extension_manager=readonly'] + (['--allow-root'] if hasattr(os, 'geteuid') and os.geteuid() == 0 else [])
-    return subprocess.Popen(cmd, env=env, stdout=open(OUT/'jupyterlab.log', 'w'), stderr=subprocess.STDOUT)
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        JUPYTER_CONFIG_DIR=str(work / ".jupyter"),
+        JUPYTER_RUNTIME_DIR=str(work / ".runtime"),
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        f"--port={port}",
+        "--ip=127.0.0.1",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={work}",
+        f"--LabApp.workspaces_dir={work / '.workspaces'}",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.news_url=None",
+        "--LabApp.extension_manager=readonly",
+    ] + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])
+    return subprocess.Popen(cmd, env=env, stdout=open(OUT / "jupyterlab.log", "w"), stderr=subprocess.STDOUT)
 
 
-def wait_http(port:int, proc:subprocess.Popen, timeout:float=90):
+def wait_http(port: int, proc: subprocess.Popen, timeout: float = 90):
     import urllib.request
+
     t0 = time.time()
     while time.time() - t0 < timeout:
-        if proc.poll() is not None: sys.exit(f"JupyterLab exited ({proc.returncode}); see {OUT/'jupyterlab.log'}")
-        try: urllib.request.urlopen(f'http://127.0.0.1:{port}/api', timeout=2); return
-        except OSError: time.sleep(0.5)
-    sys.exit(f"JupyterLab did not answer on port {port} within {timeout} s; see {OUT/'jupyterlab.log'}")
+        if proc.poll() is not None:
+            sys.exit(f"JupyterLab exited ({proc.returncode}); see {OUT / 'jupyterlab.log'}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    sys.exit(f"JupyterLab did not answer on port {port} within {timeout} s; see {OUT / 'jupyterlab.log'}")
 
 
-def saved_errors(page, api:str) -> list[str]:
+def saved_errors(page, api: str) -> list[str]:
     "Save the notebook (Ctrl+S) and read it back through the server: the error outputs of its cells."
     import urllib.request
-    page.locator('.jp-Notebook').first.click(position={'x': 5, 'y': 5}); page.keyboard.press('Control+s')
+
+    page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
+    page.keyboard.press("Control+s")
     time.sleep(2)
-    nb = json.loads(urllib.request.urlopen(api, timeout=30).read())['content']
-    return [f"error output in cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, c in enumerate(nb['cells'])
-            for o in c.get('outputs', []) if o.get('output_type') == 'error']
+    nb = json.loads(urllib.request.urlopen(api, timeout=30).read())["content"]
+    return [
+        f"error output in cell {i}: {o.get('ename')}: {o.get('evalue')}"
+        for i, c in enumerate(nb["cells"])
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
 
 
-def wait_run_all(page, api:str, timeout:float=600):
-    "Until the kernel has stayed idle for 5 s (Run All finished, or stopped at an error); JupyterLab keeps off-screen cells out of the page."
+def wait_run_all(page, api: str, timeout: float = 600):
+    """Until the kernel has stayed idle for 5 s (Run All finished, or stopped at an error); JupyterLab keeps off-screen
+    cells out of the page."""
     t0, idle_since = time.time(), None
     while time.time() - t0 < timeout:
         idle = page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').count() > 0
         idle_since = (idle_since or time.time()) if idle else None
-        if idle_since and time.time() - idle_since > 5: return
+        if idle_since and time.time() - idle_since > 5:
+            return
         time.sleep(0.5)
-    raise TimeoutError(f'Run All still running after {timeout} s')
+    raise TimeoutError(f"Run All still running after {timeout} s")
 
 
-def check_page(page, console_errors:list) -> list[str]:
+def check_page(page, console_errors: list) -> list[str]:
     "Tracebacks shown in the page, widgets that failed to display, widget-manager errors in the console."
-    problems = [f'error output: {t[:300]}' for t in page.locator('[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
-                if 'Traceback' in t]
-    problems += [f'widget not displayed: {t[:200]}' for t in page.locator('.jp-OutputArea-output').all_inner_texts()
-                 if 'Error displaying widget' in t or 'Error rendering' in t]
-    problems += [f'console: {m[:300]}' for m in console_errors if WIDGET_ERRORS.search(m)]
+    problems = [
+        f"error output: {t[:300]}"
+        for t in page.locator('[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
+        if "Traceback" in t
+    ]
+    problems += [
+        f"widget not displayed: {t[:200]}"
+        for t in page.locator(".jp-OutputArea-output").all_inner_texts()
+        if "Error displaying widget" in t or "Error rendering" in t
+    ]
+    problems += [f"console: {m[:300]}" for m in console_errors if WIDGET_ERRORS.search(m)]
     return problems
 
 
-def run(page, url:str, api:str, console_errors:list):
+def run(page, url: str, api: str, console_errors: list):
     def shot(name, locator=None):
-        toast = page.locator('.jp-Notification-Toast button', has_text='No')   # JupyterLab's news question covers the page
-        if toast.count(): toast.first.click()
-        (locator or page).screenshot(path=str(OUT/f'{name}.png')); print(f'  screenshot runs/browser/{name}.png', flush=True)
+        toast = page.locator(
+            ".jp-Notification-Toast button", has_text="No"
+        )  # JupyterLab's news question covers the page
+        if toast.count():
+            toast.first.click()
+        (locator or page).screenshot(path=str(OUT / f"{name}.png"))
+        print(f"  screenshot runs/browser/{name}.png", flush=True)
 
     page.goto(url)
-    page.wait_for_selector('.jp-Notebook .jp-Cell', timeout=120_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
     page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=120_000)
-    time.sleep(3)   # the session settles after the first 'idle' (a Run All at once can meet a kernel dialog)
-    assert page.locator('.jp-Dialog').count() == 0, 'a dialog opened with the notebook (no kernelspec?)'
-    print('notebook open, kernel idle, no dialog; Run All', flush=True)
-    page.locator('.lm-MenuBar-item', has_text='Run').first.click()
-    page.locator('.lm-Menu-item', has_text='Run All Cells').first.click()
+    time.sleep(3)  # the session settles after the first 'idle' (a Run All at once can meet a kernel dialog)
+    assert page.locator(".jp-Dialog").count() == 0, "a dialog opened with the notebook (no kernelspec?)"
+    print("notebook open, kernel idle, no dialog; Run All", flush=True)
+    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+    page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
     time.sleep(2)
-    if page.locator('.jp-Dialog').count():   # JupyterLab's race at start-up, not the notebook's: take its default kernel
-        print('  a kernel dialog appeared on Run All; accepting its default', flush=True)
-        page.locator('.jp-Dialog .jp-mod-accept').click()
-    last = page.locator('.jp-Notebook .jp-CodeCell').last
+    if page.locator(".jp-Dialog").count():  # JupyterLab's race at start-up, not the notebook's: take its default kernel
+        print("  a kernel dialog appeared on Run All; accepting its default", flush=True)
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+    last = page.locator(".jp-Notebook .jp-CodeCell").last
     wait_run_all(page, api)
-    print('Run All ended', flush=True)
+    print("Run All ended", flush=True)
     problems = check_page(page, console_errors) + saved_errors(page, api)
-    assert not problems, '\n'.join(problems)
-    panel = last.locator('.jp-OutputArea-output').last
-    start = panel.locator('button', has_text='Start')
+    assert not problems, "\n".join(problems)
+    panel = last.locator(".jp-OutputArea-output").last
+    start = panel.locator("button", has_text="Start")
     start.wait_for(timeout=60_000)
-    panel.scroll_into_view_if_needed(); shot('1-panel-idle', last)
+    panel.scroll_into_view_if_needed()
+    shot("1-panel-idle", last)
 
     start.click()
-    print('Start pressed; waiting for curve points', flush=True)
-    line = panel.locator('.js-plotly-plot .scatterlayer .trace path.js-line')
-    page.wait_for_function("""(el) => [...el.querySelectorAll('.js-plotly-plot .scatterlayer path.js-line')]
+    print("Start pressed; waiting for curve points", flush=True)
+    line = panel.locator(".js-plotly-plot .scatterlayer .trace path.js-line")
+    page.wait_for_function(
+        """(el) => [...el.querySelectorAll('.js-plotly-plot .scatterlayer path.js-line')]
                                        .some(p => (p.getAttribute('d') || '').split('L').length > 3)""",
-                           arg=panel.element_handle(), timeout=180_000)
-    print(f'curve has points ({line.count()} traces); waiting for the first stage end (explorer)', flush=True)
-    panel.locator('text=the current student').wait_for(timeout=180_000)
-    time.sleep(1.0); shot('2-panel-running', last)
+        arg=panel.element_handle(),
+        timeout=180_000,
+    )
+    print(f"curve has points ({line.count()} traces); waiting for the first stage end (explorer)", flush=True)
+    panel.locator("text=the current student").wait_for(timeout=180_000)
+    time.sleep(1.0)
+    shot("2-panel-running", last)
 
-    panel.locator('button', has_text='Pause').click()
-    panel.locator('button', has_text='Resume').wait_for(timeout=60_000)
-    panel.locator('b', has_text='paused').wait_for(timeout=60_000)
-    shot('3-panel-paused', last)
-    panel.locator('button', has_text='Resume').click()
-    panel.locator('b', has_text='running').wait_for(timeout=60_000)
-    panel.locator('button', has_text='Stop').click()
-    panel.locator('b', has_text='stopped').wait_for(timeout=120_000)
-    print('paused, resumed, stopped', flush=True)
-    shot('4-panel-stopped', last)
+    panel.locator("button", has_text="Pause").click()
+    panel.locator("button", has_text="Resume").wait_for(timeout=60_000)
+    panel.locator("b", has_text="paused").wait_for(timeout=60_000)
+    shot("3-panel-paused", last)
+    panel.locator("button", has_text="Resume").click()
+    panel.locator("b", has_text="running").wait_for(timeout=60_000)
+    panel.locator("button", has_text="Stop").click()
+    panel.locator("b", has_text="stopped").wait_for(timeout=120_000)
+    print("paused, resumed, stopped", flush=True)
+    shot("4-panel-stopped", last)
 
     # the explorer inside the panel: another head, picked with its dropdown
-    head = panel.locator('.widget-dropdown', has_text='head').last.locator('select')
-    other = '3' if head.input_value() != '3' else '2'
+    head = panel.locator(".widget-dropdown", has_text="head").last.locator("select")
+    other = "3" if head.input_value() != "3" else "2"
     head.select_option(other)
-    heatmaps = panel.locator('.js-plotly-plot', has_text='teacher · head').last
+    heatmaps = panel.locator(".js-plotly-plot", has_text="teacher · head").last
     heatmaps.scroll_into_view_if_needed()
-    page.wait_for_function("([el, h]) => [...el.querySelectorAll('text')].some(t => t.textContent.includes('teacher · head ' + h))",
-                           arg=[heatmaps.element_handle(), other], timeout=60_000)
-    print(f'explorer shows head {other}', flush=True)
-    time.sleep(1.0); shot('5-explorer-other-head', panel.locator('.widget-vbox', has_text='the current student').last)
+    page.wait_for_function(
+        "([el, h]) => [...el.querySelectorAll('text')].some(t => t.textContent.includes('teacher · head ' + h))",
+        arg=[heatmaps.element_handle(), other],
+        timeout=60_000,
+    )
+    print(f"explorer shows head {other}", flush=True)
+    time.sleep(1.0)
+    shot("5-explorer-other-head", panel.locator(".widget-vbox", has_text="the current student").last)
     problems = check_page(page, console_errors)
-    assert not problems, '\n'.join(problems)
+    assert not problems, "\n".join(problems)
 
 
 def main():
     from playwright.sync_api import sync_playwright
+
     OUT.mkdir(parents=True, exist_ok=True)
-    for p in OUT.glob('*.png'): p.unlink()
-    work = Path(tempfile.mkdtemp(prefix='ssm-distill-browser-'))
-    shutil.copy(ROOT/'nbs'/'10_widgets.ipynb', work/'10_widgets.ipynb')
-    port, token = free_port(), 'ssm-distill-browser-test'
+    for p in OUT.glob("*.png"):
+        p.unlink()
+    work = Path(tempfile.mkdtemp(prefix="ssm-distill-browser-"))
+    shutil.copy(ROOT / "nbs" / "10_widgets.ipynb", work / "10_widgets.ipynb")
+    port, token = free_port(), "ssm-distill-browser-test"
     lab = start_lab(work, port, token)
     console_errors = []
     try:
         wait_http(port, lab)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-            page = browser.new_page(viewport={'width': 1400, 'height': 2400})
-            page.on('console', lambda m: m.type == 'error' and console_errors.append(m.text))
-            page.on('pageerror', lambda e: console_errors.append(f'page error: {e}'))
-            try: run(page, f'http://127.0.0.1:{port}/lab/tree/10_widgets.ipynb?token={token}',
-                     f'http://127.0.0.1:{port}/api/contents/10_widgets.ipynb?token={token}', console_errors)
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+            page.on("pageerror", lambda e: console_errors.append(f"page error: {e}"))
+            try:
+                run(
+                    page,
+                    f"http://127.0.0.1:{port}/lab/tree/10_widgets.ipynb?token={token}",
+                    f"http://127.0.0.1:{port}/api/contents/10_widgets.ipynb?token={token}",
+                    console_errors,
+                )
             except Exception:
-                page.screenshot(path=str(OUT/'failure.png'), full_page=True)
-                print(f'failed; the page is in runs/browser/failure.png; console errors: {json.dumps(console_errors, indent=1)}')
-                try: print('\n'.join(saved_errors(page, f'http://127.0.0.1:{port}/api/contents/10_widgets.ipynb?token={token}')))
-                except Exception as e: print(f'(could not read the notebook back: {e})')
+                page.screenshot(path=str(OUT / "failure.png"), full_page=True)
+                print(
+                    "failed; the page is in runs/browser/failure.png; console errors: "
+                    f"{json.dumps(console_errors, indent=1)}"
+                )
+                try:
+                    print(
+                        "\n".join(
+                            saved_errors(page, f"http://127.0.0.1:{port}/api/contents/10_widgets.ipynb?token={token}")
+                        )
+                    )
+                except Exception as e:
+                    print(f"(could not read the notebook back: {e})")
                 raise
-            finally: browser.close()
+            finally:
+                browser.close()
     finally:
         lab.terminate()
-        try: lab.wait(20)
-        except subprocess.TimeoutExpired: lab.kill()
+        try:
+            lab.wait(20)
+        except subprocess.TimeoutExpired:
+            lab.kill()
         shutil.rmtree(work, ignore_errors=True)
-    print('browser test passed; screenshots in runs/browser/')
+    print("browser test passed; screenshots in runs/browser/")
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()
