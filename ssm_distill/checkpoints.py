@@ -100,6 +100,7 @@ def checkpoint_problem(path:str|Path) -> str|None:
             if f.stat().st_size != size: return f"{name} has {f.stat().st_size:,} bytes where {size:,} were written"
             if _sha256(f) != digest: return f"{name} is not what was written (its checksum differs)"
         read_checkpoint_state(path)   # a checkpoint from before manifests: at least its state must read
+        if files is None and json.loads((path/'state.json').read_text()).get('manifest'): return f"{MANIFEST} is missing"
     except (OSError, ValueError, KeyError, TypeError) as e: return f"its manifest or state does not read ({type(e).__name__}: {e})"
     return None
 
@@ -136,7 +137,7 @@ def _write_checkpoint(distiller, tmp:Path, optimizer, scheduler, aux):
     acc.wait_for_everyone()
     if acc.is_main_process:
         (tmp/'state.json').write_text(json.dumps(dict(state=asdict(st), config=distiller.config_dict(),
-                                                      data=distiller.data_fingerprint), indent=1))
+                                                      data=distiller.data_fingerprint, manifest=MANIFEST), indent=1))
         write_manifest(tmp)
         _fsync_tree(tmp)
 
@@ -151,10 +152,12 @@ def save_checkpoint(distiller, optimizer=None, scheduler=None,
     need, free = checkpoint_bytes(distiller.out, acc.unwrap_model(distiller.student), optimizer), shutil.disk_usage(final.parent).free
     if free < need: raise DiskFullError(disk_full_message(final.parent, need, free))
     try: _write_checkpoint(distiller, tmp, optimizer, scheduler, aux)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT): raise
-        shutil.rmtree(tmp, ignore_errors=True)   # nothing half-written stays on the full disk
-        raise DiskFullError(disk_full_message(final.parent, need, shutil.disk_usage(final.parent).free)) from None
+    except (OSError, RuntimeError) as e:   # torch's writer reports a full disk as a RuntimeError ("unexpected pos ...")
+        shutil.rmtree(tmp, ignore_errors=True)   # nothing half-written stays behind
+        free = shutil.disk_usage(final.parent).free
+        if getattr(e, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or free < need:
+            raise DiskFullError(disk_full_message(final.parent, need, free)) from None
+        raise
     if acc.is_main_process:
         if final.exists(): shutil.rmtree(final)
         os.rename(tmp, final)

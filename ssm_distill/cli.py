@@ -6,7 +6,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/cli.html.md"""
 
 # %% ../nbs/08_cli.ipynb #6890f51c
 from __future__ import annotations
-import argparse, json, logging, os, sys, textwrap
+import argparse, errno, json, logging, os, sys, textwrap
 from pathlib import Path
 
 from .demo import DEMO_BATCH_SIZE, DEMO_EVAL_BLOCKS, DEMO_SEQ_LEN, DEMO_TOKENS, run_dir
@@ -219,6 +219,11 @@ def main(argv:list[str]|None=None) -> int:
         problems = [' '.join(p.split()) for p in getattr(e, 'problems', None) or [str(e)]]
         sys.stderr.write(f"ssm-distill {args.command}: error: " + (problems[0] if len(problems) == 1 else
                          f"{len(problems)} problems in the run config:\n" + '\n'.join(f"  - {p}" for p in problems)) + '\n')
+        return 2
+    except OSError as e:   # a full disk outside a run's own writes (the HTML report, eval.json): one line too
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT): raise
+        sys.stderr.write(f"ssm-distill {args.command}: error: the disk is full, writing {e.filename or 'a file'}; free some space, "
+                         f"then run the command again (a run continues with --resume)\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"ssm-distill {args.command}: interrupted (a run in --out continues with --resume)\n")

@@ -27,9 +27,10 @@ from .checkpoints import (DiskFullError, RunState, checkpoints, disk_full_messag
                                      load_student_weights, read_checkpoint_state, save_checkpoint, set_rng_state)
 
 # %% auto #0
-__all__ = ['make_optimizer', 'make_scheduler', 'resolve_mixed_precision', 'DivergenceError', 'NonFiniteLossError', 'StageModule',
-           'StageStream', 'load_run_teacher', 'run_data_config', 'warn_teacher_overlap', 'check_token_ids',
-           'build_run_student', 'StageRun', 'Distiller', 'distill', 'save_tiny_teacher', 'tiny_run_config']
+__all__ = ['make_optimizer', 'make_scheduler', 'resolve_mixed_precision', 'near_uniform', 'DivergenceError', 'NonFiniteLossError',
+           'StageModule', 'StageStream', 'load_run_teacher', 'run_data_config', 'warn_teacher_overlap',
+           'check_token_ids', 'build_run_student', 'StageRun', 'Distiller', 'distill', 'save_tiny_teacher',
+           'tiny_run_config']
 
 # %% ../nbs/07_train.ipynb #17da204a
 # names that lived here before the config, the callbacks and the checkpoints got their own modules
@@ -61,6 +62,10 @@ def resolve_mixed_precision(mp:str, device:torch.device) -> str:
     return 'bf16' if supports_bf16(device) else 'no'
 
 # %% ../nbs/07_train.ipynb #0d54f47c
+def near_uniform(perplexity:float, teacher_perplexity:float, vocab_size:int) -> bool:
+    "A student at least half as unsure as uniform guessing (perplexity >= V/2) from a teacher that is far surer (< V/4): collapsed."
+    return perplexity >= vocab_size / 2 and teacher_perplexity < vocab_size / 4
+
 class DivergenceError(SsmDistillError):
     "The run diverged (a loss blowing up, a collapsed student, a value no longer finite); the last good checkpoint is kept."
 
@@ -397,8 +402,8 @@ class Distiller:
         dv, V, ppl, t_ppl = self.cfg.divergence, self.teacher.config.vocab_size, ev['perplexity'], ev['teacher_perplexity']
         if dv.perplexity is not None and ppl > dv.perplexity:
             self._halt(r.si, f"diverged: the held-out perplexity {ppl:.4g} passed divergence.perplexity={dv.perplexity}", self.state.step)
-        if final and ppl >= V and t_ppl < V / 2:   # no better than guessing uniformly, from a teacher that is far better
-            self._halt(r.si, f"diverged: the student's held-out perplexity {ppl:.4g} is no better than guessing uniformly among the "
+        if final and near_uniform(ppl, t_ppl, V):
+            self._halt(r.si, f"diverged: the student's held-out perplexity {ppl:.4g} is close to guessing uniformly among the "
                              f"{V} tokens (the teacher's is {t_ppl:.4g})", self.state.step)
         return ev
 
@@ -456,14 +461,23 @@ class Distiller:
             if bad is None and not isinstance(e, NonFiniteError): raise
             self._nonfinite(f'weight {bad}' if bad else 'value of an activation', float('nan'), si, cause=str(e))
 
-    def _checkpoint(self, r:StageRun|int, end:bool=False):
-        "Save a checkpoint (mid-stage: with the optimizer, schedule and projections of `r`), unless the stage looks like diverging."
-        si = r if isinstance(r, int) else r.si
+    def _checkpoint(self, r:StageRun, end:bool=False):
+        "Save a checkpoint (at a stage's `end` the next stage starts afresh; mid-stage with `r`'s optimizer, schedule and projections)."
         bad = self._first_nonfinite()
-        if bad is not None: self._nonfinite(f'weight {bad}', float('nan'), si)
-        if end or isinstance(r, int): return save_checkpoint(self)
-        if r.bad_steps: return log.info(f"no checkpoint at step {self.state.global_step}: the last {r.bad_steps} steps looked like diverging")
-        save_checkpoint(self, r.opt, r.sched, r.aux)
+        if bad is not None: self._nonfinite(f'weight {bad}', float('nan'), r.si)
+        if end: save_checkpoint(self)
+        elif r.bad_steps or self._near_uniform_now():   # a step's loss was measured before its update: look at the weights themselves
+            log.info(f"no checkpoint at step {self.state.global_step}: the student looks like diverging")
+        else: save_checkpoint(self, r.opt, r.sched, r.aux)
+
+    def _near_uniform_now(self) -> bool:
+        "Whether the student's weights as they are now predict one held-out batch about as badly as uniform guessing (`near_uniform`)."
+        batch, V = self.data.eval[:self.cfg.data.batch_size], self.teacher.config.vocab_size
+        kw = dict(batch_size=len(batch), device=self.accelerator.device)
+        with self.accelerator.autocast():
+            if not hasattr(self, '_teacher_batch_ppl'): self._teacher_batch_ppl = evaluate_model(self.teacher, batch, **kw)['perplexity']
+            ppl = evaluate_model(self.accelerator.unwrap_model(self.student), batch, **kw)['perplexity']
+        return near_uniform(ppl, self._teacher_batch_ppl, V)
 
     def _halt(self, si:int, happened:str, step:int|None=None, error:type=DivergenceError, cause:str=''):
         "Stop the run: `happened` in stage `si` at `step`; the message names the last good checkpoint and what to change."
@@ -489,6 +503,7 @@ class Distiller:
             raise DiskFullError(disk_full_message(self.out)) from None
 
     def _run(self, resume:bool|None, max_steps:int|None, overwrite:bool) -> dict:
+        "`run` itself: refuse a folder of an earlier run unless asked, resume or start afresh, run the stages, report."
         self.out.mkdir(parents=True, exist_ok=True)
         held = checkpoints(self.out)
         ck, broken = intact_checkpoint(self.out) if held and not overwrite else (None, [])
