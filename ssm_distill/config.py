@@ -40,12 +40,15 @@ def raise_problems(checks:Iterable[tuple]): # `(ok, message)`, or `(ok, key, mes
 
 def _int_or_none(v) -> bool: return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
 def _int_list(v) -> bool: return isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+def _head_dict(v) -> bool: return isinstance(v, dict) and _int_list(list(v)) and all(_int_list(h) and h for h in v.values())
 
 @dataclass
 class StudentBuildConfig:
     "How the student is built from the teacher (`students.build_student`, or `build_student_from_config` for another size)."
     mixer:str = 'phi_mamba' # a key of mixers.MIXERS: mamba2, phi_mamba, mamba, gla, retnet, deltanet, gated_deltanet, hgrn2, mlstm, ...
     attention_layers:list = field(default_factory=list) # student layers that keep the teacher's attention (a hybrid student), 0-based
+    attention_heads:dict = field(default_factory=dict) # {layer: [query heads]} that keep the teacher's attention in that layer (a per-head hybrid), 0-based
+    train_kept_heads:bool = False # whether the kept heads' projections (of attention_heads) train
     init:str = 'qkv_copy' # qkv_copy (teacher Q->C, K->B, V->x, O->out_proj), mixing (then fit the teacher's matrices) or random
     options:dict = field(default_factory=dict) # extra mixer arguments (its <Name>Config fields), e.g. {conv_size: 4}
     n_layers:int|None = None # student depth (null: the teacher's); a shallower student copies one teacher block per layer
@@ -67,7 +70,12 @@ class StudentBuildConfig:
             (tl is None or not _int_list(tl) or self.n_layers is None or len(tl) == self.n_layers, 'teacher_layers',
              f"teacher_layers has {len(tl or [])} entries but n_layers={self.n_layers}; give one teacher layer per student layer"),
             (_int_list(self.attention_layers), 'attention_layers', f"attention_layers={self.attention_layers!r}: use a list of layer indices such as [0, 3]"),
-            (len(set(self.attention_layers)) == len(self.attention_layers), 'attention_layers', f"attention_layers={self.attention_layers!r} repeats a layer")])
+            (len(set(self.attention_layers)) == len(self.attention_layers), 'attention_layers', f"attention_layers={self.attention_layers!r} repeats a layer"),
+            (_head_dict(self.attention_heads), 'attention_heads', f"attention_heads={self.attention_heads!r}: use a mapping of layer to a list of its query heads, such as {{1: [0, 3]}}"),
+            (not _head_dict(self.attention_heads) or all(len(set(h)) == len(h) for h in self.attention_heads.values()), 'attention_heads',
+             f"attention_heads={self.attention_heads!r} repeats a head of a layer"),
+            (not set(self.attention_heads) & set(self.attention_layers), 'attention_heads', f"attention_heads: layer(s) "
+             f"{sorted(set(self.attention_heads) & set(self.attention_layers))} are in attention_layers too; a layer keeps all its heads or some, not both")])
 
 @dataclass
 class StageConfig:
@@ -383,12 +391,18 @@ def validate_for_teacher(cfg:RunConfig, # the run config
     except SsmDistillError as e: raise ConfigError([f"student.n_layers: {e}"]) from None
     L = len(src)
     bad_src, bad_attn = [i for i in src if not 0 <= i < n_layers], [i for i in st.attention_layers if not 0 <= i < L]
+    H = st.n_heads or (sizes or {}).get('n_heads')   # the student's heads (None: not checked)
+    bad_heads = {l: hs for l, hs in st.attention_heads.items() if not 0 <= l < L or (H and not all(0 <= h < H for h in hs))}
     other = {k: v for k, v in (sizes or {}).items() if getattr(st, k) not in (None, v)}   # sizes that differ from the teacher's
     reshaped = [k for k in other if k != 'n_heads']   # the sizes that change a block's tensors (heads split the same projections)
     mixer_layers = [i for i in range(L) if i not in st.attention_layers]
     raise_problems([(not bad_src, f"student.teacher_layers: {bad_src} out of range; the teacher has {n_layers} layers (0..{n_layers - 1})"),
         (not bad_attn, f"student.attention_layers: {bad_attn} out of range; the student has {L} layers "
                        f"(0..{L - 1}: the teacher's depth unless student.n_layers or student.teacher_layers says otherwise)"),
+        (not bad_heads, f"student.attention_heads: {bad_heads} out of range; the student has {L} layers (0..{L - 1})"
+                        + (f" of {H} query heads (0..{H - 1})" if H else "")),
+        (not H or all(len(hs) < H for hs in st.attention_heads.values()), f"student.attention_heads keeps all {H} heads of a layer; "
+                        f"put that layer in student.attention_layers instead"),
         (not reshaped or st.init == 'random', f"student.init={st.init!r} copies the teacher's attention into the mixers, which needs the teacher's "
             f"{', '.join(f'{k}={v}' for k, v in (sizes or {}).items() if k in reshaped)}; use init: random for this student"),
         (max_positions is None or cfg.data.seq_len <= max_positions,

@@ -23,11 +23,12 @@ from .teachers import load_teacher
 
 # %% auto #0
 __all__ = ['LOCAL_TASKS', 'DIRECT_SCORERS', 'logit_metrics', 'teacher_layer_of', 'comparable_layers', 'layer_errors',
-           'EvalResult', 'distill_metrics', 'results_table', 'load_student', 'eval_data_config', 'eval_blocks',
-           'LocalTask', 'lm_eval_tasks_dir', 'load_local_docs', 'sentences', 'task_docs', 'write_local_tasks',
-           'encode_pair', 'loglikelihood', 'greedy_until', 'direct_scores', 'hflm', 'run_lm_eval', 'lm_eval_table',
-           'lm_eval_task_names', 'check_limit', 'check_eval_request', 'run_data_settings', 'eval_data_settings',
-           'data_settings_line', 'compare_students', 'eval_report', 'decode_speed']
+           'EvalResult', 'kv_cache_bytes_per_token', 'distill_metrics', 'results_table', 'load_student',
+           'eval_data_config', 'eval_blocks', 'LocalTask', 'lm_eval_tasks_dir', 'load_local_docs', 'sentences',
+           'task_docs', 'write_local_tasks', 'encode_pair', 'loglikelihood', 'greedy_until', 'direct_scores', 'hflm',
+           'run_lm_eval', 'lm_eval_table', 'lm_eval_task_names', 'check_limit', 'check_eval_request',
+           'run_data_settings', 'eval_data_settings', 'data_settings_line', 'compare_students', 'eval_report',
+           'decode_speed']
 
 # %% ../nbs/11_eval.ipynb #4319edf6
 def logit_metrics(student_logits:torch.Tensor, # (B, T, V)
@@ -84,6 +85,7 @@ class EvalResult:
     hidden_error:dict[int, float]=field(default_factory=dict) # layer -> mean per-token ||mixer(x) - attn_out|| (stage 2's loss)
     hidden_rel_error:dict[int, float]=field(default_factory=dict) # layer -> the same divided by ||attn_out||
     mixing_error:dict[int, list[float]]=field(default_factory=dict) # layer -> per-head ||M_s - M_t||_F (stage 1's loss)
+    kv_bytes_per_token:int|None=None # bytes of keys and values the student caches per token (`kv_cache_bytes_per_token`)
     notes:list[str]=field(default_factory=list) # what could not be measured, and why
 
     def to_dict(self) -> dict: return asdict(self)
@@ -103,6 +105,11 @@ def _summarise(name:str, acc:dict, teacher) -> EvalResult:
         if kind == 'mixing': res.mixing_error[l] = _mean(xs, dim=0).tolist()               # (H,)
         else: getattr(res, f'{kind}_error')[l] = _mean(xs).item()
     return res
+
+def kv_cache_bytes_per_token(student) -> int:
+    "Bytes of keys and values a student caches per generated token: its kept attention layers' and kept heads' (0 when pure)."
+    p = next(student.parameters())
+    return 2 * sum(student.kv_channels(i) for i in range(student.n_layers)) * p.element_size()
 
 @torch.no_grad()
 def distill_metrics(student, # a student (`StudentForCausalLM`) or any causal LM
@@ -131,6 +138,7 @@ def distill_metrics(student, # a student (`StudentForCausalLM`) or any causal LM
     student.train(was_training)
     require(acc['nll'], "distill_metrics: no held-out blocks; give at least one block of 2 or more tokens")
     res = _summarise(name, acc, teacher)
+    if hasattr(student, 'kv_channels'): res.kv_bytes_per_token = kv_cache_bytes_per_token(student)
     res.notes += notes
     return res
 
@@ -148,7 +156,8 @@ def results_table(results:list[EvalResult]) -> str:
     require(results, "results_table: give at least one EvalResult")
     rows = [('perplexity', [results[0].teacher_perplexity] + [r.perplexity for r in results]),
             ('top-1 agreement', [None] + [r.agreement for r in results]),
-            ('KL teacher->student (nats)', [None] + [r.kl for r in results])]
+            ('KL teacher->student (nats)', [None] + [r.kl for r in results]),
+            ('KV cache (bytes/token)', [None] + [r.kv_bytes_per_token for r in results])]
     for l in sorted({l for r in results for l in r.hidden_error}):
         rows.append((f'hidden error L{l} (rel.)', [None] + [
             None if l not in r.hidden_error else f"{r.hidden_error[l]:.3g} ({r.hidden_rel_error[l]:.2f})" for r in results]))

@@ -247,7 +247,7 @@ class MixerConfig:
                     f"d_model or pass head_dim explicitly")
             self.head_dim = self.d_model // self.n_heads
         if self.n_kv_heads is None: self.n_kv_heads = self.n_heads
-        require(self.n_heads % self.n_kv_heads == 0,
+        require(self.n_heads % self.n_kv_heads == 0 or getattr(self, 'kv_repeats', None),
                 f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; pass the teacher's key/value head count")
         require(self.conv_size >= 0, f"conv_size={self.conv_size}: use 0 (no conv) or a width such as 4")
         require(self.qk_norm is None or self.qk_norm in QK_NORMS, f"qk_norm={self.qk_norm!r}: use one of {list(QK_NORMS)} or None")
@@ -461,7 +461,8 @@ class Mixer(nn.Module):
         for t, m in self.qk_norms.items(): m.load_state_dict(getattr(w, f'{t}_norm'))
 
     def load_out_proj(self, w:AttentionWeights):
-        "O -> `out_proj` (weight and bias)."
+        "O -> `out_proj` (weight and bias); nothing where the layer's heads write into a shared projection (a per-head hybrid)."
+        if isinstance(self.out_proj, nn.Identity): return
         self.out_proj.weight.copy_(w.wo)
         require(w.bo is None or self.out_proj.bias is not None,
                 "the teacher's output projection has a bias; build the mixer with out_bias=True")
@@ -487,6 +488,13 @@ class SoftmaxAttentionConfig(MixerConfig):
     "Options of `SoftmaxAttention`; `rotary` is on by default (the teacher's position embeddings)."
     rotary: bool = True
     scale: float|None = None       # softmax scale (None: head_dim**-0.5)
+    kv_repeats: list|None = None   # query heads per key/value head, in order, where they differ (a per-head hybrid's kept heads); None: n_heads // n_kv_heads each
+
+    def __post_init__(self):
+        super().__post_init__()
+        r = self.kv_repeats
+        require(r is None or (len(r) == self.n_kv_heads and sum(r) == self.n_heads and min(r) >= 1),
+                f"kv_repeats={r}: give one count >= 1 per key/value head ({self.n_kv_heads}) summing to n_heads={self.n_heads}")
 
 @MIXERS.register('softmax_attention')
 class SoftmaxAttention(Mixer):
@@ -517,7 +525,9 @@ class SoftmaxAttention(Mixer):
 
     def expand(self, t:torch.Tensor) -> torch.Tensor:
         "Key/value heads -> query heads (GQA): `[B, S, Hkv, Dh] -> [B, S, H, Dh]`."
-        return t.repeat_interleave(self.config.n_heads // self.config.n_kv_heads, dim=2)
+        c = self.config
+        r = c.n_heads // c.n_kv_heads if c.kv_repeats is None else torch.tensor(c.kv_repeats, device=t.device)
+        return t.repeat_interleave(r, dim=2, output_size=c.n_heads)
 
     def forward(self, x, state=None, rotary=None, attention_mask=None, return_state=False):
         check_shapes(x=(x, 'B T D'))
@@ -543,7 +553,7 @@ class SoftmaxAttention(Mixer):
 
     def init_state(self, batch_size, device=None, dtype=None):
         "An empty KV cache (it grows by one entry per step)."
-        c, w = self.config, self.out_proj.weight
+        c, w = self.config, self.in_proj.weight
         z = torch.zeros(batch_size, 0, c.n_kv_heads, c.head_dim, device=device or w.device, dtype=dtype or w.dtype)
         return dict(k=z, v=z.clone(), mask=torch.ones(batch_size, 0, dtype=torch.long, device=z.device))
 

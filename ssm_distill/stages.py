@@ -168,8 +168,9 @@ class MatrixOrientation(LayerwiseStage):
 
     def loss(self, student, ids, t, layers, aux=None):
         def one(l):
-            M_s = student.layer_mixing_matrix(l, t['x'][l], rotary=t['rotary'])                # (B, H, T, T)
-            return matrix_orientation_loss(M_s, t['M'][l].to(M_s.dtype))
+            h = student.mixer_heads(l)   # a per-head hybrid's kept heads are the teacher's: only the mixer's heads count
+            M_s = student.layer_mixing_matrix(l, t['x'][l], rotary=t['rotary'])[:, h]          # (B, Hm, T, T)
+            return matrix_orientation_loss(M_s, t['M'][l][:, h].to(M_s.dtype))
         return layer_sum(one, layers)
 
 @dataclass

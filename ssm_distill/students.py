@@ -21,16 +21,17 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .core import Registry, SsmDistillError, deprecated_names, follow_umask, require, log
 from .matrices import Descent, FitConfig, descend, mixing_error as _mixing_error   # students.mixing_error: the old name
-from .mixers import MIXERS, AttentionWeights, mixer_from_attention
+from .mixers import MIXERS, AttentionWeights, SoftmaxAttention, mixer_from_attention
 from .teachers import ADAPTERS, Teacher, load_teacher
 
 # %% auto #0
 __all__ = ['CACHE_ARGS', 'MIRRORED', 'REMOTE_MODULE', 'AUTO_MAP', 'REMOTE_CODE', 'STUDENT_GROUPS', 'STUDENT_INITS',
-           'StudentCache', 'MixerAttention', 'cache_arg', 'find_cache', 'output_cache_field', 'check_reached',
-           'allow_checkpointing_with_cache', 'is_local_path', 'StudentConfig', 'StudentForCausalLM',
-           'check_transformers_contract', 'causal_mask', 'set_trainable_groups', 'qkv_copy_init', 'random_init',
-           'fit_mixing_matrix', 'calibration_batch', 'mixing_init', 'build_student', 'copy_teacher_weights',
-           'resized_config', 'uniform_teacher_layers', 'build_student_from_config']
+           'StudentCache', 'MixerAttention', 'head_weights', 'kept_heads_config', 'HeadHybridConfig', 'HeadHybrid',
+           'cache_arg', 'find_cache', 'output_cache_field', 'check_reached', 'allow_checkpointing_with_cache',
+           'is_local_path', 'StudentConfig', 'StudentForCausalLM', 'check_transformers_contract', 'causal_mask',
+           'set_trainable_groups', 'qkv_copy_init', 'random_init', 'fit_mixing_matrix', 'calibration_batch',
+           'mixing_init', 'build_student', 'copy_teacher_weights', 'resized_config', 'uniform_teacher_layers',
+           'build_student_from_config']
 
 # %% ../nbs/04_students.ipynb #f8defdaf
 def _tensors_map(fn, tree):
@@ -166,6 +167,121 @@ class MixerAttention(nn.Module):
 
     def extra_repr(self): return f"layer_idx={self.layer_idx}"
 
+# %% ../nbs/04_students.ipynb #4eadc0de
+def _head_rows(t:torch.Tensor|None, # [heads*Dh, ...] a projection's rows (or bias), head by head
+               heads:list[int], Dh:int) -> torch.Tensor|None: # [len(heads)*Dh, ...]
+    return None if t is None else t.unflatten(0, (-1, Dh))[heads].flatten(0, 1)
+
+def head_weights(w:AttentionWeights, # a teacher attention layer
+                 heads:list[int], # some of its query heads
+                ) -> AttentionWeights:
+    "The query heads `heads` of `w` as a layer of their own: their Q rows and O columns, each head's K/V rows (GQA expanded), no O bias."
+    Dh, kv = w.head_dim, [h // w.groups for h in heads]                                     # each query head's K/V head
+    rows = lambda t, hs: _head_rows(t, hs, Dh)
+    return replace(w, wq=rows(w.wq, heads), bq=rows(w.bq, heads), wk=rows(w.wk, kv), bk=rows(w.bk, kv),
+                   wv=rows(w.wv, kv), bv=rows(w.bv, kv), wo=w.wo.unflatten(1, (-1, Dh))[:, heads].flatten(1), bo=None,
+                   n_heads=len(heads), n_kv_heads=len(heads))
+
+def kept_heads_config(w:AttentionWeights, heads:list[int], rotary:bool) -> dict:
+    "The options of the `SoftmaxAttention` that keeps query heads `heads` of `w`: their K/V heads once each (GQA kept)."
+    groups = [h // w.groups for h in heads]
+    kv = sorted(set(groups))
+    reps = [groups.count(k) for k in kv]
+    return dict(d_model=w.d_model, n_heads=len(heads), head_dim=w.head_dim, n_kv_heads=len(kv), rotary=rotary,
+                bias=any(b is not None for b in (w.bq, w.bk, w.bv)), out_bias=w.bo is not None, scale=w.scale,
+                qk_norm=w.qk_norm, qk_norm_eps=w.qk_norm_eps, kv_repeats=None if len(set(reps)) == 1 else reps)
+
+@dataclasses.dataclass
+class HeadHybridConfig:
+    "What a per-head hybrid layer runs."
+    kept_heads: list  # the teacher's query heads that keep its softmax attention
+    n_heads: int      # the teacher's query heads
+    rotary: bool      # whether either part rotates q/k (each part gets the (cos, sin) only if it does)
+
+class HeadHybrid(nn.Module):
+    "A per-head hybrid layer: the teacher's softmax attention on `kept_heads`, a mixer on the others, one output projection."
+    def __init__(self, kept:SoftmaxAttention, # the kept heads (their K/V heads once each)
+                 mixer:nn.Module, # the other heads' mixer
+                 kept_heads:list[int], # which of the teacher's query heads `kept` runs
+                 n_heads:int, # the teacher's query heads
+                 train_kept:bool=False): # False: the kept heads' O columns get no gradient (their Q/K/V are left out of every group)
+        super().__init__()
+        Dh, D = kept.config.head_dim, kept.config.d_model
+        self.kept_heads = sorted(kept_heads)
+        self.mixer_heads = [h for h in range(n_heads) if h not in self.kept_heads]
+        width = mixer.out_proj.in_features
+        require(width == len(self.mixer_heads) * Dh, f"mixer {type(mixer).__name__} hands its output projection {width} "
+                f"channels, not one head_dim ({Dh}) per head ({len(self.mixer_heads)} heads), so its heads cannot share the "
+                f"layer's output projection with the kept heads; keep whole layers (attention_layers) or choose another mixer")
+        self.kept, self.mixer, self.train_kept = kept, mixer, train_kept
+        kept.out_proj = mixer.out_proj = nn.Identity()   # both write into the layer's one projection, `o_proj`
+        self.o_proj = nn.Linear(n_heads * Dh, D, bias=kept.config.out_bias)
+        # plain lists, not buffers: from_pretrained builds on the meta device and would leave a non-persistent buffer unset
+        order = self.kept_heads + self.mixer_heads       # the heads as the parts return them
+        self.to_teacher = [order.index(h) for h in range(n_heads)]
+        kept_columns = [h * Dh + d for h in self.kept_heads for d in range(Dh)]
+        if not train_kept:
+            kept.requires_grad_(False)
+            self.o_proj.weight.register_hook(lambda g: g.index_fill(1, torch.tensor(kept_columns, device=g.device), 0))
+        self.config = HeadHybridConfig(self.kept_heads, n_heads, kept.config.rotary or getattr(mixer.config, 'rotary', False))
+
+    def _rot(self, part:nn.Module, rotary):
+        return rotary if part.config.rotary else None
+
+    def project(self, o_kept:torch.Tensor, # [..., Hk*Dh]
+                o_mixer:torch.Tensor) -> torch.Tensor: # [..., Hm*Dh] -> [..., D]
+        "The two parts' heads back in the teacher's order, through the layer's output projection."
+        o = torch.cat([o_kept, o_mixer], -1).unflatten(-1, (self.config.n_heads, -1))   # (..., H, Dh) kept heads first
+        return self.o_proj(o[..., self.to_teacher, :].flatten(-2))                      # (..., D)
+
+    def forward(self, x:torch.Tensor, # [B, T, D]
+                state:dict|None=None, rotary=None, attention_mask=None, return_state:bool=False):
+        "The whole sequence: `y [B, T, D]` (and the state: the kept heads' keys and values, the mixer's state)."
+        s = state or {}
+        outs = [m(x, s.get(n), rotary=self._rot(m, rotary), attention_mask=attention_mask, return_state=return_state)
+                for n, m in (('kept', self.kept), ('mixer', self.mixer))]
+        if not return_state: return self.project(*outs)
+        (ok, sk), (om, sm) = outs
+        return self.project(ok, om), dict(kept=sk, mixer=sm)
+
+    def step(self, x_t:torch.Tensor, state:dict, rotary=None) -> tuple[torch.Tensor, dict]:
+        "One token: `(y_t [B, D], new state)`."
+        ok, sk = self.kept.step(x_t, state['kept'], rotary=self._rot(self.kept, rotary))
+        om, sm = self.mixer.step(x_t, state['mixer'], rotary=self._rot(self.mixer, rotary))
+        return self.project(ok, om), dict(kept=sk, mixer=sm)
+
+    def init_state(self, batch_size:int, device=None, dtype=None) -> dict:
+        "The state before the first token: no kept keys yet, the mixer's initial state."
+        return dict(kept=self.kept.init_state(batch_size, device, dtype), mixer=self.mixer.init_state(batch_size, device, dtype))
+
+    def materialize(self, x:torch.Tensor, rotary=None) -> torch.Tensor:
+        "The layer's mixing matrix `[B, H, T, T]`: the teacher's softmax on the kept heads, the mixer's on the others."
+        M = torch.cat([self.kept.materialize(x, self._rot(self.kept, rotary)),
+                       self.mixer.materialize(x, self._rot(self.mixer, rotary))], 1)      # (B, H, T, T) kept heads first
+        return M[:, self.to_teacher]
+
+    def qkv(self, *args, **kwargs):
+        raise SsmDistillError("a per-head hybrid layer has no single set of queries, keys and values for relation losses "
+                              "(the mha stage); use kd, od or hs stages, or a student without attention_heads")
+
+    @torch.no_grad()
+    def keep_from_attention(self, w:AttentionWeights):
+        "Copy the kept heads (their Q rows, their K/V heads' rows, q/k norms, scale) and the teacher's whole output projection."
+        kv = sorted({h // w.groups for h in self.kept_heads})
+        for name, hs in dict(q=self.kept_heads, k=kv, v=kv).items():
+            self.kept.in_proj.load(name, *(_head_rows(getattr(w, t + name), hs, w.head_dim) for t in 'wb'))
+        self.kept.load_qk_norms(w)
+        self.kept.scale = self.kept.config.scale = w.scale
+        self.o_proj.weight.copy_(w.wo)
+        if self.o_proj.bias is not None: self.o_proj.bias.copy_(w.bo)
+
+    def init_from_attention(self, w:AttentionWeights):
+        "QKV copy: the kept heads as they are, the mixer's heads into the mixer (MOHAWK §4)."
+        self.keep_from_attention(w)
+        self.mixer.init_from_attention(head_weights(w, self.mixer_heads))
+
+    def extra_repr(self): return f"kept_heads={self.kept_heads}, mixer_heads={self.mixer_heads}, train_kept={self.train_kept}"
+
 # %% ../nbs/04_students.ipynb #eef7fde2
 CACHE_ARGS = ('cache', 'past_key_values', 'layer_past')   # the names transformers releases give the cache argument
 
@@ -217,6 +333,9 @@ class StudentConfig(PretrainedConfig):
     mixer_kwargs: dict|None = None         # the mixer options the user gave
     mixer_configs: dict|None = None        # str(layer) -> the mixer's full config (fields of its <Name>Config)
     attention_layers: list|None = None     # layers that keep the teacher's attention (a hybrid)
+    attention_heads: dict|None = None      # str(layer) -> the teacher's query heads that layer keeps (a per-head hybrid)
+    kept_configs: dict|None = None         # str(layer) -> the kept heads' SoftmaxAttention config (of a per-head hybrid layer)
+    train_kept_heads: bool = False         # whether the kept heads' projections train (False: only the mixer heads' do)
     init: str = 'qkv_copy'                 # how the mixers were initialised (a key of STUDENT_INITS)
     teacher: str|None = None               # the teacher's hub name or relative path (a local folder: its name), for the record
     teacher_layers: list|None = None       # students of another depth: the teacher block each layer was copied from
@@ -226,6 +345,8 @@ class StudentConfig(PretrainedConfig):
         self.mixer_kwargs = dict(self.mixer_kwargs or {})
         self.mixer_configs = {str(k): dict(v) for k, v in (self.mixer_configs or {}).items()}
         self.attention_layers = sorted(int(i) for i in (self.attention_layers or []))
+        self.attention_heads = {str(k): sorted(int(h) for h in v) for k, v in (self.attention_heads or {}).items()}
+        self.kept_configs = {str(k): dict(v) for k, v in (self.kept_configs or {}).items()}
         super().__post_init__(**kwargs)
         if self.base_config: self.mirror()
 
@@ -269,8 +390,11 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
         require(self.adapter.causal, f"{base.model_type} is an encoder; students are causal language models")
         for i, block in enumerate(self.layers):
             if i not in config.attention_layers:
-                cfg = config.mixer_configs[str(i)]
-                setattr(block, self.adapter.attention, MixerAttention(MIXERS[config.mixer](**cfg), i))
+                m = MIXERS[config.mixer](**config.mixer_configs[str(i)])
+                if str(i) in config.attention_heads:
+                    m = HeadHybrid(SoftmaxAttention(**config.kept_configs[str(i)]), m, config.attention_heads[str(i)],
+                                   base.num_attention_heads, config.train_kept_heads)
+                setattr(block, self.adapter.attention, MixerAttention(m, i))
         allow_checkpointing_with_cache(self.layers)
         self._cache_arg, self._layer_cache_arg = cache_arg(type(self.lm).forward), cache_arg(type(self.layers[0]).forward)
         self.post_init()
@@ -317,8 +441,21 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
 
     @property
     def mixer_layers(self) -> list[int]:
-        "The layers that run a mixer."
+        "The layers that run a mixer (per-head hybrid layers among them)."
         return [i for i in range(self.n_layers) if not self.is_attention(i)]
+
+    def mixer_heads(self, i:int) -> list[int]:
+        "The query heads of layer `i` that a mixer runs: all in a mixer layer, the others than the kept ones in a per-head hybrid."
+        m = self._mixer_of(i)
+        return list(m.mixer_heads) if isinstance(m, HeadHybrid) else list(range(self.config.num_attention_heads))
+
+    def kv_channels(self, i:int) -> int:
+        "Channels of keys (as many of values) that layer `i` caches per token: `Hkv * Dh` of its kept heads (0 in a mixer layer)."
+        m, c = self.mixer(i), self.lm.config
+        if isinstance(m, HeadHybrid): return m.kept.config.n_kv_heads * m.kept.config.head_dim
+        if m is not None: return 0
+        H = c.num_attention_heads
+        return (getattr(c, 'num_key_value_heads', None) or H) * (getattr(c, 'head_dim', None) or c.hidden_size // H)
 
     def get_input_embeddings(self): return self.lm.get_input_embeddings()
     def set_input_embeddings(self, value): self.lm.set_input_embeddings(value)
@@ -355,7 +492,7 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
                   attn_in:torch.Tensor, # [B, T, D] the normed input of the attention slot (the teacher's `attn_in`)
                   rotary:tuple|None=None, # (cos, sin) [B, T, r]; None: computed for positions 0..T-1
                   attention_mask:torch.Tensor|None=None) -> torch.Tensor:
-        "Layer `i`'s mixer on `attn_in`: `[B, T, D]`, to match the teacher's `attn_out` (stage 2 with frozen MLPs)."
+        "Layer `i`'s mixer (a per-head hybrid: kept and mixer heads) on `attn_in`: `[B, T, D]`, to match the teacher's `attn_out` (stage 2)."
         m = self._mixer_of(i)
         rot = (rotary or self._rotary_for(attn_in, None)) if m.config.rotary else None
         return m(attn_in, rotary=rot, attention_mask=attention_mask)
@@ -363,7 +500,7 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
     def layer_mixing_matrix(self, i:int, # a mixer layer
                             attn_in:torch.Tensor, # [B, T, D] the teacher's normed attention input of layer i
                             rotary:tuple|None=None) -> torch.Tensor: # (cos, sin); None: positions 0..T-1
-        "Layer `i`'s mixing matrix `[B, H, T, T]` for input `attn_in` (stage 1 compares it with the teacher's attention)."
+        "Layer `i`'s mixing matrix `[B, H, T, T]` for input `attn_in` (stage 1 compares its `mixer_heads(i)` with the teacher's attention)."
         m = self._mixer_of(i)
         rot = (rotary or self._rotary_for(attn_in, None)) if m.config.rotary else None
         return m.materialize(attn_in, rotary=rot)                               # (B, H, T, T)
@@ -550,6 +687,13 @@ def _is_norm(m:nn.Module) -> bool:
 def _slots(st) -> list[nn.Module]:
     return [st.attention_slot(i) for i in range(st.n_layers)]
 
+def _hybrids(st) -> list[HeadHybrid]:
+    return [m for m in map(st.mixer, st.mixer_layers) if isinstance(m, HeadHybrid)]
+
+def _pinned(st) -> set[int]:
+    "The kept heads' Q/K/V (and q/k norms) of per-head hybrid layers built with train_kept=False: no group trains them."
+    return _params(*(h.kept for h in _hybrids(st) if not h.train_kept))
+
 def _norm_params(st) -> set[int]:
     inside = _params(*_slots(st))   # q/k norms of kept attention and mixer norms belong to those groups
     return {i for m in st.lm.modules() if _is_norm(m) for i in _params(m)} - inside
@@ -567,7 +711,7 @@ def _mlp_params(st) -> set[int]:
 STUDENT_GROUPS = Registry('parameter group', hint='Add one with STUDENT_GROUPS["name"] = fn(student) -> set of id(parameter).')
 STUDENT_GROUPS.update({
     'mixers': lambda st: _params(*(st.mixer(i) for i in st.mixer_layers)),
-    'attention': lambda st: _params(*(st.attention(i) for i in range(st.n_layers))),
+    'attention': lambda st: _params(*(st.attention(i) for i in range(st.n_layers)), *(h.kept for h in _hybrids(st))),
     'mlp': _mlp_params,
     'mlps': _mlp_params,
     'norms': _norm_params,
@@ -579,7 +723,7 @@ STUDENT_GROUPS.update({
 def set_trainable_groups(student:StudentForCausalLM, groups:Iterable[str]) -> list[str]:
     "Let only the parameters of `groups` train (`requires_grad`); return their names."
     groups = [groups] if isinstance(groups, str) else list(groups)
-    keep = set().union(*(STUDENT_GROUPS[g](student) for g in groups))
+    keep = set().union(*(STUDENT_GROUPS[g](student) for g in groups)) - _pinned(student)
     require(keep, f"the groups {groups} hold no parameters of this student (a pure student has no 'attention')")
     for p in student.parameters(): p.requires_grad_(id(p) in keep)
     return [n for n, p in student.named_parameters() if p.requires_grad]
@@ -667,8 +811,10 @@ def mixing_init(student, teacher, weights:dict, calibration:torch.Tensor|None=No
     rot = None if rot is None else tuple(r.expand(ids.shape[0], -1, -1) for r in rot)
     report = {}
     for i in layers:
-        r = report[i] = fit_mixing_matrix(student.mixer(i), cap.attn_in[i], cap.attn_probs[i], rot, steps=mixing_steps,
-                                          lr=mixing_lr, params=mixing_params or 'all')
+        m, M_t = student.mixer(i), cap.attn_probs[i]                                          # (B, H, T, T)
+        if isinstance(m, HeadHybrid): m, M_t = m.mixer, M_t[:, m.mixer_heads]                 # only the mixer's heads fit
+        r = report[i] = fit_mixing_matrix(m, cap.attn_in[i], M_t, rot, steps=mixing_steps, lr=mixing_lr,
+                                          params=mixing_params or 'all')
         log.info(f"mixing init, layer {i}: ‖M_teacher − M_student‖_F {r['start']:.4f} -> {r['best']:.4f} in {r['steps']} "
                  f"steps ({r['stopped']}); predicting zeros: {r['zeros']:.4f}")
     student.init_report = report
@@ -688,6 +834,20 @@ def _layer_list(layers:Iterable[int], n:int) -> list[int]:
             f"(0..{n - 1}, or negative from the end)")
     return sorted({i % n for i in layers})
 
+def _head_map(attention_heads:dict|None, n:int, H:int, kept:list[int]) -> dict[int, list[int]]:
+    "`attention_heads` checked: `{layer: sorted heads}`, layers in range (negative from the end), heads in range, not all."
+    out = {}
+    for layer, heads in (attention_heads or {}).items():
+        i = _layer_list([int(layer) if isinstance(layer, str) and layer.lstrip('-').isdigit() else layer], n)[0]
+        hs = [heads] if isinstance(heads, int) else list(heads)
+        bad = [h for h in hs if not isinstance(h, int) or isinstance(h, bool) or not 0 <= h < H]
+        require(not bad and hs, f"attention_heads[{layer}]={heads}: {bad or 'no heads'}; give some of the teacher's query heads 0..{H - 1}")
+        require(len(set(hs)) < H, f"attention_heads[{layer}] keeps all {H} heads; put layer {i} in attention_layers instead")
+        require(i not in kept, f"layer {i} is in attention_layers and attention_heads; a layer keeps all its heads or some, not both")
+        require(i not in out, f"attention_heads names layer {i} twice ({layer!r}); give each layer once")
+        out[i] = sorted(set(hs))
+    return out
+
 def _student_mixer(mixer:str, w:AttentionWeights, i:int, copy:bool, mixer_kw:dict) -> nn.Module:
     "Layer `i`'s mixer sized from the teacher layer `w`; errors say which layer and which geometry."
     try:
@@ -701,6 +861,8 @@ def _student_mixer(mixer:str, w:AttentionWeights, i:int, copy:bool, mixer_kw:dic
 def build_student(teacher, # a `Teacher`, a transformers model, a hub name or a local folder
                   mixer:str='mamba2', # a key of mixers.MIXERS
                   attention_layers:Iterable[int]=(), # layers that keep the teacher's attention (a hybrid)
+                  attention_heads:dict|None=None, # {layer: [query heads]} that keep the teacher's attention in that layer (a per-head hybrid)
+                  train_kept_heads:bool=False, # whether the kept heads' projections (Q/K/V rows, O columns) train
                   init:str='qkv_copy', # a key of STUDENT_INITS: 'qkv_copy', 'mixing' or 'random'
                   freeze:Iterable[str]=(), # parameter groups to freeze (keys of STUDENT_GROUPS), e.g. ('mlp',)
                   calibration:torch.Tensor|None=None, # 'mixing': calibration ids [B, T] (default: a random batch)
@@ -708,7 +870,7 @@ def build_student(teacher, # a `Teacher`, a transformers model, a hub name or a 
                   mixing_lr:float|None=None, # 'mixing': peak Adam learning rate (None: the fitter's default)
                   mixing_params:str|None=None, # 'mixing': 'all' (None: the default) or 'free' (not the QKV-copied rows)
                   **mixer_kw) -> StudentForCausalLM: # mixer options (fields of the mixer's <Name>Config)
-    "The teacher's model with a `mixer` in each attention layer not in `attention_layers`, initialised by `init`."
+    "The teacher's model with a `mixer` in each attention layer not in `attention_layers` (beside the kept heads of `attention_heads`), initialised by `init`."
     teacher = load_teacher(teacher)
     require(teacher.causal, f"the teacher is an encoder ({teacher.config.model_type}); a student is a causal language "
             f"model: distil a decoder (llama, phi, gpt2, gpt_neox, ...)")
@@ -719,18 +881,26 @@ def build_student(teacher, # a `Teacher`, a transformers model, a hub name or a 
     require(not (mixer_kw.get('rotary') and teacher.rotary_dim == 0),
             f"rotary=True, but this {teacher.config.model_type} teacher has no rotary position embeddings; drop rotary=True")
     kept = _layer_list(attention_layers, teacher.n_layers)
+    heads = _head_map(attention_heads, teacher.n_layers, teacher.n_heads, kept)
+    require(not (heads and getattr(teacher.config, 'sliding_window', None)), f"attention_heads: this {teacher.config.model_type} "
+            f"teacher attends through a sliding window, which kept heads do not reproduce; keep whole layers (attention_layers)")
     weights = {i: teacher.attention_weights(i) for i in range(teacher.n_layers) if i not in kept}
     copy = init != 'random'
-    mixers = {i: _student_mixer(mixer, w, i, copy, mixer_kw) for i, w in weights.items()}
+    # a per-head hybrid layer's mixer is sized from (and copies) the teacher's other heads only
+    mixers = {i: _student_mixer(mixer, head_weights(w, [h for h in range(w.n_heads) if h not in heads[i]]) if i in heads else w,
+                                i, copy, mixer_kw) for i, w in weights.items()}
     config = StudentConfig(base_config=teacher.config.to_dict(), mixer=mixer, mixer_kwargs=dict(mixer_kw),
                            base_attn_implementation=getattr(teacher.config, '_attn_implementation', None) or 'sdpa',
                            mixer_configs={str(i): dataclasses.asdict(m.config) for i, m in mixers.items()},
-                           attention_layers=kept, init=init, teacher=getattr(teacher.config, '_name_or_path', None) or None)
+                           attention_layers=kept, attention_heads={str(i): hs for i, hs in heads.items()},
+                           kept_configs={str(i): kept_heads_config(weights[i], hs, teacher.rotary_dim > 0) for i, hs in heads.items()},
+                           train_kept_heads=train_kept_heads, init=init, teacher=getattr(teacher.config, '_name_or_path', None) or None)
     p = next(teacher.model.parameters())
     student = StudentForCausalLM(config).to(device=p.device, dtype=p.dtype)
     copy_teacher_weights(student, teacher)
     STUDENT_INITS[init](student, teacher, weights, calibration=calibration, mixing_steps=mixing_steps,
                         mixing_lr=mixing_lr, mixing_params=mixing_params)
+    for i in heads: student.mixer(i).keep_from_attention(weights[i])   # the kept heads are the teacher's under every init
     if freeze:
         off = set().union(*(STUDENT_GROUPS[g](student) for g in ([freeze] if isinstance(freeze, str) else freeze)))
         for q in student.parameters():
@@ -792,6 +962,7 @@ def build_student_from_config(teacher, # a `Teacher` or anything `load_teacher` 
                               n_layers:int|None=None, hidden_size:int|None=None, n_heads:int|None=None,
                               n_kv_heads:int|None=None, intermediate_size:int|None=None, # the student's size (None: the teacher's)
                               mixer:str='mamba2', attention_layers:Iterable[int]=(),
+                              attention_heads:dict|None=None, # {student layer: [query heads]} kept (a per-head hybrid)
                               init:str|None=None, # None: 'qkv_copy' where the blocks could be copied, else 'random'
                               teacher_layers:list[int]|None=None, # teacher block per student layer (same width only)
                               seed:int=0, # seed of the random initialisation
@@ -812,7 +983,7 @@ def build_student_from_config(teacher, # a `Teacher` or anything `load_teacher` 
     if fits:                                        # the teacher's width: its blocks, a subset of its layers
         for j, i in enumerate(src): shadow.layers[j].load_state_dict(teacher.layers[i].state_dict())
     init = init or ('qkv_copy' if fits else 'random')
-    student = build_student(shadow, mixer=mixer, attention_layers=attention_layers, init=init, **kw)
+    student = build_student(shadow, mixer=mixer, attention_layers=attention_layers, attention_heads=attention_heads, init=init, **kw)
     student.config.teacher = getattr(teacher.config, '_name_or_path', None) or None
     student.config.teacher_layers = [int(i) for i in src] if fits else None
     return student

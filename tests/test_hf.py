@@ -81,25 +81,42 @@ def test_state_size_does_not_grow_with_context(teachers):
     with torch.no_grad(): h(ids(T=20), use_cache=True, **{h._cache_arg: cache})
     assert cache.keys[1].shape[-2] == 20
 
-# --- greedy generation equals the parallel forward's argmax path: every mixer, pure and hybrid, f32 and f64
+def test_per_head_hybrid_caches_only_the_kept_heads(teachers):
+    "A per-head hybrid caches the keys and values of its kept heads' K/V heads only, beside the mixer's constant state."
+    t = tiny_teacher('llama', num_attention_heads=4, num_key_value_heads=2)
+    h = no_eos(build_student(t, 'mamba2', attention_heads={1: [0, 1]}))      # query heads 0, 1 share K/V head 0
+    for T in (16, 40):
+        cache = StudentCache.for_model(h)
+        with torch.no_grad(): h(ids(T=T), use_cache=True, **{h._cache_arg: cache})
+        kept = cache.states[1]['kept']
+        assert kept['k'].shape == kept['v'].shape == (2, T, 1, h.config.hidden_size // 4) and not cache.keys
+        assert set(cache.states[1]) == {'kept', 'mixer'}
+    check_transformers_contract(h)
+    out = h.generate(ids(), max_new_tokens=5, do_sample=False)
+    assert torch.equal(out[:, 10:], forward_argmax(h, out, 10))
+
+# --- greedy generation equals the parallel forward's argmax path: every mixer, pure, per-layer and per-head hybrid, f32 and f64
+
+KEPT = {'pure': {}, 'hybrid': dict(attention_layers=[1]), 'heads': dict(attention_heads={1: [1]})}   # build options
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=['f32', 'f64'])
-@pytest.mark.parametrize('kept', [[], [1]], ids=['pure', 'hybrid'])
+@pytest.mark.parametrize('kept', list(KEPT))
 @pytest.mark.parametrize('mixer', list(MIXERS))
 def test_greedy_equals_parallel_argmax(teachers, mixer, kept, dtype):
-    s = no_eos(build_student(teachers['llama'], mixer, attention_layers=kept).to(dtype))
+    s = no_eos(build_student(teachers['llama'], mixer, **KEPT[kept]).to(dtype))
     for x in (ids(B=1, T=7, seed=1), ids(B=2, T=9, seed=2)):
         out = s.generate(x, max_new_tokens=6, do_sample=False)
         assert out.shape == (x.shape[0], x.shape[1] + 6) and torch.equal(out[:, :x.shape[1]], x)
         assert torch.equal(out[:, x.shape[1]:], forward_argmax(s, out, x.shape[1]))
 
-CASES = ([('llama', m, k) for m in MIXERS for k in ([], [1])]
-         + [(f, m, k) for f in ('gpt2', 'gpt_neox', 'mistral', 'phi') for m, k in (('mamba2', []), ('gla', [0]))])
+CASES = ([('llama', m, k) for m in MIXERS for k in KEPT]
+         + [(f, m, k) for f in ('gpt2', 'gpt_neox', 'mistral', 'phi') for m, k in (('mamba2', 'pure'), ('gla', 'hybrid'))]
+         + [(f, 'gla', 'heads') for f in ('gpt2', 'gpt_neox', 'phi', 'qwen3')])   # Mistral's window: whole layers only
 
 @pytest.mark.parametrize('family,mixer,kept', CASES)
 def test_left_padded_batch_generates_each_prompt(teachers, family, mixer, kept):
     "Rows of a left-padded batch generate what each prompt generates alone (float64), and the forward's argmax path."
-    s = no_eos(build_student(teachers[family], mixer, attention_layers=kept).double())
+    s = no_eos(build_student(teachers[family], mixer, **KEPT[kept]).double())
     a, b = ids(1, 9, seed=3)[0], ids(1, 5, seed=4)[0]
     batch = torch.stack([a, torch.cat([torch.zeros(4, dtype=torch.long), b])])
     mask = torch.ones_like(batch); mask[1, :4] = 0
@@ -191,10 +208,11 @@ def test_top_level_config_and_generation_config(teachers, tmp_path):
     again = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert again.generation_config.max_new_tokens == 7 and again.config.vocab_size == t.config.vocab_size
 
+@pytest.mark.parametrize('kept', ['pure', 'heads'])
 @pytest.mark.parametrize('mixer', list(MIXERS))
-def test_every_mixer_saves_and_reloads_by_auto_class(teachers, tmp_path, mixer):
+def test_every_mixer_saves_and_reloads_by_auto_class(teachers, tmp_path, mixer, kept):
     "from_pretrained builds the model under a meta-device context: every mixer's own initialisation must survive it."
-    s = build_student(teachers['llama'], mixer).eval()
+    s = build_student(teachers['llama'], mixer, **KEPT[kept]).eval()
     with torch.no_grad():
         for p in s.parameters(): p.add_(0.01 * torch.randn_like(p))   # weights that no initialisation reproduces
     s.save_pretrained(tmp_path)

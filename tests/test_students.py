@@ -60,14 +60,16 @@ def test_one_layer_runs_match_the_teacher(teachers):
     with pytest.raises(SsmDistillError, match='keeps the teacher'): s.run_mixer(0, cap.attn_in[0])
 
 @pytest.mark.parametrize('family', ['llama', 'gpt2'])
-@pytest.mark.parametrize('mixer,kept', [('mamba2', []), ('phi_mamba', [1])], ids=['pure-mamba2', 'hybrid-phi_mamba'])
-def test_save_and_reload_by_auto_class(teachers, tmp_path, family, mixer, kept):
-    s = build_student(teachers[family], mixer, attention_layers=kept)
+@pytest.mark.parametrize('mixer,kept,heads', [('mamba2', [], {}), ('phi_mamba', [1], {}), ('gla', [], {'1': [0]})],
+                         ids=['pure-mamba2', 'hybrid-phi_mamba', 'heads-gla'])
+def test_save_and_reload_by_auto_class(teachers, tmp_path, family, mixer, kept, heads):
+    s = build_student(teachers[family], mixer, attention_layers=kept, attention_heads=heads, train_kept_heads=bool(heads))
     s.save_pretrained(tmp_path)
     assert (tmp_path/'model.safetensors').exists()
     again = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert isinstance(again, StudentForCausalLM) and isinstance(again.config, StudentConfig)
     assert again.config.attention_layers == kept and again.config.mixer == mixer
+    assert again.config.attention_heads == heads and again.config.train_kept_heads == bool(heads)
     ids = batch()
     torch.testing.assert_close(logits(again, ids), logits(s, ids), atol=0, rtol=0)
 
@@ -189,3 +191,74 @@ def test_copy_teacher_weights_takes_a_transformers_model():
     sa, sb = a.lm.state_dict(), b.lm.state_dict()
     for k, v in t.model.state_dict().items():
         if k in sa and sa[k].shape == v.shape: assert torch.equal(sa[k], v) and torch.equal(sb[k], v)
+
+# --- per-head hybrids: some heads of a layer keep the teacher's attention
+
+@pytest.fixture(scope='module')
+def gqa_teacher():
+    "4 query heads sharing 2 key/value heads (GQA), rotary."
+    return tiny_teacher('llama', num_attention_heads=4, num_key_value_heads=2)
+
+def kept_rows(t, heads, kv):
+    w = t.attention_weights(1)
+    rows = lambda m, hs: m.unflatten(0, (-1, w.head_dim))[hs].flatten(0, 1)
+    return torch.cat([rows(w.wq, heads), rows(w.wk, kv), rows(w.wv, kv)]), w.wo
+
+@pytest.mark.parametrize('init', ['qkv_copy', 'mixing', 'random'])
+def test_per_head_kept_heads_are_the_teachers_under_every_init(gqa_teacher, init):
+    t = gqa_teacher
+    s = build_student(t, 'mamba2', attention_heads={1: [2, 3]}, init=init, calibration=batch(16), mixing_steps=3)
+    h = s.mixer(1)
+    want_in, want_o = kept_rows(t, [2, 3], [1])                 # query heads 2, 3 share K/V head 1: cached once
+    assert torch.equal(h.kept.in_proj.weight, want_in) and torch.equal(h.o_proj.weight, want_o)
+    assert h.kept.config.n_kv_heads == 1 and h.mixer.config.n_heads == 2 and s.mixer_heads(1) == [0, 1]
+    if init == 'qkv_copy':   # the mixer's heads are QKV-copied from the teacher's heads 0 and 1
+        C = h.mixer.in_proj.weight[h.mixer.in_proj.slice('C')]
+        torch.testing.assert_close(C, t.attention_weights(1).wq[:2 * 8])
+
+def test_per_head_stage_1_counts_only_the_mixer_heads(gqa_teacher):
+    from ssm_distill.stages import STAGES
+    from ssm_distill.losses import matrix_orientation_loss
+    t, ids = gqa_teacher, batch(31)
+    s = build_student(t, 'phi_mamba', attention_heads={1: [0]})
+    stage = STAGES['matrix_orientation']()
+    tg = stage.targets(t, ids, {0: 0, 1: 1})
+    loss, logs = stage.loss(s, ids, tg, {0: 0, 1: 1})
+    M_s = s.layer_mixing_matrix(1, tg['x'][1], rotary=tg['rotary'])                 # (B, H, T, T)
+    torch.testing.assert_close(M_s[:, 0], tg['M'][1][:, 0], atol=1e-5, rtol=0)      # the kept head: the teacher's matrix
+    want, _ = matrix_orientation_loss(M_s[:, 1:], tg['M'][1][:, 1:])
+    assert logs['layer1'] == pytest.approx(want.item(), rel=1e-5)
+
+@pytest.mark.parametrize('train_kept', [False, True])
+def test_per_head_stage_2_trains_the_kept_heads_only_if_asked(gqa_teacher, train_kept):
+    from ssm_distill.stages import STAGES
+    t, ids = gqa_teacher, batch(31)
+    s = build_student(t, 'gla', attention_heads={1: [1]}, train_kept_heads=train_kept)
+    stage = STAGES['hidden_state_alignment']()
+    names = s.trainable(stage.groups())
+    assert any('.kept.' in n for n in names) == train_kept
+    h = s.mixer(1)
+    before = {n: p.detach().clone() for n, p in h.named_parameters()}
+    loss, _ = stage.loss(s, ids, stage.targets(t, ids, {1: 1}), {1: 1})
+    loss.backward()
+    torch.optim.SGD([p for p in s.parameters() if p.requires_grad], lr=0.1).step()
+    after = dict(h.named_parameters())
+    cols = slice(8, 16)                                                              # head 1's columns of o_proj
+    assert torch.equal(after['o_proj.weight'][:, cols], before['o_proj.weight'][:, cols]) != train_kept
+    assert torch.equal(after['kept.in_proj.weight'], before['kept.in_proj.weight']) != train_kept
+    assert not torch.equal(after['mixer.in_proj.weight'], before['mixer.in_proj.weight'])
+
+def test_per_head_bad_input(gqa_teacher, teachers):
+    with pytest.raises(SsmDistillError, match=r'attention_heads\[1\]=\[4\].*0\.\.3'): build_student(gqa_teacher, attention_heads={1: [4]})
+    with pytest.raises(SsmDistillError, match='keeps all 4 heads'): build_student(gqa_teacher, attention_heads={1: [0, 1, 2, 3]})
+    with pytest.raises(SsmDistillError, match='not both'): build_student(gqa_teacher, attention_layers=[1], attention_heads={1: [0]})
+    with pytest.raises(SsmDistillError, match='out of range'): build_student(gqa_teacher, attention_heads={2: [0]})
+    with pytest.raises(SsmDistillError, match='sliding window'): build_student(teachers['mistral'], attention_heads={1: [0]})
+    with pytest.raises(SsmDistillError, match='mha stage'): build_student(gqa_teacher, attention_heads={1: [0]}).capture_qkv(batch(8), 1)
+
+def test_per_head_student_of_another_depth(gqa_teacher):
+    t6 = tiny_teacher('llama', num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    s = build_student_from_config(t6, n_layers=2, mixer='gla', attention_heads={1: [0]})
+    assert s.config.teacher_layers == [1, 3] and s.mixer_heads(1) == [1, 2, 3]
+    w = t6.attention_weights(3)
+    torch.testing.assert_close(s.mixer(1).kept.in_proj.weight[:8], w.wq[:8])
