@@ -47,8 +47,6 @@ class StudentBuildConfig:
     "How the student is built from the teacher (`students.build_student`, or `build_student_from_config` for another size)."
     mixer:str = 'phi_mamba' # a key of mixers.MIXERS: mamba2, phi_mamba, mamba, gla, retnet, deltanet, gated_deltanet, hgrn2, mlstm, ...
     attention_layers:list = field(default_factory=list) # student layers that keep the teacher's attention (a hybrid student), 0-based
-    attention_heads:dict = field(default_factory=dict) # {layer: [query heads]} that keep the teacher's attention in that layer (a per-head hybrid), 0-based
-    train_kept_heads:bool = False # whether the kept heads' projections (of attention_heads) train
     init:str = 'qkv_copy' # qkv_copy (teacher Q->C, K->B, V->x, O->out_proj), mixing (then fit the teacher's matrices) or random
     options:dict = field(default_factory=dict) # extra mixer arguments (its <Name>Config fields), e.g. {conv_size: 4}
     n_layers:int|None = None # student depth (null: the teacher's); a shallower student copies one teacher block per layer
@@ -56,6 +54,8 @@ class StudentBuildConfig:
     n_heads:int|None = None # student heads (null: the teacher's, or the teacher's head size at another width)
     intermediate_size:int|None = None # MLP width (null: the teacher's, or 4 x hidden_size at another width)
     teacher_layers:list|None = None # the teacher layer each student layer copies and stages 1-2 align it with (null: spread uniformly, ending at the last)
+    attention_heads:dict = field(default_factory=dict) # {layer: [query heads]} that keep the teacher's attention in that layer (a per-head hybrid), 0-based
+    train_kept_heads:bool = False # whether the kept heads' projections (of attention_heads) train
 
     @property
     def resized(self) -> bool:
@@ -63,6 +63,8 @@ class StudentBuildConfig:
         return any(getattr(self, k) is not None for k in ('n_layers', 'hidden_size', 'n_heads', 'intermediate_size', 'teacher_layers'))
 
     def __post_init__(self):
+        if isinstance(self.attention_heads, dict):   # JSON (a report, a checkpoint) writes the layers as strings
+            self.attention_heads = {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in self.attention_heads.items()}
         tl = self.teacher_layers
         raise_problems([*[(_int_or_none(getattr(self, k)), k, f"{k}={getattr(self, k)!r}: use a positive integer or null (the teacher's)")
                           for k in ('n_layers', 'hidden_size', 'n_heads', 'intermediate_size')],

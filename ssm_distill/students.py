@@ -861,14 +861,14 @@ def _student_mixer(mixer:str, w:AttentionWeights, i:int, copy:bool, mixer_kw:dic
 def build_student(teacher, # a `Teacher`, a transformers model, a hub name or a local folder
                   mixer:str='mamba2', # a key of mixers.MIXERS
                   attention_layers:Iterable[int]=(), # layers that keep the teacher's attention (a hybrid)
-                  attention_heads:dict|None=None, # {layer: [query heads]} that keep the teacher's attention in that layer (a per-head hybrid)
-                  train_kept_heads:bool=False, # whether the kept heads' projections (Q/K/V rows, O columns) train
                   init:str='qkv_copy', # a key of STUDENT_INITS: 'qkv_copy', 'mixing' or 'random'
                   freeze:Iterable[str]=(), # parameter groups to freeze (keys of STUDENT_GROUPS), e.g. ('mlp',)
                   calibration:torch.Tensor|None=None, # 'mixing': calibration ids [B, T] (default: a random batch)
                   mixing_steps:int|None=None, # 'mixing': Adam steps per layer at most (None: the fitter's default)
                   mixing_lr:float|None=None, # 'mixing': peak Adam learning rate (None: the fitter's default)
                   mixing_params:str|None=None, # 'mixing': 'all' (None: the default) or 'free' (not the QKV-copied rows)
+                  attention_heads:dict|None=None, # {layer: [query heads]} that keep the teacher's attention in that layer (a per-head hybrid)
+                  train_kept_heads:bool=False, # whether the kept heads' projections (Q/K/V rows, O columns) train
                   **mixer_kw) -> StudentForCausalLM: # mixer options (fields of the mixer's <Name>Config)
     "The teacher's model with a `mixer` in each attention layer not in `attention_layers` (beside the kept heads of `attention_heads`), initialised by `init`."
     teacher = load_teacher(teacher)
@@ -962,10 +962,10 @@ def build_student_from_config(teacher, # a `Teacher` or anything `load_teacher` 
                               n_layers:int|None=None, hidden_size:int|None=None, n_heads:int|None=None,
                               n_kv_heads:int|None=None, intermediate_size:int|None=None, # the student's size (None: the teacher's)
                               mixer:str='mamba2', attention_layers:Iterable[int]=(),
-                              attention_heads:dict|None=None, # {student layer: [query heads]} kept (a per-head hybrid)
                               init:str|None=None, # None: 'qkv_copy' where the blocks could be copied, else 'random'
                               teacher_layers:list[int]|None=None, # teacher block per student layer (same width only)
                               seed:int=0, # seed of the random initialisation
+                              attention_heads:dict|None=None, # {student layer: [query heads]} kept (a per-head hybrid)
                               **kw) -> StudentForCausalLM: # more options of `build_student` (mixer options, freeze, ...)
     "A student of another depth/width in the teacher's family: random init, plus a layer-subset copy where shapes match."
     teacher = load_teacher(teacher)

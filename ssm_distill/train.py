@@ -150,7 +150,8 @@ def build_run_student(cfg:RunConfig, # the run config (its `student` and `seed`)
                      ):
     "The run's student: `build_student` at the teacher's size, `build_student_from_config` at another."
     st = cfg.student
-    build = dict(mixer=st.mixer, attention_layers=tuple(st.attention_layers), init=st.init, **st.options)
+    build = dict(mixer=st.mixer, attention_layers=tuple(st.attention_layers), attention_heads=st.attention_heads,
+                 train_kept_heads=st.train_kept_heads, init=st.init, **st.options)
     student = (build_student_from_config(teacher, n_layers=st.n_layers, hidden_size=st.hidden_size, n_heads=st.n_heads,
                                          intermediate_size=st.intermediate_size, teacher_layers=teacher_layers, seed=cfg.seed, **build)
                if st.resized else build_student(teacher, **build))

@@ -272,6 +272,11 @@ def _parse_layers(text:str) -> list[int]:
     try: return [int(x) for x in text.replace(',', ' ').split()]
     except ValueError: raise SsmDistillError(f"student.attention_layers: {text!r} is not a list of layer indices; write e.g. 1, 3 (or leave it empty)") from None
 
+def _parse_heads(text:str) -> dict[int, list[int]]:
+    "'1: 0 3; 2: 5' -> {1: [0, 3], 2: [5]} (a per-head hybrid's kept heads, by layer); '' -> {}."
+    try: return {int(l): [int(h) for h in hs.replace(',', ' ').split()] for l, hs in (p.split(':') for p in text.split(';') if p.strip())}
+    except ValueError: raise SsmDistillError(f"student.attention_heads: {text!r} is not layer: heads; write e.g. 1: 0 3; 2: 5 (or leave it empty)") from None
+
 def _parse_tokens(text:str, i:int) -> int|None:
     "A stage's budget box: '' -> None (a share of total_tokens)."
     try: return int(float(text.replace(',', '').replace('_', ''))) if text.strip() else None
@@ -286,6 +291,8 @@ class RunForm:
         self.mixer = W.Dropdown(options=sorted(MIXERS), value=st['mixer'], description='student mixer', **short)
         self.attention_layers = W.Text(value=', '.join(map(str, st['attention_layers'])), description='attention layers',
                                        placeholder='hybrid: e.g. 1, 3', **short)
+        self.attention_heads = W.Text(value='; '.join(f"{l}: {' '.join(map(str, h))}" for l, h in st['attention_heads'].items()),
+                                      description='attention heads', placeholder='per head: e.g. 1: 0 3; 2: 5', **short)
         self.init = W.Dropdown(options=list(STUDENT_INITS), value=st['init'], description='init', **short)
         self.total_tokens = W.IntText(value=self.base['total_tokens'] or 0, description='total tokens', **short)
         self.out = W.Text(value=self.base['out'] or '', description='run folder', **short)
@@ -293,7 +300,7 @@ class RunForm:
         add, drop = W.Button(description='+ stage', layout=W.Layout(width='90px')), W.Button(description='− stage', layout=W.Layout(width='90px'))
         add.on_click(lambda _: setattr(self.stages, 'children', self.stages.children + (self._stage_row(dict(kind='kd', lr=5e-4)),)))
         drop.on_click(lambda _: setattr(self.stages, 'children', self.stages.children[:-1]))
-        self.widget = W.VBox([W.HBox([W.VBox([self.teacher, self.mixer, self.attention_layers, self.init]),
+        self.widget = W.VBox([W.HBox([W.VBox([self.teacher, self.mixer, self.attention_layers, self.attention_heads, self.init]),
                                       W.VBox([self.total_tokens, self.out])]),
                               W.HTML('<b>stages</b> (tokens empty: a share of the total)'), self.stages, W.HBox([add, drop])])
 
@@ -308,7 +315,8 @@ class RunForm:
         "The run config as a dict: the base config with the widgets' values."
         d = dict(self.base, teacher=self.teacher.value.strip(), total_tokens=self.total_tokens.value or None, out=self.out.value.strip() or None)
         d['student'] = dict(self.base['student'], mixer=self.mixer.value, init=self.init.value,
-                            attention_layers=_parse_layers(self.attention_layers.value))
+                            attention_layers=_parse_layers(self.attention_layers.value),
+                            attention_heads=_parse_heads(self.attention_heads.value))
         d['stages'] = []
         for i, row in enumerate(self.stages.children):
             kind, tokens, lr = (w.value for w in row.children)
