@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import SsmDistillError, follow_umask
+from .core import SsmDistillError, follow_umask, require
 
 # %% auto #0
 __all__ = ['MANIFEST', 'RunState', 'DiskFullError', 'disk_full_message', 'write_manifest', 'rng_state', 'set_rng_state',
-           'checkpoints', 'latest_checkpoint', 'checkpoint_problem', 'intact_checkpoint', 'checkpoint_bytes',
-           'save_checkpoint', 'read_checkpoint_state', 'load_student_weights']
+           'checkpoints', 'latest_checkpoint', 'checkpoint_problem', 'intact_checkpoint', 'check_run_folder',
+           'checkpoint_bytes', 'save_checkpoint', 'read_checkpoint_state', 'load_student_weights']
 
 # %% ../nbs/06d_checkpoints.ipynb #1c50180a
 @dataclass
@@ -112,6 +112,16 @@ def intact_checkpoint(out:str|Path) -> tuple[Path|None, list[tuple[Path, str]]]:
         if why is None: return ck, broken
         broken.append((ck, why))
     return None, broken
+
+def check_run_folder(out:str|Path, # the run folder
+                     resume:bool=False, # the run continues what the folder holds
+                     overwrite:bool=False, # the run starts afresh and deletes the folder's checkpoints (asked for by name)
+                    ):
+    "Refuse to start afresh in a folder that holds an earlier run's checkpoints unless `overwrite` says so: nothing is deleted implicitly."
+    held = checkpoints(out)
+    require(resume or overwrite or not held,
+            f"{out} holds the checkpoints of an earlier run (the newest: {held[-1].name if held else ''}); continue it with "
+            f"--resume (resume=True), start afresh deleting them with --overwrite (overwrite=True), or give another --out")
 
 def checkpoint_bytes(out:str|Path, student:nn.Module, optimizer=None) -> int:
     "About how many bytes the next checkpoint takes: the newest one's size, else the weights (and AdamW's two moments)."

@@ -157,6 +157,8 @@ def cmd_distill(a) -> int:
     if a.check:
         import yaml
         _out(yaml.safe_dump(asdict(cfg), sort_keys=False)); return 0
+    from ssm_distill.checkpoints import check_run_folder
+    check_run_folder(cfg.out, a.resume, a.overwrite)   # an earlier run's folder: refused before the engine is imported
     from ssm_distill.demo import write_html_report
     from ssm_distill.train import Distiller
     d = Distiller(cfg, progress=not a.no_progress)
@@ -222,8 +224,8 @@ def main(argv:list[str]|None=None) -> int:
         return 2
     except OSError as e:   # a full disk outside a run's own writes (the HTML report, eval.json): one line too
         if e.errno not in (errno.ENOSPC, errno.EDQUOT): raise
-        sys.stderr.write(f"ssm-distill {args.command}: error: the disk is full, writing {e.filename or 'a file'}; free some space, "
-                         f"then run the command again (a run continues with --resume)\n")
+        from ssm_distill.checkpoints import disk_full_message
+        sys.stderr.write(f"ssm-distill {args.command}: error: {disk_full_message(Path(e.filename).parent if e.filename else Path.cwd())}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"ssm-distill {args.command}: interrupted (a run in --out continues with --resume)\n")

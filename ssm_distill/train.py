@@ -23,7 +23,7 @@ from .students import build_student, build_student_from_config, set_trainable_gr
 from .config import (RunConfig, StageConfig, config_from_dict, load_config, model_sizes, stage_batch_size, stage_steps,
                                 student_teacher_layers, tokens_per_step, validate_config, validate_for_teacher)
 from .callbacks import EVENT_HOOKS, Callback, Event, StopAfter, default_callbacks
-from .checkpoints import (DiskFullError, RunState, checkpoints, disk_full_message, intact_checkpoint, latest_checkpoint,
+from .checkpoints import (DiskFullError, RunState, check_run_folder, checkpoints, disk_full_message, intact_checkpoint, latest_checkpoint,
                                      load_student_weights, read_checkpoint_state, save_checkpoint, set_rng_state)
 
 # %% auto #0
@@ -509,9 +509,7 @@ class Distiller:
         held = checkpoints(self.out)
         ck, broken = intact_checkpoint(self.out) if held and not overwrite else (None, [])
         if resume is None: resume = ck is not None and self._same_config(ck)
-        require(resume or overwrite or not held,
-                f"{self.out} holds the checkpoints of an earlier run (the newest: {held[-1].name if held else ''}); continue it with "
-                f"--resume (resume=True), start afresh deleting them with --overwrite (overwrite=True), or give another --out")
+        check_run_folder(self.out, resume, overwrite)
         self.prepare(force=self._prepared and self._trained and not resume)   # a fresh start after training: a fresh student
         if overwrite and held and self.is_main: shutil.rmtree(self.out/'checkpoints')   # asked for by name, never implied
         ckpt = self._resume(ck, broken) if resume else None

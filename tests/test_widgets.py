@@ -77,7 +77,7 @@ def test_explorer_dropdowns_and_text_change_the_figures(teacher_dir):
     ex.layer.value = 1
     assert ex.heatmaps.data[0].z != z0 and 'layer 1' in ex.heatmaps.layout.title.text   # (the page gets the blank triangle as None)
     ex.scale.value = 'linear'
-    torch.testing.assert_close(torch.tensor(np.array(ex.heatmaps.data[0].z, dtype=float)).nan_to_num(0.0), ex.mats[1]["teacher"][0].tril(), atol=1e-4, rtol=1e-3)  # 4 digits
+    torch.testing.assert_close(torch.tensor(np.array(ex.heatmaps.data[0].z, dtype=np.float32)).nan_to_num(0.0), ex.mats[1]["teacher"][0].tril(), atol=1e-4, rtol=1e-3)  # 4 digits
     n = len(ex.tokens)
     ex.text.value = 'a much longer sentence than the one before it, with more tokens'
     assert len(ex.tokens) > n and len(ex.heatmaps.data[0].x) == len(ex.tokens)
