@@ -171,7 +171,7 @@ class MatrixError(Selector):
         fit = fit_matrix_class(A, o.mixer, o.state_size or teacher.head_dim, steps=o.steps)
         return fit.relative.mean(0).view(L, H).cpu()                                    # (L, H)
 
-# %% ../nbs/11c_selection.ipynb #fbfe57e6
+# %% ../nbs/11c_selection.ipynb #44535761
 @dataclass
 class HybridOptions:
     "Options of `ablation_loss` and `kl_restore`: the students they build and the text they measure on."
@@ -231,7 +231,9 @@ class KLRestore(Selector):
         L, H = teacher.n_layers, teacher.n_heads
         ids, t = _setup(teacher, self.opt, data)
         kl0 = mean_logit_metrics(hybrid_student(teacher, self.opt, [], {}), ids, t)['kl']
-        one = lambda l, h: kl0 - mean_logit_metrics(hybrid_student(teacher, self.opt, [l] if H == 1 else [], {} if H == 1 else {l: [h]}), ids, t)['kl']
+        def one(l, h):
+            st = hybrid_student(teacher, self.opt, [l] if H == 1 else [], {} if H == 1 else {l: [h]})   # one head: a whole layer
+            return kl0 - mean_logit_metrics(st, ids, t)['kl']
         return per_head(L, H, one)
 
 # %% ../nbs/11c_selection.ipynb #20e15aa3
