@@ -8,6 +8,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/core.html.md"""
 from __future__ import annotations
 import importlib, importlib.metadata, importlib.util, logging, os, random, threading, warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,9 +16,9 @@ import torch
 
 # %% auto #0
 __all__ = ['SHAPES', 'EXTRAS', 'log', 'DTYPES', 'SsmDistillError', 'require', 'NonFiniteError', 'checks_enabled', 'unchecked',
-           'check_shapes', 'Registry', 'deprecated_names', 'has_module', 'optional_import', 'import_error',
-           'fla_triton_refusal', 'fast_backend_refusal', 'pick_backend', 'get_device', 'supports_bf16', 'get_dtype',
-           'seed_everything', 'new_file_mode', 'follow_umask']
+           'check_shapes', 'Registry', 'NoOptions', 'Plugin', 'plugin_options', 'deprecated_names', 'has_module',
+           'optional_import', 'import_error', 'fla_triton_refusal', 'fast_backend_refusal', 'pick_backend',
+           'get_device', 'supports_bf16', 'get_dtype', 'seed_everything', 'new_file_mode', 'follow_umask']
 
 # %% ../nbs/00_core.ipynb #ac3d20eb
 SHAPES = {
@@ -102,6 +103,25 @@ class Registry(dict):
     def __missing__(self, key):
         raise SsmDistillError(f"unknown {self.kind} {key!r}; choose one of: {', '.join(sorted(self))}"
                               + (f". {self.hint}" if self.hint else ''))
+
+# %% ../nbs/00_core.ipynb #9c491670
+@dataclass
+class NoOptions:
+    "Options of a plug-in that takes none."
+
+class Plugin:
+    "A registered plug-in class with its own options: `Options` (a dataclass), filled from an instance, a dict or the defaults."
+    Options = NoOptions # the plug-in's own options (a dataclass; its fields are config keys)
+    doc:str = '' # one line for tables
+
+    def __init__(self, options=None): # an `Options` instance, a dict of its fields, or None (the defaults)
+        self.opt = options if isinstance(options, self.Options) else self.Options(**(options or {}))
+
+    def __repr__(self): return f"{type(self).__name__}({self.opt})"
+
+def plugin_options(registry:Registry, name:str) -> list[str]:
+    "The option names of plug-in `name` of `registry`."
+    return [f.name for f in fields(registry[name].Options)]
 
 # %% ../nbs/00_core.ipynb #86162709
 def deprecated_names(module_name:str, # the old home, e.g. 'ssm_distill.students' (named in the warning)

@@ -8,7 +8,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/selection.html.md"""
 
 # %% ../nbs/11c_selection.ipynb #877e57a3
 from __future__ import annotations
-import dataclasses, html
+import html
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import torch
 
 from .builtin import copy_blocks
-from .core import Registry, require
+from .core import Plugin, Registry, plugin_options, require
 from .eval import logit_metrics
 from .loop import as_blocks
 from .matrices import MATRIX_CLASSES, fit_matrix_class
@@ -28,10 +28,10 @@ from .teachers import load_teacher
 from .widgets import refill
 
 # %% auto #0
-__all__ = ['SELECTORS', 'UNITS', 'RECALL_PROBES', 'NoOptions', 'Selector', 'selector_options', 'score_heads', 'select',
-           'chosen_heads', 'spread_order', 'Uniform', 'RandomOptions', 'RandomChoice', 'held_out', 'MatrixErrorOptions',
-           'MatrixError', 'HybridOptions', 'hybrid_student', 'mean_logit_metrics', 'per_head', 'AblationLoss',
-           'KLRestore', 'mqar_probe', 'copy_probe', 'probe_accuracy', 'ablated_head', 'RetrievalOptions', 'Retrieval',
+__all__ = ['SELECTORS', 'UNITS', 'RECALL_PROBES', 'Selector', 'selector_options', 'score_heads', 'select', 'chosen_heads',
+           'spread_order', 'Uniform', 'RandomOptions', 'RandomChoice', 'held_out', 'MatrixErrorOptions', 'MatrixError',
+           'HybridOptions', 'hybrid_student', 'mean_logit_metrics', 'per_head', 'AblationLoss', 'KLRestore',
+           'mqar_probe', 'copy_probe', 'probe_accuracy', 'ablated_head', 'RetrievalOptions', 'Retrieval',
            'rank_correlation', 'correlation_table', 'score_all', 'top_heads', 'kv_bytes_per_token', 'mixer_state_bytes',
            'decode_cost', 'selection_heatmap', 'SelectionView', 'SelectionExplorer']
 
@@ -39,18 +39,10 @@ __all__ = ['SELECTORS', 'UNITS', 'RECALL_PROBES', 'NoOptions', 'Selector', 'sele
 SELECTORS = Registry('selection method', hint='add one with @SELECTORS.register("name") on a Selector subclass '
                      '(an Options dataclass, score(teacher, data) -> [L, H], higher = keep as attention)')
 
-@dataclass
-class NoOptions:
-    "Options of a method that takes none."
-
-class Selector:
+class Selector(Plugin):
     "One way to score every head of a teacher for keeping as softmax attention: `[L, H]`, higher = keep."
-    Options = NoOptions # the method's own options (a dataclass; its fields are `score_heads`' keyword options)
+    # `Options` (a dataclass, `Plugin`'s): its fields are `score_heads`' keyword options; `doc`: one line for tables
     colour:str = 'score (higher: keep as attention)' # what the colour of its heatmap means
-    doc:str = '' # one line for tables
-
-    def __init__(self, options=None): # an `Options` instance, a dict of its fields, or None (the defaults)
-        self.opt = options if isinstance(options, self.Options) else self.Options(**(options or {}))
 
     def score(self, teacher, # a `Teacher`
               data:torch.Tensor|None, # [N, T] held-out token blocks, or None
@@ -58,11 +50,9 @@ class Selector:
         "Every head's score, higher = keep as attention."
         raise NotImplementedError
 
-    def __repr__(self): return f"{type(self).__name__}({self.opt})"
-
 def selector_options(method:str) -> list[str]:
     "The option names of selection method `method`."
-    return [f.name for f in dataclasses.fields(SELECTORS[method].Options)]
+    return plugin_options(SELECTORS, method)
 
 def score_heads(teacher, # anything `teachers.load_teacher` takes
                 method:str='uniform', # a key of SELECTORS

@@ -12,38 +12,31 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .core import Registry, require
+from .core import Plugin, Registry, deprecated_names, plugin_options, require
 from .losses import (LAYER_MAPS, QKVProjector, direct_minilm_loss, hidden_projectors, hidden_state_alignment_loss,
                                 hs_loss, kd_loss, matrix_orientation_loss, minilm_relation_loss, od_loss, resolve_mapping)
 from .loop import causal_lm
 from .mixers import MIXERS
 
 # %% auto #0
-__all__ = ['MOHAWK_TOKENS', 'STAGES', 'NoOptions', 'Stage', 'stage_options', 'kinds_taking', 'positions', 'teacher_rotary',
-           'capture_layers', 'layer_sum', 'LayerwiseStage', 'MatrixOrientationOptions', 'mixer_can_materialize',
-           'MatrixOrientation', 'HiddenStateAlignmentOptions', 'HiddenStateAlignment', 'KDOptions',
-           'predicts_uniformly', 'logits_targets', 'KD', 'ODOptions', 'OD', 'HSOptions', 'hidden_states', 'HS',
-           'QKVStage', 'MHAOptions', 'MHA', 'DirectMiniLMOptions', 'DirectMiniLM', 'options_doc', 'field_default',
-           'stage_table']
+__all__ = ['MOHAWK_TOKENS', 'STAGES', 'Stage', 'stage_options', 'kinds_taking', 'positions', 'teacher_rotary', 'capture_layers',
+           'layer_sum', 'LayerwiseStage', 'MatrixOrientationOptions', 'mixer_can_materialize', 'MatrixOrientation',
+           'HiddenStateAlignmentOptions', 'HiddenStateAlignment', 'KDOptions', 'predicts_uniformly', 'logits_targets',
+           'KD', 'ODOptions', 'OD', 'HSOptions', 'hidden_states', 'HS', 'QKVStage', 'MHAOptions', 'MHA',
+           'DirectMiniLMOptions', 'DirectMiniLM', 'options_doc', 'field_default', 'stage_table']
 
 # %% ../nbs/06a_stages.ipynb #33a97ae4
 MOHAWK_TOKENS = dict(matrix_orientation=80e6, hidden_state_alignment=160e6, kd=2.76e9)  # the paper's 3B-token split
 STAGES = Registry('stage kind', hint='MOHAWK is matrix_orientation -> hidden_state_alignment -> kd; '
                   'add a kind with @STAGES.register("name") on a Stage subclass.')
 
-@dataclass
-class NoOptions:
-    "Options of a stage kind that takes none."
+__getattr__ = deprecated_names(__name__, {'NoOptions': 'ssm_distill.core'})   # moved to core with `Plugin`
 
-class Stage:
+class Stage(Plugin):
     "One kind of distillation stage: which parameters train, the teacher's targets for a batch, the student's loss."
-    Options = NoOptions # the kind's own options (a dataclass; its fields are the stage's config keys beside `kind`)
+    # `Options` (a dataclass, `Plugin`'s): its fields are the stage's config keys beside `kind`; `doc`: one line for tables
     share:float = 1.0 # default share of the run's total_tokens (relative to the other stages without a budget)
     trainable:tuple = ('all',) # default trainable parameter groups (keys of students.STUDENT_GROUPS)
-    doc:str = '' # one line for tables and the example config
-
-    def __init__(self, options=None): # an `Options` instance, a dict of its fields, or None (the defaults)
-        self.opt = options if isinstance(options, self.Options) else self.Options(**(options or {}))
 
     def groups(self) -> tuple:
         "The parameter groups this stage trains (unless the stage config names them)."
@@ -81,11 +74,9 @@ class Stage:
         "The student's loss against `targets`, as `(loss, logs)`."
         raise NotImplementedError
 
-    def __repr__(self): return f"{type(self).__name__}({self.opt})"
-
 def stage_options(kind:str) -> list[str]:
     "The option names of stage kind `kind`."
-    return [f.name for f in dataclasses.fields(STAGES[kind].Options)]
+    return plugin_options(STAGES, kind)
 
 def kinds_taking(option:str) -> list[str]:
     "The stage kinds that take option `option`."
