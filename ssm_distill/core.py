@@ -104,7 +104,7 @@ class Registry(dict):
         raise SsmDistillError(f"unknown {self.kind} {key!r}; choose one of: {', '.join(sorted(self))}"
                               + (f". {self.hint}" if self.hint else ''))
 
-# %% ../nbs/00_core.ipynb #9c491670
+# %% ../nbs/00_core.ipynb #d0796e37
 @dataclass
 class NoOptions:
     "Options of a plug-in that takes none."
