@@ -35,6 +35,7 @@ class RunState:
     stage_wall_s:float = 0.0 # training time of the current stage so far
     last_loss:float|None = None # the last loss of the current stage
     finished:list = field(default_factory=list) # summaries of finished stages
+    matrix_error:dict|None = None # the held-out matrix error before the first stage and of zeros (`Distiller.matrix_error`)
 
 MANIFEST = 'manifest.json' # written last into a checkpoint: every file's size and SHA-256
 

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from .core import NonFiniteError, SsmDistillError, deprecated_names, get_device, log, require, seed_everything, supports_bf16
 from .data import DataConfig, PackedData, PackedDataset, ResumableBatchSampler, build_data, heldout_overlap, in_memory_data
 from .loop import adamw, causal_lm, evaluate as evaluate_model, lr_schedule, optimizer_step
-from .stages import Stage
+from .losses import matrix_orientation_loss
+from .stages import STAGES, Stage, layer_sum, mixer_can_materialize
 from .students import build_student, build_student_from_config, set_trainable_groups
 from .config import (RunConfig, StageConfig, config_from_dict, load_config, model_sizes, stage_batch_size, stage_steps,
                                 student_teacher_layers, tokens_per_step, validate_config, validate_for_teacher)
@@ -319,6 +320,20 @@ class Distiller:
         return dict(perplexity=res['perplexity'], eval_loss=res['loss'], teacher_agreement=res['teacher_agreement'],
                     teacher_perplexity=self._teacher_eval['perplexity'])
 
+    def matrix_error(self) -> dict|None:
+        "Stage 1's measure on held-out blocks now: the mean ‖M_student − A_teacher‖_F per mixer head (`error`) and of all-zero matrices (`zeros`, ‖A‖_F); None where the student has no matrices to compare."
+        stage, student, tc = STAGES['matrix_orientation'](), self.accelerator.unwrap_model(self.student), self.teacher.config
+        same = (student.config.hidden_size, student.config.num_attention_heads) == (tc.hidden_size, self.teacher.n_heads)
+        layers = {l: self.layer_map[l] for l in stage.student_layers(student)} if same else {}
+        if not layers or not mixer_can_materialize(self.cfg.student.mixer): return None
+        ids = self.data.eval[:self.cfg.data.batch_size].to(self.accelerator.device)   # a few held-out blocks: a probe, not the eval
+        with torch.no_grad(), self.accelerator.autocast():
+            t = stage.targets(self.teacher, ids, layers)
+            error, _ = stage.loss(student, ids, t, layers)
+            zero = lambda l: matrix_orientation_loss(torch.zeros_like(t['M'][l][:, student.mixer_heads(l)]), t['M'][l][:, student.mixer_heads(l)])
+            zeros, _ = layer_sum(zero, layers)
+        return dict(error=error.item() / len(layers), zeros=zeros.item() / len(layers))
+
     # ---- one stage: steps 1 to 5
     def _stage_aux(self, si:int, stage:Stage, ckpt:Path|None) -> nn.Module|None:
         "Stage `si`'s loss parameters (projections across widths): seeded by the run seed and the stage, restored from `ckpt` mid-stage."
@@ -426,6 +441,7 @@ class Distiller:
         ev = self._evaluate_stage(r, final=si == len(self.cfg.stages) - 1)
         summary = dict(stage=r.name, stage_index=si, kind=r.cfg.kind, steps=st.step, global_step=st.global_step, tokens=st.stage_tokens,
                        final_loss=st.last_loss, wall_s=st.stage_wall_s, tokens_per_s=st.stage_tokens / max(st.stage_wall_s, 1e-9), eval=ev)
+        if st.matrix_error is not None: summary['matrix_error'] = self.matrix_error()['error']
         st.finished.append(summary)
         st.stage, st.step, st.data_step, st.stage_tokens, st.stage_wall_s, st.last_loss = si + 1, 0, 0, 0, 0.0, None
         self._emit('stage_end', summary)   # the record first, as for steps
@@ -517,6 +533,7 @@ class Distiller:
         stopper = StopAfter(max_steps) if max_steps is not None else None
         if stopper: self.callbacks.append(stopper)
         with self._lock: self._stop, self._pause = False, False
+        if self.state.global_step == 0 and self.state.matrix_error is None: self.state.matrix_error = self.matrix_error()   # the start
         self._t_run, self._stage, self._trained = time.time(), -1, True
         self._emit('run_start')
         try:
@@ -563,6 +580,9 @@ class Distiller:
                    n_parameters=sum(p.numel() for p in self.student.parameters()), data=self.data.stats,
                    processes=self.accelerator.num_processes, device=str(self.accelerator.device),
                    mixed_precision=str(self.accelerator.mixed_precision), config=self.config_dict())
+        if st.matrix_error is not None:   # how far stage 1's measure moved: zeros -> start -> after each stage
+            rep['matrix_error'] = dict(zeros=st.matrix_error['zeros'], start=st.matrix_error['error'],
+                                       after_stage={s['stage']: s['matrix_error'] for s in st.finished if 'matrix_error' in s})
         self.save_student()
         if self.is_main: (self.out/'report.json').write_text(json.dumps(rep, indent=1, default=str))
         self.accelerator.wait_for_everyone()

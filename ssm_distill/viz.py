@@ -387,6 +387,11 @@ def write_report(run_dir:str|Path, # the run folder; report.html is written here
     sections = figures if isinstance(figures, Mapping) else {'': figures}
     parts = [f'<h1>{html.escape(title)}</h1>', _headline(report, 'distilled' if 'kd_only' in report else '')]
     if isinstance(report.get('kd_only'), Mapping): parts.append(_headline(report['kd_only'], 'KD only'))
+    if isinstance(report.get('matrix_error'), Mapping):   # zeros -> start -> after each stage
+        me = report['matrix_error']
+        steps = ' → '.join(f"{html.escape(k)} {v:.3g}" for k, v in me['after_stage'].items())
+        parts.append(f"<p>held-out matrix error ‖M − A‖<sub>F</sub> per head: all-zero matrices {me['zeros']:.3g}, "
+                     f"start {me['start']:.3g} → {steps}</p>")
     if report.get('status') not in (None, 'finished'): parts.append(f'<p>run status: <b>{html.escape(str(report["status"]))}</b></p>')
     for heading, figs in sections.items():
         if heading: parts.append(f'<h2>{html.escape(heading)}</h2>')

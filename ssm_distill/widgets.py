@@ -466,6 +466,8 @@ class TrainerPanel:
         ppl = e.metrics.get('perplexity', e.metrics.get('student_perplexity', (e.metrics.get('eval') or {}).get('perplexity')))
         if ppl is not None: parts.append(f'student perplexity {ppl:.3g}')
         if e.name == 'stopped': parts.append(f"checkpoint {e.metrics.get('checkpoint')}")
+        if e.name == 'stage_end' and 'matrix_error' in e.metrics:   # how far stage 1's measure moved (zeros: all-zero matrices)
+            parts.append(f"matrix error {e.metrics['matrix_error']:.3g} (start {d.state.matrix_error['error']:.3g}, zeros {d.state.matrix_error['zeros']:.3g})")
         return ' · '.join(parts)
 
     def _refresh_explorer(self, d:Distiller):

@@ -27,6 +27,8 @@ def test_report_of_a_run_with_head_snapshots(teacher_dir, tmp_path):
     order = [page.index(s) for s in ('teacher perplexity', '<h2>training curves', '<h2>mixing matrices', 'across the run',
                                      '<summary>run config')]
     assert order == sorted(order)                                       # headline, curves, matrices, the head, config folded
+    me = rep['matrix_error']   # the headline also says how far stage 1's measure moved
+    assert f"all-zero matrices {me['zeros']:.3g}, start {me['start']:.3g}" in page and f"{stages[0]} {me['after_stage'][stages[0]]:.3g}" in page
 
 
 def test_layer_matrices_takes_a_transformers_model(teacher_dir):
