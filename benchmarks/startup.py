@@ -1,5 +1,5 @@
 """How fast the command line answers: whole-process wall time of `ssm-distill --help`, of each command's `--help`, and of
-a refused bad config, each beside `python -c "import torch"` measured in the same run, interleaved (median of 5).
+refused inputs (a bad config, an earlier run's folder, a teacher given as --student), each beside `python -c "import torch"` measured in the same run, interleaved (median of 5).
 
     python benchmarks/startup.py            # 5 runs of each
     python benchmarks/startup.py --runs 9
@@ -14,16 +14,25 @@ from pathlib import Path
 from common import machine, write_results
 
 BAD_CONFIG = 'total_tokens: 100000\nstages:\n  - kind: kd\n    lr: fast\n'
+GOOD_CONFIG = 'total_tokens: 100000\nstages:\n  - kind: kd\n'
 
 
-def commands(bad_config:Path) -> dict[str, list[str]]:
-    "The whole-process commands to time, by name."
+def commands(folder:Path) -> dict[str, list[str]]:
+    "The whole-process commands to time, by name (the refused inputs written into `folder`)."
     cli = shutil.which('ssm-distill') or str(Path(sys.executable).with_name('ssm-distill'))
+    bad, good, run = folder/'bad.yaml', folder/'good.yaml', folder/'run'
+    bad.write_text(BAD_CONFIG)
+    good.write_text(GOOD_CONFIG)
+    (run/'checkpoints'/'ckpt-00000001-s0').mkdir(parents=True)   # an earlier run's checkpoint
+    (run/'checkpoints'/'ckpt-00000001-s0'/'state.json').write_text('{}')
+    from ssm_distill.core import builtin_teacher_path
     return {'python -c "import torch"': [sys.executable, '-c', 'import torch'],
             'ssm-distill --help': [cli, '--help'],
             'ssm-distill distill --help': [cli, 'distill', '--help'],
             'ssm-distill eval --help': [cli, 'eval', '--help'],
-            'ssm-distill distill (a bad config, refused)': [cli, 'distill', '--config', str(bad_config)]}
+            'ssm-distill distill (a bad config, refused)': [cli, 'distill', '--config', str(bad)],
+            "ssm-distill distill (an earlier run's folder, refused)": [cli, 'distill', '--config', str(good), '--out', str(run)],
+            'ssm-distill eval (a teacher folder as --student, refused)': [cli, 'eval', '--student', str(builtin_teacher_path())]}
 
 
 def wall(cmd:list[str]) -> float:
@@ -38,9 +47,7 @@ def main(argv=None):
     p.add_argument('--runs', type=int, default=5, help='runs of each command (interleaved); the median is reported')
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
-        bad = Path(d)/'bad.yaml'
-        bad.write_text(BAD_CONFIG)
-        cmds = commands(bad)
+        cmds = commands(Path(d))
         times = {k: [] for k in cmds}
         for _ in range(a.runs):   # interleaved, so that a busy moment hits every command alike
             for k, cmd in cmds.items(): times[k].append(wall(cmd))

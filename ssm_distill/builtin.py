@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .core import follow_umask, get_device, log, require, seed_everything
+from .core import builtin_teacher_path, follow_umask, get_device, log, require, seed_everything
 from .data import DataConfig, build_data, infinite_batches, load_builtin_corpus
 from .loop import adamw, autocast, evaluate, lr_multiplier, optimizer_step
 
 # %% auto #0
 __all__ = ['BOS', 'EOS', 'PAD', 'train_tokenizer', 'TeacherRecipeConfig', 'teacher_llama_config', 'head_scores', 'plant_repeats',
-           'copy_blocks', 'copy_loss', 'train_teacher', 'builtin_teacher_path', 'recorded_split',
-           'load_builtin_teacher', 'teacher_arg_parser', 'teacher_train_main']
+           'copy_blocks', 'copy_loss', 'train_teacher', 'recorded_split', 'load_builtin_teacher', 'teacher_arg_parser',
+           'teacher_train_main']
 
 # %% ../nbs/05a_builtin.ipynb #0dc0045f
 BOS, EOS, PAD = '<|bos|>', '<|eos|>', '<|pad|>'
@@ -300,11 +300,6 @@ def train_teacher(cfg:TeacherRecipeConfig, # the recipe
     return report
 
 # %% ../nbs/05a_builtin.ipynb #4a9ca9aa
-def builtin_teacher_path() -> Path:
-    "The packaged folder of the built-in teacher (`ssm_distill/assets/teacher`)."
-    import ssm_distill
-    return Path(ssm_distill.__file__).resolve().parent/'assets'/'teacher'
-
 def recorded_split(teacher:str|Path, # 'builtin' or a teacher folder
                   ) -> dict|None:
     """The held-out split a teacher was trained with, from its `recipe.json`: `dict(source, split_seed, eval_fraction)`,

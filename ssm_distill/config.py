@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from .core import SsmDistillError, get_device, require
+from .core import SsmDistillError, builtin_teacher_path, get_device, read_json, require
 from .data import DataConfig
 from .loop import SCHEDULES
 from .mixers import MIXERS
@@ -324,12 +324,13 @@ def teacher_problem(name:str) -> str|None:
 
 def teacher_sizes(name:str) -> tuple[int, dict, int|None]|None:
     "The depth, the `hidden_size`, `n_heads`, `intermediate_size`, and the positions of teacher `name`, from its config.json (None if unreadable)."
-    from transformers import AutoConfig
-    if name == 'builtin':
-        from ssm_distill.builtin import builtin_teacher_path
-        name = str(builtin_teacher_path())
-    try: c = AutoConfig.from_pretrained(name, local_files_only=True)
-    except Exception: return None   # a hub teacher not cached yet: checked once loaded
+    folder = builtin_teacher_path() if name == 'builtin' else Path(name).expanduser()
+    d = read_json(folder/'config.json')
+    if d is not None and {'num_hidden_layers', 'hidden_size', 'num_attention_heads'} <= set(d): c = types.SimpleNamespace(**d)   # read at once
+    else:   # a hub name, or a family with its own key names (GPT-2's n_layer, ...): transformers maps them
+        from transformers import AutoConfig
+        try: c = AutoConfig.from_pretrained(str(folder) if d is not None else name, local_files_only=True)
+        except Exception: return None   # a hub teacher not cached yet: checked once loaded
     return c.num_hidden_layers, model_sizes(c), getattr(c, 'max_position_embeddings', None)
 
 def model_sizes(c) -> dict:
@@ -377,10 +378,11 @@ def validate_config(cfg:RunConfig, # the run config
 
 def student_teacher_layers(cfg:RunConfig, n_layers:int) -> list[int]:
     "The teacher layer each student layer copies and is aligned to: `student.teacher_layers`, else spread uniformly."
-    from ssm_distill.students import uniform_teacher_layers   # (transformers: imported only when asked for)
     st = cfg.student
     if st.teacher_layers is not None: return list(st.teacher_layers)
-    return uniform_teacher_layers(st.n_layers or n_layers, n_layers)
+    if st.n_layers in (None, n_layers): return list(range(n_layers))   # the teacher's depth: layer for layer
+    from ssm_distill.students import uniform_teacher_layers   # (transformers: imported only for another depth)
+    return uniform_teacher_layers(st.n_layers, n_layers)
 
 def validate_for_teacher(cfg:RunConfig, # the run config
                          n_layers:int, # the teacher's depth

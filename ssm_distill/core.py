@@ -6,7 +6,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #9aacd40b
 from __future__ import annotations
-import importlib, importlib.metadata, importlib.util, logging, os, random, threading, warnings
+import importlib, importlib.metadata, importlib.util, json, logging, os, random, threading, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -15,10 +15,11 @@ from typing import Any, Callable
 import torch
 
 # %% auto #0
-__all__ = ['SHAPES', 'EXTRAS', 'log', 'DTYPES', 'SsmDistillError', 'require', 'NonFiniteError', 'checks_enabled', 'unchecked',
-           'check_shapes', 'Registry', 'NoOptions', 'Plugin', 'plugin_options', 'deprecated_names', 'has_module',
-           'optional_import', 'import_error', 'fla_triton_refusal', 'fast_backend_refusal', 'pick_backend',
-           'get_device', 'supports_bf16', 'get_dtype', 'seed_everything', 'new_file_mode', 'follow_umask']
+__all__ = ['SHAPES', 'STUDENT_MODEL_TYPE', 'EXTRAS', 'log', 'DTYPES', 'SsmDistillError', 'require', 'NonFiniteError',
+           'checks_enabled', 'unchecked', 'check_shapes', 'Registry', 'NoOptions', 'Plugin', 'plugin_options',
+           'builtin_teacher_path', 'read_json', 'deprecated_names', 'has_module', 'optional_import', 'import_error',
+           'fla_triton_refusal', 'fast_backend_refusal', 'pick_backend', 'get_device', 'supports_bf16', 'get_dtype',
+           'seed_everything', 'new_file_mode', 'follow_umask']
 
 # %% ../nbs/00_core.ipynb #ac3d20eb
 SHAPES = {
@@ -122,6 +123,20 @@ class Plugin:
 def plugin_options(registry:Registry, name:str) -> list[str]:
     "The option names of plug-in `name` of `registry`."
     return [f.name for f in fields(registry[name].Options)]
+
+# %% ../nbs/00_core.ipynb #8fb1b54b
+STUDENT_MODEL_TYPE = 'ssm_distill_student' # the `model_type` of a saved student's config.json (`students.StudentConfig`)
+
+def builtin_teacher_path() -> Path:
+    "The packaged folder of the built-in teacher (`ssm_distill/assets/teacher`)."
+    import ssm_distill
+    return Path(ssm_distill.__file__).resolve().parent/'assets'/'teacher'
+
+def read_json(path:str|Path) -> dict|None:
+    "A JSON file's mapping, or None where it is missing or does not read as one."
+    try: d = json.loads(Path(path).read_text())
+    except (OSError, ValueError): return None
+    return d if isinstance(d, dict) else None
 
 # %% ../nbs/00_core.ipynb #86162709
 def deprecated_names(module_name:str, # the old home, e.g. 'ssm_distill.students' (named in the warning)

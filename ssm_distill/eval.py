@@ -15,7 +15,7 @@ from typing import Iterable
 
 import torch
 
-from .core import Registry, optional_import, require
+from .core import STUDENT_MODEL_TYPE, Registry, optional_import, require
 from .data import DataConfig
 from .loop import as_blocks, causal_lm as _lm
 from .stages import mixer_can_materialize as can_materialize, teacher_rotary
@@ -416,14 +416,13 @@ def lm_eval_task_names() -> frozenset[str]:
 
 def _check_student_folder(path:str|Path):
     "Refuse a folder that is not a saved student (a teacher's folder, a run folder, a typo)."
-    from ssm_distill.students import StudentConfig
     p = Path(path)
-    holds = (f"a saved student holds config.json with model_type {StudentConfig.model_type!r}, model.safetensors and "
+    holds = (f"a saved student holds config.json with model_type {STUDENT_MODEL_TYPE!r}, model.safetensors and "
              f"(from a run) the tokenizer: give a run's <out>/student")
     require(p.is_dir(), f"--student {p}: no config.json there (the folder does not exist); {holds}")
     require((p/'config.json').is_file(), f"--student {p}: no config.json there{' (a run folder? its student is ' + str(p/'student') + ')' if (p/'student').is_dir() else ''}; {holds}")
     mt = json.loads((p/'config.json').read_text()).get('model_type')
-    require(mt == StudentConfig.model_type, f"--student {p}: a {mt!r} model, not a saved student (a teacher? give it as --teacher); {holds}")
+    require(mt == STUDENT_MODEL_TYPE, f"--student {p}: a {mt!r} model, not a saved student (a teacher? give it as --teacher); {holds}")
 
 def _check_task(name:str, known:frozenset[str]):
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)

@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, Pret
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .core import Registry, SsmDistillError, deprecated_names, follow_umask, require, log
+from .core import STUDENT_MODEL_TYPE, Registry, SsmDistillError, deprecated_names, follow_umask, require, log
 from .matrices import Descent, FitConfig, descend, mixing_error as _mixing_error   # students.mixing_error: the old name
 from .mixers import MIXERS, AttentionWeights, SoftmaxAttention, mixer_from_attention
 from .teachers import ADAPTERS, Teacher, load_teacher
@@ -326,7 +326,7 @@ def is_local_path(name) -> bool:
 
 class StudentConfig(PretrainedConfig):
     "Config of a `StudentForCausalLM`: the skeleton's config plus which mixer replaces which attention layer."
-    model_type = 'ssm_distill_student'
+    model_type = STUDENT_MODEL_TYPE
     base_config: dict|None = None          # the skeleton's Hugging Face config (`to_dict()`, with its model_type)
     base_attn_implementation: str = 'sdpa' # attention implementation of the skeleton's kept attention layers
     mixer: str = 'mamba2'                  # a key of mixers.MIXERS
