@@ -4,8 +4,9 @@
 folder holding a copy of nbs/10_widgets.ipynb, opens it in Debian's Chromium (/usr/bin/chromium, driven by
 Playwright; no browser is downloaded), runs all cells, presses Start on the panel at the bottom (the built-in teacher
 into a Phi-Mamba student), waits until the loss curve has points and the explorer shows the first stage's student,
-Pause, Resume, Stop, and changes the explorer's head. Screenshots go to runs/browser/*.png. It fails on an error
-output in the notebook, on a widget that cannot be displayed, or on a widget-manager error in the page's console."""
+Pause, Resume, Stop, and changes the explorer's head. Then a second notebook shows `SelectionExplorer` on the built-in
+teacher (three selection methods) and switches its method and budget. Screenshots go to runs/browser/*.png. It fails
+on an error output in a notebook, on a widget that cannot be displayed, or on a widget-manager error in the console."""
 
 import json, os, re, shutil, socket, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -77,7 +78,7 @@ def saved_errors(page, api: str) -> list[str]:
     "Save the notebook (Ctrl+S) and read it back through the server: the error outputs of its cells."
     import urllib.request
 
-    page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
+    page.locator(".jp-Notebook:visible").first.click(position={"x": 5, "y": 5})
     page.keyboard.press("Control+s")
     time.sleep(2)
     nb = json.loads(urllib.request.urlopen(api, timeout=30).read())["content"]
@@ -194,6 +195,58 @@ def run(page, url: str, api: str, console_errors: list):
     assert not problems, "\n".join(problems)
 
 
+SELECTION_CELLS = [
+    "from ssm_distill.builtin import load_builtin_teacher\n"
+    "from ssm_distill.selection import SelectionExplorer, SelectionView, score_heads\n"
+    "teacher, _ = load_builtin_teacher()\n"
+    "scores = {m: score_heads(teacher, m) for m in ('uniform', 'random', 'matrix_error')}",
+    "SelectionExplorer(SelectionView(teacher, scores), budget=8)",
+]
+
+
+def selection_notebook(path: Path):
+    "A two-cell notebook that shows the selection explorer (what a user writes after `score_heads`)."
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in SELECTION_CELLS])
+    nb.metadata["kernelspec"] = {"display_name": "python3", "language": "python", "name": "python3"}
+    nbformat.write(nb, str(path))
+
+
+def run_selection(page, url: str, api: str, console_errors: list):
+    "Open the selection notebook, run it, switch the method and the budget, and check the heatmap follows."
+    page.goto(url)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=120_000)
+    time.sleep(3)
+    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+    page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+    time.sleep(2)
+    if page.locator(".jp-Dialog").count():
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+    wait_run_all(page, api)
+    problems = check_page(page, console_errors) + saved_errors(page, api)
+    assert not problems, "\n".join(problems)
+    out = page.locator(".jp-Notebook .jp-CodeCell").last.locator(".jp-OutputArea-output").last
+    title = out.locator(".js-plotly-plot .gtitle")
+    title.wait_for(timeout=60_000)
+    assert title.text_content().startswith("uniform: 8 of 32 heads"), title.text_content()
+    out.screenshot(path=str(OUT / "6-selection-uniform.png"))
+    out.locator(".widget-dropdown", has_text="method").locator("select").select_option("matrix_error")
+    page.wait_for_function(
+        "(el) => el.textContent.startsWith('matrix_error')", arg=title.element_handle(), timeout=60_000
+    )
+    out.locator(".widget-toggle-buttons button", has_text="layer").click()
+    page.wait_for_function(
+        "(el) => el.textContent.startsWith('matrix_error: 8 of 32')", arg=title.element_handle(), timeout=60_000
+    )
+    time.sleep(1.0)
+    out.screenshot(path=str(OUT / "7-selection-matrix-error-layers.png"))
+    print(f"selection explorer: {title.text_content()!r}", flush=True)
+    problems = check_page(page, console_errors)
+    assert not problems, "\n".join(problems)
+
+
 def main():
     from playwright.sync_api import sync_playwright
 
@@ -202,6 +255,7 @@ def main():
         p.unlink()
     work = Path(tempfile.mkdtemp(prefix="ssm-distill-browser-"))
     shutil.copy(ROOT / "nbs" / "10_widgets.ipynb", work / "10_widgets.ipynb")
+    selection_notebook(work / "selection.ipynb")
     port, token = free_port(), "ssm-distill-browser-test"
     lab = start_lab(work, port, token)
     console_errors = []
@@ -218,6 +272,16 @@ def main():
                     f"http://127.0.0.1:{port}/lab/tree/10_widgets.ipynb?token={token}",
                     f"http://127.0.0.1:{port}/api/contents/10_widgets.ipynb?token={token}",
                     console_errors,
+                )
+                page2 = browser.new_page(viewport={"width": 1400, "height": 1600})  # a fresh page: its own console
+                selection_errors = []
+                page2.on("console", lambda m: m.type == "error" and selection_errors.append(m.text))
+                page2.on("pageerror", lambda e: selection_errors.append(f"page error: {e}"))
+                run_selection(
+                    page2,
+                    f"http://127.0.0.1:{port}/lab/tree/selection.ipynb?reset&token={token}",
+                    f"http://127.0.0.1:{port}/api/contents/selection.ipynb?token={token}",
+                    selection_errors,
                 )
             except Exception:
                 page.screenshot(path=str(OUT / "failure.png"), full_page=True)
