@@ -94,7 +94,8 @@ check-clean: setup
 	  echo "notebooks are not clean: run 'make export' (it runs nbdev-clean) and commit."; exit 1; fi
 
 ## (3) the workbench in a real browser: JupyterLab runs nbs/10_widgets.ipynb in headless Chromium (Debian's
-## package, driven by Playwright's Python package; no browser download), trains from the panel; runs/browser/*.png
+## package, driven by Playwright's Python package; no browser download), trains from the panel, then drives the
+## SelectionExplorer; runs/browser/*.png
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test-browser: export OMP_NUM_THREADS = 1
