@@ -100,8 +100,9 @@ def checkpoint_problem(path:str|Path) -> str|None:
             if not f.is_file(): return f"{name} is missing"
             if f.stat().st_size != size: return f"{name} has {f.stat().st_size:,} bytes where {size:,} were written"
             if _sha256(f) != digest: return f"{name} is not what was written (its checksum differs)"
-        read_checkpoint_state(path)   # a checkpoint from before manifests: at least its state must read
-        if files is None and json.loads((path/'state.json').read_text()).get('manifest'): return f"{MANIFEST} is missing"
+        if files is None:   # no manifest: a checkpoint from before manifests (its state must read), or one whose manifest was lost
+            if json.loads((path/'state.json').read_text()).get('manifest'): return f"{MANIFEST} is missing"
+            read_checkpoint_state(path)
     except (OSError, ValueError, KeyError, TypeError) as e: return f"its manifest or state does not read ({type(e).__name__}: {e})"
     return None
 

@@ -523,7 +523,7 @@ class Distiller:
         "`run` itself: refuse a folder of an earlier run unless asked, resume or start afresh, run the stages, report."
         self.out.mkdir(parents=True, exist_ok=True)
         held = checkpoints(self.out)
-        ck, broken = intact_checkpoint(self.out) if held and not overwrite else (None, [])
+        ck, broken = intact_checkpoint(self.out) if held and resume is not False and not overwrite else (None, [])   # (hashes: only to resume)
         if resume is None: resume = ck is not None and self._same_config(ck)
         check_run_folder(self.out, resume, overwrite)
         self.prepare(force=self._prepared and self._trained and not resume)   # a fresh start after training: a fresh student
