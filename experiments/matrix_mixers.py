@@ -5,16 +5,15 @@ then distil students of the classes, finding that the class that fits attention 
 (SSD-based Phi-Mamba over low-rank and Toeplitz mixers). Here the built-in teacher is distilled into four students
 that differ only in their mixer: `toeplitz` (a long convolution per head, data-independent), `low_rank` (linear
 attention with the identity feature map, no normaliser), `phi_mamba` (MOHAWK's discrete SSD) and `gla` (a decay per
-step and key channel: diagonal). Each gets the QKV copy and the full MOHAWK recipe (1+2+3, split as in
-`mohawk_stages.py`) at 32,768 tokens, where MOHAWK beat KD alone. After every stage the held-out matrix error
+step and key channel: diagonal). Each gets the QKV copy and the full MOHAWK recipe (1+2+3, split as
+the package splits by default, as in `mohawk_stages.py`) at 32,768 tokens. After every stage the held-out matrix error
 (stage 1's measure: ‖M_student − A_teacher‖_F per head), the relative hidden-state error (stage 2's: ‖mixer(x) −
 attention(x)‖ / ‖attention(x)‖ per token, given the teacher's input) and the perplexity are measured on the held-out
 blocks.
 """
 from dataclasses import asdict
 
-from runner import METRICS, base_config, merge_missing, parse, recipe, run_configs, step_tokens, table, write_figure
-from mohawk_stages import SHARES
+from runner import METRICS, base_config, default_shares, merge_missing, parse, recipe, run_configs, step_tokens, table, write_figure
 from summary import stage_rows
 from ssm_distill.eval import distill_metrics
 from ssm_distill.callbacks import Callback
@@ -50,7 +49,7 @@ INITS = {'': dict(init='qkv_copy'), ' + mixing init': dict(init='mixing', option
 def configs(quick:bool) -> dict:
     total = QUICK_TOKENS if quick else FULL_TOKENS
     inits = dict(list(INITS.items())[:1]) if quick else INITS
-    return {name + suffix: base_config(quick, total, recipe((1, 2, 3), total, SHARES, step_tokens(quick)), mixer=mixer, **init)
+    return {name + suffix: base_config(quick, total, recipe((1, 2, 3), total, default_shares(quick, total), step_tokens(quick)), mixer=mixer, **init)
             for suffix, init in inits.items() for mixer, name in STUDENTS.items()}
 
 
@@ -74,7 +73,7 @@ def figure(rows, teacher_ppl:float):
 if __name__ == '__main__':
     args = parse(__doc__)
     teacher, cfgs = load_run_teacher('builtin'), configs(args.quick)
-    meta = dict(total_tokens=QUICK_TOKENS if args.quick else FULL_TOKENS, shares=SHARES, students=STUDENTS, inits=INITS,
+    meta = dict(total_tokens=QUICK_TOKENS if args.quick else FULL_TOKENS, shares=default_shares(args.quick, QUICK_TOKENS if args.quick else FULL_TOKENS), students=STUDENTS, inits=INITS,
                 metrics=METRICS, per_stage=PER_STAGE, configs={k: asdict(c) for k, c in cfgs.items()})
     run = lambda todo, name: run_configs(name, todo, args, meta, teacher, callbacks=lambda: [StageErrors()])
     rows = (merge_missing('matrix_mixers', cfgs, args, meta, lambda todo: run(todo, 'matrix_mixers.new'))

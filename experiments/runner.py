@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ssm_distill.config import stage_budgets
 from ssm_distill.demo import demo_config
 from ssm_distill.core import require
 from ssm_distill.sweeps import fmt_mean_std, sweep, sweep_table, vary
@@ -58,7 +59,13 @@ def base_config(quick:bool, total_tokens:int, stages:list[dict]|None=None, **stu
 
 # MOHAWK's stages as this package names them, and the learning rates of the demo
 STAGE_KINDS = {1: 'matrix_orientation', 2: 'hidden_state_alignment', 3: 'kd'}
-STAGE_LR = {1: 3e-3, 2: 3e-3, 3: 1e-3}
+STAGE_LR = {1: 1e-2, 2: 3e-3, 3: 1e-3}
+
+
+def default_shares(quick:bool, total:int) -> dict[int, float]:
+    "The package's default split of `total` as shares: MOHAWK's, stage 1 raised to its `min_steps` (`config.stage_budgets`)."
+    cfg = base_config(quick, total, [dict(kind=STAGE_KINDS[s], lr=STAGE_LR[s], warmup=0.05) for s in STAGE_KINDS])
+    return {s: b / total for s, b in zip(STAGE_KINDS, stage_budgets(cfg))}
 
 
 def recipe(stages:tuple[int, ...], # MOHAWK stages kept, e.g. (2, 3)

@@ -145,8 +145,8 @@ class StageConfig:
         return tuple(self.trainable) if self.trainable is not None else self.stage.groups()
 
 def mohawk_stages(**kw) -> list[StageConfig]:
-    "MOHAWK's three stages (1 -> 2 -> 3) with the same options `kw`."
-    return [StageConfig(k, **kw) for k in MOHAWK_TOKENS]
+    "MOHAWK's three stages (1 -> 2 -> 3) with the same options `kw` (the learning rate: each kind's own unless given)."
+    return [StageConfig(k, **{'lr': STAGES[k].lr, **kw}) for k in MOHAWK_TOKENS]
 
 @dataclass
 class DivergenceConfig:
@@ -279,12 +279,17 @@ def config_from_dict(cls, d, path:str=''):
 
 # %% ../nbs/06b_config.ipynb #bd162c20
 def stage_budgets(cfg:RunConfig) -> list[int]:
-    "Token budget of each stage: its own `tokens`, or its kind's share of what `total_tokens` leaves."
-    fixed = sum(s.tokens for s in cfg.stages if s.tokens is not None)
-    free = [s for s in cfg.stages if s.tokens is None]
-    share = sum(STAGES[s.kind].share for s in free)
-    left = (cfg.total_tokens or 0) - fixed
-    return [s.tokens if s.tokens is not None else int(left * STAGES[s.kind].share / share) for s in cfg.stages]
+    "Token budget of each stage: its own `tokens`, or its kind's share of what `total_tokens` leaves (raised to the kind's `min_steps`)."
+    left = (cfg.total_tokens or 0) - sum(s.tokens for s in cfg.stages if s.tokens is not None)
+    free = [i for i, s in enumerate(cfg.stages) if s.tokens is None]
+    kind = lambda i: STAGES[cfg.stages[i].kind]
+    share = lambda idx: sum(kind(i).share for i in idx)
+    # a kind whose share is fewer steps than its `min_steps` gets those steps first (at most a quarter of the budget)
+    floor = {i: min(kind(i).min_steps * tokens_per_step(cfg, cfg.stages[i]), left // 4) for i in free}
+    raised = [i for i in free if left * kind(i).share / share(free) < floor[i]]
+    rest, others = left - sum(floor[i] for i in raised), [i for i in free if i not in raised]
+    budget = {i: floor[i] for i in raised} | {i: int(rest * kind(i).share / share(others)) for i in others}
+    return [s.tokens if s.tokens is not None else budget[i] for i, s in enumerate(cfg.stages)]
 
 def stage_batch_size(cfg:RunConfig, stage:StageConfig) -> int:
     "Blocks per micro-batch of `stage`."

@@ -39,7 +39,7 @@ def demo_config(out:str|Path|None=None, # the run folder
     from ssm_distill.config import RunConfig, StageConfig, StudentBuildConfig, validate_config
     from ssm_distill.data import DataConfig
     stages = ([StageConfig('kd', lr=1e-3, warmup=0.05)] if kd_only else
-              [StageConfig('matrix_orientation', lr=3e-3, warmup=0.05), StageConfig('hidden_state_alignment', lr=3e-3, warmup=0.05),
+              [StageConfig('matrix_orientation', lr=1e-2, warmup=0.05), StageConfig('hidden_state_alignment', lr=3e-3, warmup=0.05),
                StageConfig('kd', lr=1e-3, warmup=0.05)])
     return validate_config(RunConfig(
         teacher=teacher, student=StudentBuildConfig('phi_mamba', [], 'qkv_copy'),

@@ -313,6 +313,8 @@ class Mixer(nn.Module):
     pad_zero: tuple = ('k', 'g')    # kernel arguments zeroed at padded positions (no write, no decay)
     qkv_parts: dict = dict(q='q', k='k', v='v')  # teacher projection -> part of `in_proj` it is copied into
     qkv_args: tuple = ('q', 'k', 'v')  # the kernel arguments that play Q, K, V (mamba-ssm: "[x, B, C] correspond to V, K, Q"); () if none
+    scalable: bool = True           # a per-head `matrix_scale` multiplies the kernel's output and so its mixing matrix (the start's scale)
+    scale_per: str|None = 'head'    # what `scale_matrix` can scale: each 'head', the whole 'layer' at once, or nothing (None)
 
     def __init__(self, d_model:int, n_heads:int, head_dim:int|None=None, n_kv_heads:int|None=None, **kw):
         super().__init__()
@@ -325,6 +327,7 @@ class Mixer(nn.Module):
         c = self.config   # the teacher's per-head q/k norms, on the parts that the QKV copy fills from q and k
         self.qk_norms = nn.ModuleDict({t: QK_NORMS[c.qk_norm](self.qk_dim, eps=c.qk_norm_eps)
                                        for t in 'qk' if c.qk_norm and t in self.qkv_parts})
+        if self.scalable: self.matrix_scale = nn.Parameter(torch.ones(c.n_heads))   # (H,) 1: the kernel's own matrix
 
     # --- what a layer defines
     def build(self, c): raise NotImplementedError
@@ -345,6 +348,20 @@ class Mixer(nn.Module):
                               "a FreeMatrix (as GLA's does), so that ssm_distill.matrices can fit it")
 
     # --- shared plumbing
+    def scale_heads(self, o:torch.Tensor) -> torch.Tensor:
+        "The kernel output `o: [B, T, H, V]` times each head's `matrix_scale`: the layer applies `matrix_scale[h] · M_h`."
+        return o * self.matrix_scale.to(o.dtype)[:, None] if self.scalable else o
+
+    @torch.no_grad()
+    def scale_matrix(self, c:torch.Tensor):
+        "Multiply head h's mixing matrix by `c[h]` (`c: [H]`; all equal where `scale_per` is 'layer')."
+        self.matrix_scale.mul_(c.to(self.matrix_scale))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kw):
+        "A checkpoint written before `matrix_scale` existed loads with the scale at 1, the matrix it was trained with."
+        if self.scalable: state_dict.setdefault(prefix + 'matrix_scale', torch.ones(self.config.n_heads))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kw)
+
     def build_qkv(self, c, names:str='qkv', **extra:int):
         "`in_proj` with parts `names` (each `inner` wide) then `extra` (name=width), one short conv over `names`, `out_proj`."
         self.in_proj = FusedProjection(c.d_model, {n: c.inner for n in names} | extra, bias=c.bias)
@@ -421,7 +438,7 @@ class Mixer(nn.Module):
         c = self.config
         o, ssm = self.kernel.op(**args, initial_state=(state or {}).get('ssm'), output_final_state=return_state,
                                 chunk_size=c.chunk_size, backend=c.backend)
-        y = self.output(o, extra)
+        y = self.output(self.scale_heads(o), extra)
         return (y, dict(conv=new_conv, ssm=ssm)) if return_state else y
 
     def step(self, x_t:torch.Tensor, # [B, D] one token
@@ -432,7 +449,7 @@ class Mixer(nn.Module):
         with unchecked():   # the model built these inputs: no per-token shape and gate checks
             args, extra, new_conv = self.kernel_inputs(x_t[:, None], state, _step_rotary(rotary), None)
             o, ssm = self.kernel.recurrent(**args, initial_state=state.get('ssm'), output_final_state=True)
-        return self.output(o, extra)[:, 0], dict(conv=new_conv, ssm=ssm)
+        return self.output(self.scale_heads(o), extra)[:, 0], dict(conv=new_conv, ssm=ssm)
 
     def init_state(self, batch_size:int, device=None, dtype=None) -> dict:
         "The state before the first token: zero conv inputs and a zero kernel state."
@@ -443,7 +460,8 @@ class Mixer(nn.Module):
     def materialize(self, x:torch.Tensor, rotary:tuple|None=None) -> torch.Tensor:
         "The mixing matrix `M: [B, H, T, T]` this layer applies to its values for input `x`."
         args, _, _ = self.kernel_inputs(x, None, rotary, None)
-        return call_with(self.kernel.mixing_matrix, args)                      # (B, H, T, T)
+        M = call_with(self.kernel.mixing_matrix, args)                          # (B, H, T, T)
+        return M * self.matrix_scale.to(M.dtype)[:, None, None] if self.scalable else M
 
     def check_teacher(self, w:AttentionWeights):
         "Raise unless the teacher's geometry is this mixer's."
@@ -499,7 +517,7 @@ class SoftmaxAttentionConfig(MixerConfig):
 @MIXERS.register('softmax_attention')
 class SoftmaxAttention(Mixer):
     "Causal softmax attention with rotary, GQA, biases and a padding mask; state: a growing KV cache."
-    config_cls, family = SoftmaxAttentionConfig, 'softmax_attention'
+    config_cls, family, scalable, scale_per = SoftmaxAttentionConfig, 'softmax_attention', False, None
 
     @classmethod
     def free_matrix(cls, c):
@@ -734,6 +752,7 @@ class MambaConfig(MixerConfig):
 class Mamba(Mixer):
     "Mamba-1: in_proj -> x, z; conv + SiLU; x_proj -> dt, B, C; dt_proj; selective scan with D and silu(z)."
     config_cls, family = MambaConfig, 'selective_scan'
+    scalable, scale_per = False, 'layer'   # the kernel adds D u and the z gate inside (its output is not M v); C is shared by all heads
     qkv_parts = dict(v='x')
 
     @classmethod
@@ -790,6 +809,12 @@ class Mamba(Mixer):
         args, _, _ = self.kernel_inputs(x, None, rotary, None)
         M = call_with(self.kernel.mixing_matrix, args, D=None, z=None)          # (B, Dch, T, T)
         return channels_to_heads(M, self.config.n_heads)           # (B, H, T, T)
+
+    @torch.no_grad()
+    def scale_matrix(self, c):
+        "Multiply every channel's matrix by `c[0]` through C's rows of `x_proj` (C is shared by all channels)."
+        R, N = self.config.dt_rank, self.config.d_state
+        self.x_proj.weight[R + N:R + 2 * N] *= c[0].to(self.x_proj.weight)
 
     def check_teacher(self, w):
         super().check_teacher(w)

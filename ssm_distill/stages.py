@@ -36,6 +36,8 @@ class Stage(Plugin):
     "One kind of distillation stage: which parameters train, the teacher's targets for a batch, the student's loss."
     # `Options` (a dataclass, `Plugin`'s): its fields are the stage's config keys beside `kind`; `doc`: one line for tables
     share:float = 1.0 # default share of the run's total_tokens (relative to the other stages without a budget)
+    min_steps:int = 0 # without its own budget, at least this many optimizer steps (at most a quarter of total_tokens)
+    lr:float = 1e-3 # the peak learning rate of this kind in the default recipe (`config.mohawk_stages`)
     trainable:tuple = ('all',) # default trainable parameter groups (keys of students.STUDENT_GROUPS)
 
     def groups(self) -> tuple:
@@ -146,6 +148,9 @@ def mixer_can_materialize(mixer:str) -> bool:
 class MatrixOrientation(LayerwiseStage):
     "MOHAWK stage 1: each mixer's materialized matrix against the teacher's attention probabilities, ‖M_t − M_s‖_F."
     Options, share, doc = MatrixOrientationOptions, MOHAWK_TOKENS['matrix_orientation'] / sum(MOHAWK_TOKENS.values()), 'MOHAWK stage 1: mixing matrices against attention probabilities'
+    # MOHAWK's 2.7% is a few steps at this workbench's budgets: `experiments/stage1_sweep.py` measured that phi_mamba needs
+    # about 40 steps at 1e-2 to bring the held-out matrix error below 0.75 of predicting zeros (3e-3 is slower, 3e-2 unstable)
+    min_steps, lr = 40, 1e-2
 
     def check(self, cfg, i):
         m = cfg.student.mixer

@@ -29,9 +29,9 @@ __all__ = ['CACHE_ARGS', 'MIRRORED', 'REMOTE_MODULE', 'AUTO_MAP', 'REMOTE_CODE',
            'StudentCache', 'MixerAttention', 'head_weights', 'kept_heads_config', 'HeadHybridConfig', 'HeadHybrid',
            'cache_arg', 'find_cache', 'output_cache_field', 'check_reached', 'allow_checkpointing_with_cache',
            'is_local_path', 'StudentConfig', 'StudentForCausalLM', 'check_transformers_contract', 'causal_mask',
-           'set_trainable_groups', 'qkv_copy_init', 'random_init', 'fit_mixing_matrix', 'calibration_batch',
-           'mixing_init', 'build_student', 'copy_teacher_weights', 'resized_config', 'uniform_teacher_layers',
-           'build_student_from_config']
+           'set_trainable_groups', 'calibration_targets', 'fit_start_scale', 'matrix_errors', 'qkv_copy_init',
+           'random_init', 'fit_mixing_matrix', 'calibration_batch', 'mixing_init', 'build_student',
+           'copy_teacher_weights', 'resized_config', 'uniform_teacher_layers', 'build_student_from_config']
 
 # %% ../nbs/04_students.ipynb #f8defdaf
 def _tensors_map(fn, tree):
@@ -731,9 +731,73 @@ def set_trainable_groups(student:StudentForCausalLM, groups:Iterable[str]) -> li
 # %% ../nbs/04_students.ipynb #83036796
 STUDENT_INITS = Registry('student init', hint='Add one with STUDENT_INITS["name"] = fn(student, teacher, weights, **options).')
 
-def qkv_copy_init(student, teacher, weights:dict, **_):
-    "Copy each teacher attention layer's Q, K, V, O into its mixer (MOHAWK §4)."
+def calibration_targets(student, teacher, layers:list[int], ids:torch.Tensor) -> dict:
+    "`{layer: (mixer, attention input [B, T, D], teacher probabilities of the mixer's heads [B, Hm, T, T], rotary)}` on `ids`."
+    teacher = load_teacher(teacher)
+    ids = ids.to(next(teacher.model.parameters()).device)
+    cap = teacher.capture(ids, layers=layers, what={'attn_in', 'attn_probs'})
+    rot = teacher.rotary(torch.arange(ids.shape[1], device=ids.device))
+    rot = None if rot is None else tuple(r.expand(ids.shape[0], -1, -1) for r in rot)
+    out = {}
+    for i in layers:
+        m, M_t = student.mixer(i), cap.attn_probs[i]                                          # (B, H, T, T)
+        if isinstance(m, HeadHybrid): m, M_t = m.mixer, M_t[:, m.mixer_heads]                 # only the mixer's heads
+        out[i] = (m, cap.attn_in[i], M_t, rot)
+    return out
+
+@torch.no_grad()
+def fit_start_scale(mixer:nn.Module, # a mixer, already QKV-copied
+                    x:torch.Tensor, # [B, T, D] the teacher's normed attention input
+                    M_t:torch.Tensor, # [B, H, T, T] the teacher's attention probabilities
+                    rotary:tuple|None=None, # (cos, sin) for mixers built with rotary=True
+                   ) -> dict: # start, scaled, zeros (errors ‖M_t − M_s‖_F) and the scales
+    "Scale each head's matrix by its least-squares factor against the teacher's, c_h = ⟨M_h, A_h⟩ / ‖M_h‖² (`mixer.scale_matrix`)."
+    rot = rotary if getattr(mixer.config, 'rotary', False) else None
+    M = mixer.materialize(x, rotary=rot)                                        # (B, H, T, T)
+    per = getattr(mixer, 'scale_per', None)
+    dims = (2, 3) if per == 'head' else (1, 2, 3)
+    dot, sq = (M * M_t).sum(dims), (M * M).sum(dims).clamp_min(1e-30)           # (B, H) or (B,)
+    factor = lambda rows: dot[rows].sum(0) / sq[rows].sum(0)
+    c, h = factor(slice(None)), M.shape[0] // 2
+    # a head whose factor the two halves of the text do not agree on (within 1.5x, same sign) starts small, not negated and
+    # not zero: at 1% of the teacher's norm it costs at most 0.01% of ‖A‖_F and still learns (its gradients are not nil)
+    small = 0.01 * ((M_t * M_t).sum(dims).sum(0) / sq.sum(0)).sqrt()
+    if h:
+        a, b = factor(slice(None, h)), factor(slice(h, None))
+        c = torch.where((a > 0) & (b > 0) & (a < 1.5 * b) & (b < 1.5 * a), torch.minimum(c, torch.minimum(a, b)), 0.)
+    c = torch.maximum(c, small).expand(M.shape[1])                              # (H,)
+    if per is not None: mixer.scale_matrix(c)
+    return dict(start=_mixing_error(M, M_t).item(), scaled=_mixing_error(mixer.materialize(x, rotary=rot), M_t).item(),
+                zeros=M_t.flatten(-2).norm(dim=-1).mean().item(), scales=c.tolist())
+
+@torch.no_grad()
+def matrix_errors(student, teacher, # a student at the teacher's size, and its teacher
+                  ids:torch.Tensor, # [B, T] token ids (held-out text)
+                  batch_size:int=8, # blocks at a time (Mamba-1's matrices are per channel: large)
+                 ) -> dict: # {layer: (error, zeros)}
+    "Stage 1's measure per mixer layer on `ids`: the mean ‖M_student − A_teacher‖_F over blocks and the mixer's heads, and ‖A_teacher‖_F (predicting zeros)."
+    sums = {}
+    for chunk in ids.split(batch_size):
+        for i, (m, x, M_t, rot) in calibration_targets(student, teacher, list(student.mixer_layers), chunk).items():
+            rot = rot if getattr(m.config, 'rotary', False) else None
+            e, z = (M_t - m.materialize(x, rotary=rot)).flatten(-2).norm(dim=-1), M_t.flatten(-2).norm(dim=-1)   # (b, H) each
+            sums[i] = [s + t.mean().item() * len(chunk) for s, t in zip(sums.get(i, (0., 0.)), (e, z))]
+    return {i: (e / len(ids), z / len(ids)) for i, (e, z) in sums.items()}
+
+def qkv_copy_init(student, teacher, weights:dict,
+                  calibration:torch.Tensor|None=None, # [B, T] ids of real text: each head's matrix is scaled to the teacher's on it
+                  **_):
+    "Copy each teacher attention layer's Q, K, V, O into its mixer (MOHAWK §4); with `calibration`, start each head at the teacher's scale."
     for i, w in weights.items(): student.mixer(i).init_from_attention(w)
+    if calibration is None or not weights:
+        log.info("qkv_copy: no calibration text, so the copied matrices keep the kernels' own scale; pass calibration= "
+                 "token ids of real text (a Distiller passes its first training batch) to start them at the teacher's")
+        return
+    report = {i: fit_start_scale(*t) for i, t in calibration_targets(student, teacher, sorted(weights), calibration).items()}
+    for i, r in report.items():
+        log.info(f"qkv_copy, layer {i}: ‖M_teacher − M_student‖_F {r['start']:.4f} -> {r['scaled']:.4f} at the teacher's "
+                 f"scale; predicting zeros: {r['zeros']:.4f}")
+    student.init_report = report
 
 def random_init(student, teacher, weights:dict, **_):
     "Keep the mixers' own initialisation."
@@ -800,21 +864,11 @@ def mixing_init(student, teacher, weights:dict, calibration:torch.Tensor|None=No
                 **_):
     "QKV copy, then fit each mixer's mixing matrix to the teacher's attention on a calibration batch (Haller et al. 2025)."
     teacher = load_teacher(teacher)
-    qkv_copy_init(student, teacher, weights)
-    layers = sorted(weights)
-    if not layers: return
-    p = next(teacher.model.parameters())
     ids = calibration if calibration is not None else calibration_batch(teacher.config.vocab_size)
-    ids = ids.to(p.device)
-    cap = teacher.capture(ids, layers=layers, what={'attn_in', 'attn_probs'})
-    rot = teacher.rotary(torch.arange(ids.shape[1], device=ids.device))
-    rot = None if rot is None else tuple(r.expand(ids.shape[0], -1, -1) for r in rot)
+    qkv_copy_init(student, teacher, weights, calibration=ids)
     report = {}
-    for i in layers:
-        m, M_t = student.mixer(i), cap.attn_probs[i]                                          # (B, H, T, T)
-        if isinstance(m, HeadHybrid): m, M_t = m.mixer, M_t[:, m.mixer_heads]                 # only the mixer's heads fit
-        r = report[i] = fit_mixing_matrix(m, cap.attn_in[i], M_t, rot, steps=mixing_steps, lr=mixing_lr,
-                                          params=mixing_params or 'all')
+    for i, (m, x, M_t, rot) in calibration_targets(student, teacher, sorted(weights), ids).items():
+        r = report[i] = fit_mixing_matrix(m, x, M_t, rot, steps=mixing_steps, lr=mixing_lr, params=mixing_params or 'all')
         log.info(f"mixing init, layer {i}: ‖M_teacher − M_student‖_F {r['start']:.4f} -> {r['best']:.4f} in {r['steps']} "
                  f"steps ({r['stopped']}); predicting zeros: {r['zeros']:.4f}")
     student.init_report = report

@@ -148,11 +148,12 @@ def check_token_ids(data:PackedData, vocab_size:int):
 def build_run_student(cfg:RunConfig, # the run config (its `student` and `seed`)
                       teacher, # the loaded `Teacher`
                       teacher_layers:list[int], # the teacher layer each student layer copies (`student_teacher_layers`)
+                      calibration:torch.Tensor|None=None, # [B, T] training ids: the QKV copy's scales and the mixing init's fit
                      ):
     "The run's student: `build_student` at the teacher's size, `build_student_from_config` at another."
     st = cfg.student
     build = dict(mixer=st.mixer, attention_layers=tuple(st.attention_layers), attention_heads=st.attention_heads,
-                 train_kept_heads=st.train_kept_heads, init=st.init, **st.options)
+                 train_kept_heads=st.train_kept_heads, init=st.init, calibration=calibration, **st.options)
     student = (build_student_from_config(teacher, n_layers=st.n_layers, hidden_size=st.hidden_size, n_heads=st.n_heads,
                                          intermediate_size=st.intermediate_size, teacher_layers=teacher_layers, seed=cfg.seed, **build)
                if st.resized else build_student(teacher, **build))
@@ -283,7 +284,8 @@ class Distiller:
         if self._data_in is None: warn_teacher_overlap(cfg, self.data)
         else: check_token_ids(self.data, tc.vocab_size)
         self.layer_map = dict(enumerate(student_teacher_layers(cfg, self.teacher.n_layers)))  # student layer -> teacher layer
-        self.student = build_run_student(cfg, self.teacher, list(self.layer_map.values())).to(self.accelerator.device)
+        calibration = self.data.train[:cfg.data.batch_size]   # the first blocks: real text at the run's length
+        self.student = build_run_student(cfg, self.teacher, list(self.layer_map.values()), calibration).to(self.accelerator.device)
         if cfg.log_with: self.accelerator.init_trackers('ssm_distill', config=_flat(self.config_dict()))
         self.state, self._stage, self._prepared, self._trained = RunState(), -1, True, False
         return self
@@ -319,6 +321,13 @@ class Distiller:
             if teacher_too or not hasattr(self, '_teacher_eval'): self._teacher_eval = evaluate_model(self.teacher, self.data.eval, **kw)
         return dict(perplexity=res['perplexity'], eval_loss=res['loss'], teacher_agreement=res['teacher_agreement'],
                     teacher_perplexity=self._teacher_eval['perplexity'])
+
+    def matrix_error_record(self) -> dict|None:
+        "How far stage 1's measure has moved: `{zeros, start, after_stage: {stage: error}}` (report.json's); None without matrices."
+        st = self.state
+        if st.matrix_error is None: return None
+        return dict(zeros=st.matrix_error['zeros'], start=st.matrix_error['error'],
+                    after_stage={s['stage']: s['matrix_error'] for s in st.finished if 'matrix_error' in s})
 
     def matrix_error(self) -> dict|None:
         "Stage 1's measure on held-out blocks now: the mean ‖M_student − A_teacher‖_F per mixer head (`error`) and of all-zero matrices (`zeros`, ‖A‖_F); None where the student has no matrices to compare."
@@ -580,9 +589,7 @@ class Distiller:
                    n_parameters=sum(p.numel() for p in self.student.parameters()), data=self.data.stats,
                    processes=self.accelerator.num_processes, device=str(self.accelerator.device),
                    mixed_precision=str(self.accelerator.mixed_precision), config=self.config_dict())
-        if st.matrix_error is not None:   # how far stage 1's measure moved: zeros -> start -> after each stage
-            rep['matrix_error'] = dict(zeros=st.matrix_error['zeros'], start=st.matrix_error['error'],
-                                       after_stage={s['stage']: s['matrix_error'] for s in st.finished if 'matrix_error' in s})
+        if st.matrix_error is not None: rep['matrix_error'] = self.matrix_error_record()
         self.save_student()
         if self.is_main: (self.out/'report.json').write_text(json.dumps(rep, indent=1, default=str))
         self.accelerator.wait_for_everyone()

@@ -30,7 +30,7 @@ from .viz import (COLOUR_SCALES, class_error_curves, compare_matrices, head_erro
 
 # %% auto #0
 __all__ = ['DEFAULT_TEXT', 'CLASS_SIZES', 'STRUCTURED_CLASSES', 'PANEL_STATES', 'EVENT_STATES', 'refill', 'matrix_class_errors',
-           'MixingExplorer', 'OnKernelThread', 'LiveCurves', 'RunForm', 'TrainerPanel']
+           'run_errors_html', 'MixingExplorer', 'OnKernelThread', 'LiveCurves', 'RunForm', 'TrainerPanel']
 
 # %% ../nbs/10_widgets.ipynb #c0005
 def _widget_safe(trace:dict) -> dict:
@@ -90,6 +90,14 @@ def matrix_class_errors(attn:torch.Tensor, # [H, T, T] one layer's attention (or
     A = A[None] if A.dim() == 3 else A[None, None]                            # (1, H, T, T)
     return {kind: {n: fit_matrix_class(A, kind, n, **fit_kw).errors[0] for n in sizes} for kind in kinds}  # (H,) each
 
+# %% ../nbs/10_widgets.ipynb #c55487b5
+def run_errors_html(rec:dict|None) -> str:
+    "A run's held-out matrix errors as a status-line part: zeros, start, after each stage (and its share of zeros)."
+    if not rec: return ''
+    z = rec['zeros']
+    after = ' · '.join(f"after {name} <b>{e:.3g}</b> ({e / z:.2f} of zeros)" for name, e in rec.get('after_stage', {}).items())
+    return f"<br>held-out matrix error of the run: zeros {z:.3g} · start {rec['start']:.3g} ({rec['start'] / z:.2f})" + (f' · {after}' if after else '')
+
 # %% ../nbs/10_widgets.ipynb #c0010
 class MixingExplorer:
     "One head's teacher | student | difference heatmaps, the per-head error grid and the matrix-class fits, updating in place."
@@ -102,10 +110,11 @@ class MixingExplorer:
                  max_tokens:int=32, # the text is cut to this many tokens
                  fit_classes:bool=False, # fit the matrix classes for each layer shown (seconds per layer)
                  class_sizes:tuple=CLASS_SIZES, # the state sizes N fitted
-                 class_steps:int=200): # Adam steps per fit (`fit_matrix_class`)
+                 class_steps:int=200, # Adam steps per fit (`fit_matrix_class`)
+                 run_errors:dict|None=None): # a run's held-out matrix errors (`Distiller.matrix_error_record`), shown in the status line
         self.teacher, self.tokenizer = _resolve_teacher(teacher, tokenizer)
         self.student, self.layer_map, self.max_tokens = _resolve_student(student), layer_map, max_tokens
-        self.class_sizes, self.class_steps = class_sizes, class_steps
+        self.class_sizes, self.class_steps, self.run_errors = class_sizes, class_steps, run_errors
         self._lock, self._quiet = threading.RLock(), False
         self.layer = W.Dropdown(description='layer', layout=W.Layout(width='160px'))
         self.head = W.Dropdown(options=list(range(self.teacher.n_heads)), value=0, description='head', layout=W.Layout(width='160px'))
@@ -135,11 +144,13 @@ class MixingExplorer:
             self._compute()
         self.redraw()
 
-    def set_student(self, student, layer_map:dict|None=None):
+    def set_student(self, student, layer_map:dict|None=None,
+                    run_errors:dict|None=None): # the run's held-out matrix errors so far (`Distiller.matrix_error_record`)
         "Show another student (a model or a saved folder), e.g. after a training stage."
         with self._lock:
             self.student = _resolve_student(student)
             if layer_map is not None: self.layer_map = layer_map
+            if run_errors is not None: self.run_errors = run_errors
             self._compute()
         self.redraw()
 
@@ -176,7 +187,7 @@ class MixingExplorer:
             if self.errors is not None: self._draw_grid()
             problem = self._draw_classes(l, h)
         self.status.value = f'{len(self.tokens)} tokens · {len(self.mats)} layers · {self.teacher.n_heads} heads' + (
-            f' · {_error_html(problem)}' if problem else '')
+            f' · {_error_html(problem)}' if problem else '') + run_errors_html(self.run_errors)
 
     def _draw_grid(self):
         first = not self.grid.data
@@ -475,12 +486,13 @@ class TrainerPanel:
         # copies, not the run's own models: a teacher's capture hooks are not safe in two threads at once (seen: mixed batches)
         if self._teacher is None: self._teacher = copy.deepcopy(d.teacher)
         student = copy.deepcopy(d.accelerator.unwrap_model(d.student)).eval()
-        self.ui(lambda: self._show_explorer(self._teacher, student, d.tokenizer, d.layer_map))
+        rec = d.matrix_error_record()
+        self.ui(lambda: self._show_explorer(self._teacher, student, d.tokenizer, d.layer_map, rec))
 
-    def _show_explorer(self, teacher, student, tokenizer, layer_map):
+    def _show_explorer(self, teacher, student, tokenizer, layer_map, run_errors=None):
         try:
             if self.explorer is None:
-                self.explorer = MixingExplorer(teacher, student, tokenizer=tokenizer, layer_map=layer_map)
+                self.explorer = MixingExplorer(teacher, student, tokenizer=tokenizer, layer_map=layer_map, run_errors=run_errors)
                 self.explorer_box.children = [W.HTML('<b>the current student</b> (refreshed at every stage end)'), self.explorer.widget]
-            else: self.explorer.set_student(student, layer_map)
+            else: self.explorer.set_student(student, layer_map, run_errors)
         except SsmDistillError as e: log.info(f"TrainerPanel: no explorer ({e})")
