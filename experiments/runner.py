@@ -1,12 +1,12 @@
 "What every reproduction shares: its command line, the base run, stage recipes at a token split, results and figures."
 from __future__ import annotations
 import argparse, json, logging, os, platform, time, warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from ssm_distill.config import stage_budgets
+from ssm_distill.config import StageConfig, stage_budgets
 from ssm_distill.demo import demo_config
 from ssm_distill.core import require
 from ssm_distill.sweeps import fmt_mean_std, sweep, sweep_table, vary
@@ -64,7 +64,10 @@ STAGE_LR = {1: 1e-2, 2: 3e-3, 3: 1e-3}
 
 def default_shares(quick:bool, total:int) -> dict[int, float]:
     "The package's default split of `total` as shares: MOHAWK's, stage 1 raised to its `min_steps` (`config.stage_budgets`)."
-    cfg = base_config(quick, total, [dict(kind=STAGE_KINDS[s], lr=STAGE_LR[s], warmup=0.05) for s in STAGE_KINDS])
+    d = QUICK if quick else dict(seq_len=SEQ_LEN, batch_size=BATCH)
+    cfg = demo_config()   # not validated: at small budgets stage 2's share is under one step, which `recipe` rounds up
+    cfg = replace(cfg, total_tokens=total, stages=[StageConfig(STAGE_KINDS[s], lr=STAGE_LR[s]) for s in STAGE_KINDS],
+                  data=replace(cfg.data, seq_len=d['seq_len'], batch_size=d['batch_size']))
     return {s: b / total for s, b in zip(STAGE_KINDS, stage_budgets(cfg))}
 
 
@@ -78,7 +81,8 @@ def recipe(stages:tuple[int, ...], # MOHAWK stages kept, e.g. (2, 3)
     for s in sorted(shares):
         later = [k for k in stages if k >= s]
         budget[later[0] if later else stages[-1]] += shares[s] * total
-    steps = {s: max(1, round(budget[s] / step_tokens)) for s in stages}
+    steps = {s: max(1, round(budget[s] / step_tokens)) for s in stages[:-1]}
+    steps[stages[-1]] = max(1, round(total / step_tokens) - sum(steps.values()))   # the last takes what is left: equal totals
     return [dict(kind=STAGE_KINDS[s], lr=STAGE_LR[s], warmup=0.05, tokens=steps[s] * step_tokens) for s in stages]
 
 
