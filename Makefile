@@ -95,7 +95,8 @@ check-clean: setup
 
 ## (3) the workbench in a real browser: JupyterLab runs nbs/10_widgets.ipynb in headless Chromium (Debian's
 ## package, driven by Playwright's Python package; no browser download), trains from the panel, then drives the
-## SelectionExplorer; runs/browser/*.png
+## SelectionExplorer, then runs MOHAWK stage 1 alone and checks in MixingExplorer that the student's matrix follows
+## the teacher's on a previous-token head (Pearson >= 0.5); runs/browser/*.png
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test-browser: export OMP_NUM_THREADS = 1
