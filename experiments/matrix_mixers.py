@@ -44,11 +44,12 @@ class StageErrors(Callback):
 # the control: each student started at a fit of its matrices to the teacher's attention (the `mixing` init: QKV copy,
 # then 100 Adam steps per layer on a calibration batch), which moves it toward its class's best matrices before stage 1
 INITS = {'': dict(init='qkv_copy'), ' + mixing init': dict(init='mixing', options=dict(mixing_steps=100))}
+CONTROL = False   # run the mixing-init control too (12 more runs); see experiments/README.md for when it was last measured
 
 
 def configs(quick:bool) -> dict:
     total = QUICK_TOKENS if quick else FULL_TOKENS
-    inits = dict(list(INITS.items())[:1]) if quick else INITS
+    inits = INITS if CONTROL and not quick else dict(list(INITS.items())[:1])
     return {name + suffix: base_config(quick, total, recipe((1, 2, 3), total, default_shares(quick, total), step_tokens(quick)), mixer=mixer, **init)
             for suffix, init in inits.items() for mixer, name in STUDENTS.items()}
 
