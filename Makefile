@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | md5sum 
 TORCH_CPU ?= torch==2.13.0
 
 # the reproductions (experiments/README.md): about 100 minutes (one process at a time); each script also has --quick
-EXPERIMENTS := mohawk_stages matrix_classes matrix_mixers which_student hybrids task_agnostic
+EXPERIMENTS := stage1_sweep mohawk_stages matrix_classes matrix_mixers which_student hybrids task_agnostic
 
 .PHONY: setup demo test lint tutorials experiments test-slow test-cuda test-compat test-browser constraints export clean-nbs check-export check-clean readme gpu bench docs docs-quick
 

@@ -6,9 +6,11 @@ five students whose matrices differ in kind: `phi_mamba` (MOHAWK's discrete SSD)
 feature maps). Each starts from the QKV copy at the teacher's scale and runs for a number of optimizer steps (1024
 tokens each, the demo's) at a peak learning rate (5% warm-up, cosine decay, as every stage). The measure is the
 held-out matrix error after the stage as a share of predicting zeros (‖A‖_F): 1 is no better than an empty matrix,
-the demo asks at most 0.75 of phi_mamba. One seed: this sets the defaults; `mohawk_stages.py` measures their
-spread.
+the demo asks at most 0.75 of phi_mamba. One seed (seed 0 unless --seeds says otherwise): this sets the defaults;
+`mohawk_stages.py` measures their spread.
 """
+import sys
+
 from runner import base_config, parse, run_configs, step_tokens, write_figure
 from ssm_distill.callbacks import Callback
 
@@ -58,6 +60,7 @@ def figure(rows):
 
 if __name__ == '__main__':
     args = parse(__doc__)
+    if '--seeds' not in sys.argv: args.seeds = (0,)
     cfgs = configs(args.quick)
     rows = run_configs('stage1_sweep', cfgs, args, dict(mixers=MIXERS, lrs=LRS, steps=QUICK_STEPS if args.quick else STEPS),
                        callbacks=lambda: [MatrixError()])

@@ -64,7 +64,7 @@ def test_matrix_classes_quick(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('script', ['mohawk_stages.py', 'matrix_mixers.py', 'which_student.py', 'hybrids.py', 'task_agnostic.py'])
+@pytest.mark.parametrize('script', ['mohawk_stages.py', 'matrix_mixers.py', 'stage1_sweep.py', 'which_student.py', 'hybrids.py', 'task_agnostic.py'])
 def test_training_experiments_quick(script, tmp_path):
     res = run_quick(script, tmp_path)
     assert res['quick'] and res['seeds'] == [0]
