@@ -16,12 +16,13 @@ import torch
 from torch import nn
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers import initialization as hf_init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .core import STUDENT_MODEL_TYPE, Registry, SsmDistillError, deprecated_names, follow_umask, require, log
 from .matrices import Descent, FitConfig, descend, mixing_error as _mixing_error   # students.mixing_error: the old name
-from .mixers import MIXERS, AttentionWeights, SoftmaxAttention, mixer_from_attention
+from .mixers import MIXERS, AttentionWeights, Mixer, SoftmaxAttention, mixer_from_attention
 from .teachers import ADAPTERS, Teacher, load_teacher
 
 # %% auto #0
@@ -398,6 +399,15 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
         allow_checkpointing_with_cache(self.layers)
         self._cache_arg, self._layer_cache_arg = cache_arg(type(self.lm).forward), cache_arg(type(self.layers[0]).forward)
         self.post_init()
+
+    @torch.no_grad()
+    def initialize_weights(self):
+        "transformers' initialisation (at construction, and of what a checkpoint lacks), then each mixer's `matrix_scale` at 1."
+        super().initialize_weights()
+        # the mixers sit inside `lm`, a model of its own whose initialisation transformers dispatches to; a checkpoint written
+        # before `matrix_scale` existed lacks it: 1 is the matrix it was trained with (`ones_` leaves a loaded one alone)
+        for m in self.modules():
+            if isinstance(m, Mixer) and m.scalable: hf_init.ones_(m.matrix_scale)
 
     # --- structure
     @property

@@ -219,6 +219,20 @@ def test_every_mixer_saves_and_reloads_by_auto_class(teachers, tmp_path, mixer, 
     again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad(): assert torch.equal(again(ids()).logits, s(ids()).logits), mixer
 
+def test_checkpoint_without_matrix_scale_loads_at_scale_one(teachers, tmp_path):
+    "A student saved before mixers had `matrix_scale` loads with it at 1, the matrix it was trained with (not uninitialised memory)."
+    from safetensors.torch import load_file, save_file
+    s = build_student(teachers['llama'], 'gla').eval()                      # no calibration: every scale is 1
+    s.save_pretrained(tmp_path)
+    f = tmp_path/'model.safetensors'
+    sd = load_file(f)
+    assert any(k.endswith('matrix_scale') for k in sd)
+    save_file({k: v for k, v in sd.items() if not k.endswith('matrix_scale')}, f, metadata={'format': 'pt'})
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    scales = [p for n, p in again.named_parameters() if n.endswith('matrix_scale')]
+    assert scales and all(torch.equal(p, torch.ones_like(p)) for p in scales)
+    with torch.no_grad(): assert torch.equal(again(ids()).logits, s(ids()).logits)
+
 @pytest.mark.parametrize('how', ['bf16', 'fp16', 'auto-bf16'])
 def test_load_in_another_dtype(teachers, tmp_path, how):
     s = build_student(teachers['llama'], 'gla', attention_layers=[1])
