@@ -798,16 +798,23 @@ def qkv_copy_init(student, teacher, weights:dict,
                   calibration:torch.Tensor|None=None, # [B, T] ids of real text: each head's matrix is scaled to the teacher's on it
                   **_):
     "Copy each teacher attention layer's Q, K, V, O into its mixer (MOHAWK §4); with `calibration`, start each head at the teacher's scale."
+    _copy_at_scale(student, teacher, weights, calibration)
+
+def _copy_at_scale(student, teacher, weights:dict, calibration:torch.Tensor|None) -> dict:
+    "The QKV copy, then each head at the teacher's scale on `calibration`; the calibration targets it used ({} without)."
     for i, w in weights.items(): student.mixer(i).init_from_attention(w)
-    if calibration is None or not weights:
+    if not weights: return {}
+    if calibration is None:
         log.info("qkv_copy: no calibration text, so the copied matrices keep the kernels' own scale; pass calibration= "
                  "token ids of real text (a Distiller passes its first training batch) to start them at the teacher's")
-        return
-    report = {i: fit_start_scale(*t) for i, t in calibration_targets(student, teacher, sorted(weights), calibration).items()}
+        return {}
+    targets = calibration_targets(student, teacher, sorted(weights), calibration)
+    report = {i: fit_start_scale(*t) for i, t in targets.items()}
     for i, r in report.items():
         log.info(f"qkv_copy, layer {i}: ‖M_teacher − M_student‖_F {r['start']:.4f} -> {r['scaled']:.4f} at the teacher's "
                  f"scale; predicting zeros: {r['zeros']:.4f}")
     student.init_report = report
+    return targets
 
 def random_init(student, teacher, weights:dict, **_):
     "Keep the mixers' own initialisation."
@@ -875,9 +882,8 @@ def mixing_init(student, teacher, weights:dict, calibration:torch.Tensor|None=No
     "QKV copy, then fit each mixer's mixing matrix to the teacher's attention on a calibration batch (Haller et al. 2025)."
     teacher = load_teacher(teacher)
     ids = calibration if calibration is not None else calibration_batch(teacher.config.vocab_size)
-    qkv_copy_init(student, teacher, weights, calibration=ids)
     report = {}
-    for i, (m, x, M_t, rot) in calibration_targets(student, teacher, sorted(weights), ids).items():
+    for i, (m, x, M_t, rot) in _copy_at_scale(student, teacher, weights, ids).items():   # the teacher runs once
         r = report[i] = fit_mixing_matrix(m, x, M_t, rot, steps=mixing_steps, lr=mixing_lr, params=mixing_params or 'all')
         log.info(f"mixing init, layer {i}: ‖M_teacher − M_student‖_F {r['start']:.4f} -> {r['best']:.4f} in {r['steps']} "
                  f"steps ({r['stopped']}); predicting zeros: {r['zeros']:.4f}")
