@@ -21,7 +21,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .core import STUDENT_MODEL_TYPE, Registry, SsmDistillError, deprecated_names, follow_umask, require, log
-from .matrices import Descent, FitConfig, descend, mixing_error as _mixing_error   # students.mixing_error: the old name
+from .matrices import Descent, FitConfig, descend, frobenius_errors, mixing_error as _mixing_error   # students.mixing_error: the old name
 from .mixers import MIXERS, AttentionWeights, Mixer, SoftmaxAttention, mixer_from_attention
 from .teachers import ADAPTERS, Teacher, load_teacher
 
@@ -790,7 +790,7 @@ def matrix_errors(student, teacher, # a student at the teacher's size, and its t
     for chunk in ids.split(batch_size):
         for i, (m, x, M_t, rot) in calibration_targets(student, teacher, list(student.mixer_layers), chunk).items():
             rot = rot if getattr(m.config, 'rotary', False) else None
-            e, z = (M_t - m.materialize(x, rotary=rot)).flatten(-2).norm(dim=-1), M_t.flatten(-2).norm(dim=-1)   # (b, H) each
+            e, z = frobenius_errors(m.materialize(x, rotary=rot), M_t), M_t.flatten(-2).norm(dim=-1)   # (b, H) each
             sums[i] = [s + t.mean().item() * len(chunk) for s, t in zip(sums.get(i, (0., 0.)), (e, z))]
     return {i: (e / len(ids), z / len(ids)) for i, (e, z) in sums.items()}
 
