@@ -59,7 +59,7 @@ def comparable_layers(student, teacher) -> tuple[list[int], list[str]]:
 
 def layer_errors(student, teacher, cap, ids:torch.Tensor, # (B, T)
                  layers:Iterable[int]) -> dict[int, dict[str, torch.Tensor]]:
-    "Per student layer: `hidden` and `hidden_rel` `[B, T]` (mixer output vs attention output), `mixing` `[B, H]` (Frobenius)."
+    "Per student layer: `hidden` and `hidden_rel` `[B, T]` (mixer output vs attention output), `mixing` `[B, H']` (Frobenius, the mixer's H' heads)."
     teacher = load_teacher(teacher)
     rot, out = teacher_rotary(teacher, ids), {}
     for l in layers:
@@ -68,8 +68,9 @@ def layer_errors(student, teacher, cap, ids:torch.Tensor, # (B, T)
         err = torch.linalg.vector_norm(student.run_mixer(l, x, rotary=rot).float() - h_t, dim=-1)  # (B, T)
         out[l] = dict(hidden=err, hidden_rel=err / torch.linalg.vector_norm(h_t, dim=-1).clamp_min(1e-12))
         if cap.attn_probs:
-            M_s = student.layer_mixing_matrix(l, x, rotary=rot).float()                # (B, H, T, T)
-            out[l]['mixing'] = torch.linalg.matrix_norm(M_s - cap.get('attn_probs', tl).float(), ord='fro')  # (B, H)
+            h = student.mixer_heads(l)   # a per-head hybrid's kept heads are the teacher's own: only the mixer's heads are errors
+            M_s = student.layer_mixing_matrix(l, x, rotary=rot)[:, h].float()          # (B, H', T, T)
+            out[l]['mixing'] = torch.linalg.matrix_norm(M_s - cap.get('attn_probs', tl)[:, h].float(), ord='fro')  # (B, H')
     return out
 
 # %% ../nbs/11_eval.ipynb #6d4979da
@@ -84,7 +85,8 @@ class EvalResult:
     kl:float|None=None # mean per-token KL(teacher || student), nats
     hidden_error:dict[int, float]=field(default_factory=dict) # layer -> mean per-token ||mixer(x) - attn_out|| (stage 2's loss)
     hidden_rel_error:dict[int, float]=field(default_factory=dict) # layer -> the same divided by ||attn_out||
-    mixing_error:dict[int, list[float]]=field(default_factory=dict) # layer -> per-head ||M_s - M_t||_F (stage 1's loss)
+    mixing_error:dict[int, list[float]]=field(default_factory=dict) # layer -> per mixer head ||M_s - M_t||_F (stage 1's loss)
+    mixing_heads:dict[int, list[int]]=field(default_factory=dict) # layer -> the heads of mixing_error, where a per-head hybrid keeps others
     kv_bytes_per_token:int|None=None # bytes of keys and values the student caches per token (`kv_cache_bytes_per_token`)
     notes:list[str]=field(default_factory=list) # what could not be measured, and why
 
@@ -138,6 +140,7 @@ def distill_metrics(student, # a student (`StudentForCausalLM`) or any causal LM
     student.train(was_training)
     require(acc['nll'], "distill_metrics: no held-out blocks; give at least one block of 2 or more tokens")
     res = _summarise(name, acc, teacher)
+    res.mixing_heads = {l: student.mixer_heads(l) for l in res.mixing_error if len(student.mixer_heads(l)) < teacher.n_heads}
     if hasattr(student, 'kv_channels'): res.kv_bytes_per_token = kv_cache_bytes_per_token(student)
     res.notes += notes
     return res

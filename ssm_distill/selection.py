@@ -8,7 +8,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/selection.html.md"""
 
 # %% ../nbs/11c_selection.ipynb #877e57a3
 from __future__ import annotations
-import html
+import dataclasses, html
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -32,8 +32,9 @@ __all__ = ['SELECTORS', 'UNITS', 'RECALL_PROBES', 'Selector', 'selector_options'
            'spread_order', 'Uniform', 'RandomOptions', 'RandomChoice', 'held_out', 'MatrixErrorOptions', 'MatrixError',
            'HybridOptions', 'hybrid_student', 'mean_logit_metrics', 'per_head', 'AblationLoss', 'KLRestore',
            'mqar_probe', 'copy_probe', 'probe_accuracy', 'ablated_head', 'RetrievalOptions', 'Retrieval',
-           'rank_correlation', 'correlation_table', 'score_all', 'top_heads', 'kv_bytes_per_token', 'mixer_state_bytes',
-           'decode_cost', 'selection_heatmap', 'SelectionView', 'SelectionExplorer']
+           'rank_correlation', 'correlation_table', 'score_all', 'top_heads', 'kv_bytes_per_token',
+           'student_parameters', 'mixer_state_bytes', 'decode_cost', 'selection_heatmap', 'SelectionView',
+           'SelectionExplorer']
 
 # %% ../nbs/11c_selection.ipynb #b5353b7b
 SELECTORS = Registry('selection method', hint='add one with @SELECTORS.register("name") on a Selector subclass '
@@ -175,11 +176,13 @@ class HybridOptions:
 
 def hybrid_student(teacher, o:HybridOptions, # the teacher and the students' options
                    layers:list[int], # layers kept whole as attention
-                   heads:dict[int, list[int]]): # {layer: heads kept as attention}
+                   heads:dict[int, list[int]], # {layer: heads kept as attention}
+                   calibration:torch.Tensor|None=None, # [B, T] text: the copied heads start at the teacher's scale on it
+                  ):
     "The student of `o.mixer` that keeps `layers` and `heads` of `teacher` as attention (its random parts drawn with `o.seed`)."
     with torch.random.fork_rng():
         torch.manual_seed(o.seed)   # unseeded, the mixers' own parameters would add noise of the size of the head differences
-        return build_student(teacher, o.mixer, attention_layers=layers, attention_heads=heads, init=o.init,
+        return build_student(teacher, o.mixer, attention_layers=layers, attention_heads=heads, init=o.init, calibration=calibration,
                              mixing_steps=o.mixing_steps if o.init == 'mixing' else None)
 
 @torch.no_grad()
@@ -195,9 +198,10 @@ def per_head(L:int, H:int, fn) -> torch.Tensor:
     "`[L, H]` of `fn(layer, head)`."
     return torch.tensor([[fn(l, h) for h in range(H)] for l in range(L)])
 
-def _setup(teacher, o:HybridOptions, data) -> tuple[torch.Tensor, torch.Tensor]:
+def _setup(teacher, o:HybridOptions, data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor|None]:
+    "The held-out ids, the teacher's logits on them, and the calibration text of the students (the ids; None for random tokens)."
     ids = held_out(teacher, data, o.blocks, o.seq_len)
-    with torch.no_grad(): return ids, teacher.model(input_ids=ids).logits
+    with torch.no_grad(): return ids, teacher.model(input_ids=ids).logits, None if data is None else ids
 
 @SELECTORS.register('ablation_loss')
 class AblationLoss(Selector):
@@ -205,10 +209,10 @@ class AblationLoss(Selector):
     Options, colour, doc = HybridOptions, 'loss increase (nats/token)', 'loss increase when that head alone is the mixer'
     def score(self, teacher, data):
         L, H = teacher.n_layers, teacher.n_heads
-        ids, t = _setup(teacher, self.opt, data)
+        ids, t, cal = _setup(teacher, self.opt, data)
         def one(l, h):
             others = [g for g in range(H) if g != h]
-            st = hybrid_student(teacher, self.opt, [i for i in range(L) if i != l], {l: others} if others else {})
+            st = hybrid_student(teacher, self.opt, [i for i in range(L) if i != l], {l: others} if others else {}, cal)
             m = mean_logit_metrics(st, ids, t)
             return m['nll'] - m['teacher_nll']
         return per_head(L, H, one)
@@ -219,10 +223,10 @@ class KLRestore(Selector):
     Options, colour, doc = HybridOptions, 'KL recovered (nats/token)', 'KL recovered by restoring that head alone'
     def score(self, teacher, data):
         L, H = teacher.n_layers, teacher.n_heads
-        ids, t = _setup(teacher, self.opt, data)
-        kl0 = mean_logit_metrics(hybrid_student(teacher, self.opt, [], {}), ids, t)['kl']
+        ids, t, cal = _setup(teacher, self.opt, data)
+        kl0 = mean_logit_metrics(hybrid_student(teacher, self.opt, [], {}, cal), ids, t)['kl']
         def one(l, h):
-            st = hybrid_student(teacher, self.opt, [l] if H == 1 else [], {} if H == 1 else {l: [h]})   # one head: a whole layer
+            st = hybrid_student(teacher, self.opt, [l] if H == 1 else [], {} if H == 1 else {l: [h]}, cal)   # one head: a whole layer
             return kl0 - mean_logit_metrics(st, ids, t)['kl']
         return per_head(L, H, one)
 
@@ -350,10 +354,26 @@ def kv_bytes_per_token(teacher, # anything `teachers.load_teacher` takes
         len({h // G for h in hs}) for hs in choice.get('attention_heads', {}).values())
     return 2 * kv * teacher.head_dim * _element_size(teacher, dtype)
 
-def _tensor_bytes(x) -> int:
-    if isinstance(x, torch.Tensor): return x.numel() * x.element_size()
-    if isinstance(x, dict): return sum(map(_tensor_bytes, x.values()))
-    return sum(map(_tensor_bytes, x)) if isinstance(x, (list, tuple)) else 0
+def _tensor_bytes(x, size=lambda t: t.numel() * t.element_size()) -> int:
+    "Bytes (or, with size=numel, entries) of the tensors in `x`, nested in dicts, lists and dataclass fields."
+    if isinstance(x, torch.Tensor): return size(x)
+    if isinstance(x, dict): return sum(_tensor_bytes(v, size) for v in x.values())
+    if dataclasses.is_dataclass(x): return _tensor_bytes(vars(x), size)
+    return sum(_tensor_bytes(v, size) for v in x) if isinstance(x, (list, tuple)) else 0
+
+def student_parameters(teacher, # anything `teachers.load_teacher` takes
+                       choice:dict, # `select`'s answer
+                       mixer:str='mamba2', # the mixer of the other heads
+                      ) -> float:
+    """Parameters of the student `build_student(teacher, mixer, **choice)`: the teacher's outside attention, plus per layer
+    its attention's or its mixer's (exact for pure and whole-layer hybrids; a per-head layer counts each head's share)."""
+    teacher = load_teacher(teacher)
+    L, H = teacher.n_layers, teacher.n_heads
+    w = teacher.attention_weights(0)
+    attn = _tensor_bytes(w, torch.numel)                                                # one layer's attention
+    mix = sum(p.numel() for p in mixer_from_attention(mixer, w, init=False).parameters())   # one layer's mixer
+    kept = len(chosen_heads(choice, H))
+    return float(sum(p.numel() for p in teacher.model.parameters()) - L * attn + (kept * attn + (L * H - kept) * mix) / H)
 
 def mixer_state_bytes(teacher, # a `Teacher`
                       mixer:str='mamba2', # a key of mixers.MIXERS
@@ -370,12 +390,12 @@ def decode_cost(teacher, # anything `teachers.load_teacher` takes
                 mixer:str='mamba2', # the mixer of the other heads
                 dtype:torch.dtype|None=None) -> dict[str, float]:
     """An estimate from bytes, not a timing: a decoding step is bound by memory reads, and one generated token reads every
-    weight once (the teacher's count stands in for the student's), the kept heads' K/V for `context` earlier tokens and
-    the mixer heads' states; bytes per token, by part and in total."""
+    weight of the student once (`student_parameters`), the kept heads' K/V for `context` earlier tokens and the mixer
+    heads' states; bytes per token, by part and in total."""
     teacher = load_teacher(teacher)
     el = _element_size(teacher, dtype)
     mixer_heads = teacher.n_layers * teacher.n_heads - len(chosen_heads(choice, teacher.n_heads))
-    parts = dict(weights=float(sum(p.numel() for p in teacher.model.parameters()) * el),
+    parts = dict(weights=student_parameters(teacher, choice, mixer) * el,
                  kv_cache=float(kv_bytes_per_token(teacher, choice, dtype) * context),
                  mixer_state=mixer_heads * mixer_state_bytes(teacher, mixer, dtype))
     return parts | dict(total=sum(parts.values()))

@@ -6,6 +6,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/synthetic.html.md"""
 
 # %% ../nbs/12_synthetic.ipynb #13c3fda4
 from __future__ import annotations
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,7 @@ from .loop import adamw, lr_schedule, optimizer_step
 
 # %% auto #0
 __all__ = ['MQARConfig', 'MQARBatch', 'mqar_batch', 'recall_accuracy', 'recall_loss', 'tiny_llama', 'recall_eval', 'train_recall',
-           'mqar_blocks']
+           'mqar_blocks', 'recall_run_config']
 
 # %% ../nbs/12_synthetic.ipynb #920b759b
 @dataclass
@@ -129,3 +130,15 @@ def mqar_blocks(cfg:MQARConfig, n_train:int, # training sequences (a run of S st
     train = mqar_batch(cfg, n_train, torch.Generator().manual_seed(seed)).ids                   # (n_train, T)
     held = mqar_batch(cfg, n_eval, torch.Generator().manual_seed(seed + 1_000_003)).ids          # (n_eval, T)
     return train, held
+
+def recall_run_config(cfg:MQARConfig, student:dict, # the task, and the run config's `student` (mixer, attention_heads, ...)
+                      steps:tuple[int, int]=(30, 150), # optimizer steps of hidden-state alignment, then of KD
+                      batch_size:int=32, lr:float=3e-3, seed:int=0,
+                      out:str|None=None, # the run folder (None: a new temporary one)
+                     ) -> dict:
+    "A run config distilling on MQAR sequences held in memory: stage 2 (hidden-state alignment), then stage 3 (KD)."
+    tokens = [n * batch_size * cfg.seq_len for n in steps]
+    return dict(teacher='mqar-teacher', student=dict(student), seed=seed, device='cpu', mixed_precision='no', checkpoint_every=0,
+                data=dict(source='memory', seq_len=cfg.seq_len, batch_size=batch_size, seed=seed),
+                stages=[dict(kind='hidden_state_alignment', lr=lr, tokens=tokens[0]), dict(kind='kd', lr=lr, tokens=tokens[1])],
+                out=out or tempfile.mkdtemp(prefix='ssm_distill-recall-'))
