@@ -17,9 +17,10 @@ from torch import nn
 from .core import SsmDistillError, follow_umask, require
 
 # %% auto #0
-__all__ = ['MANIFEST', 'RunState', 'DiskFullError', 'disk_full_message', 'write_manifest', 'rng_state', 'set_rng_state',
-           'checkpoints', 'latest_checkpoint', 'checkpoint_problem', 'intact_checkpoint', 'check_run_folder',
-           'checkpoint_bytes', 'save_checkpoint', 'read_checkpoint_state', 'load_student_weights']
+__all__ = ['MANIFEST', 'SHARDED', 'RunState', 'DiskFullError', 'disk_full_message', 'write_manifest', 'rng_state',
+           'set_rng_state', 'checkpoints', 'latest_checkpoint', 'checkpoint_problem', 'intact_checkpoint',
+           'check_run_folder', 'checkpoint_bytes', 'save_checkpoint', 'read_checkpoint_state', 'save_sharded',
+           'load_sharded', 'load_student_weights']
 
 # %% ../nbs/06d_checkpoints.ipynb #1c50180a
 @dataclass
@@ -134,13 +135,13 @@ def checkpoint_bytes(out:str|Path, student:nn.Module, optimizer=None) -> int:
     return weights + moments + 2**20
 
 def _write_checkpoint(distiller, tmp:Path, optimizer, scheduler, aux):
-    "The files of one checkpoint into `tmp` (each process its RNG; the main one the rest, `state.json` and the manifest last)."
+    "The files of one checkpoint into `tmp` (the run's layout writes the weights; each process its RNG; the main one the rest, `state.json` and the manifest last)."
     from safetensors.torch import save_model
     acc, st = distiller.accelerator, distiller.state
+    if acc.is_main_process: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    distiller.parallel.save(distiller.student, optimizer, tmp)   # ddp: model.safetensors, optimizer.pt; fsdp: every process its shards
     if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-        save_model(acc.unwrap_model(distiller.student), str(tmp/'model.safetensors'))
-        if optimizer is not None: torch.save(optimizer.state_dict(), tmp/'optimizer.pt')
         if scheduler is not None: torch.save(scheduler.state_dict(), tmp/'scheduler.pt')
         if aux is not None: save_model(aux, str(tmp/'stage_aux.safetensors'))
         follow_umask(*tmp.glob('*.safetensors'))   # safetensors writes 0600; the others follow the umask
@@ -148,8 +149,8 @@ def _write_checkpoint(distiller, tmp:Path, optimizer, scheduler, aux):
     torch.save(rng_state(), tmp/f'rng-{acc.process_index}.pt')
     acc.wait_for_everyone()
     if acc.is_main_process:
-        (tmp/'state.json').write_text(json.dumps(dict(state=asdict(st), config=distiller.config_dict(),
-                                                      data=distiller.data_fingerprint, manifest=MANIFEST), indent=1))
+        (tmp/'state.json').write_text(json.dumps(dict(state=asdict(st), config=distiller.config_dict(), data=distiller.data_fingerprint,
+                                                      processes=acc.num_processes, manifest=MANIFEST), indent=1))
         write_manifest(tmp)
         _fsync_tree(tmp)
 
@@ -183,8 +184,29 @@ def read_checkpoint_state(path:str|Path) -> tuple[RunState, dict]:
     d = json.loads((Path(path)/'state.json').read_text())
     return RunState(**d['state']), d['config']
 
+SHARDED = '.metadata' # the file that marks a checkpoint of a sharded run (torch.distributed.checkpoint's index of the shards)
+
+def save_sharded(folder:Path, model:nn.Module, optimizer=None):
+    "`model`'s (and `optimizer`'s) state into `folder` with torch.distributed.checkpoint: each process writes its shards (all call it)."
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+    opt = getattr(optimizer, 'optimizer', optimizer)   # inside Accelerate's wrapper
+    state = dict(model=get_model_state_dict(model)) if opt is None else dict(zip(('model', 'optimizer'), get_state_dict(model, opt)))
+    dcp.save(state, checkpoint_id=str(folder))
+
+def load_sharded(folder:str|Path, model:nn.Module, optimizer=None):
+    "The weights written by `save_sharded` into `model`, or with `optimizer` its state, resharded to however many processes run now."
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import state_dict as sd
+    opt = getattr(optimizer, 'optimizer', optimizer)
+    key, state = ('model', sd.get_model_state_dict(model)) if opt is None else ('optimizer', sd.get_optimizer_state_dict(model, opt))
+    dcp.load({key: state}, checkpoint_id=str(folder))   # reads only `key`: a template of this run's shards, filled in place
+    if opt is None: sd.set_model_state_dict(model, state)
+    else: sd.set_optimizer_state_dict(model, opt, state)
+
 def load_student_weights(student, path:str|Path):
-    "Load a checkpoint's `model.safetensors` into `student` (shared/tied tensors handled)."
+    "Load a checkpoint's weights into `student`: its `model.safetensors` (shared/tied tensors handled), or a sharded run's shards."
     from safetensors.torch import load_model
-    load_model(student, str(Path(path)/'model.safetensors'))
+    if (Path(path)/SHARDED).exists(): load_sharded(path, student)
+    else: load_model(student, str(Path(path)/'model.safetensors'))
     return student

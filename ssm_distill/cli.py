@@ -163,9 +163,8 @@ def cmd_distill(a) -> int:
     from ssm_distill.train import Distiller
     d = Distiller(cfg, progress=not a.no_progress)
     rep = d.run(resume=a.resume, overwrite=a.overwrite)
-    if d.is_main:
-        write_html_report(d, title=f'ssm-distill distill: {a.config}')
-        _out(dict(run_folder=str(d.out), **_summary(rep)))
+    write_html_report(d, title=f'ssm-distill distill: {a.config}')   # every process: a sharded student draws its matrices with all
+    if d.is_main: _out(dict(run_folder=str(d.out), **_summary(rep)))
     return 0
 
 def cmd_teacher(a) -> int:

@@ -15,14 +15,15 @@ from .core import SsmDistillError, builtin_teacher_path, get_device, read_json, 
 from .data import DataConfig
 from .loop import SCHEDULES
 from .mixers import MIXERS
+from .parallel import PARALLEL
 from .stages import MOHAWK_TOKENS, STAGES, Stage, field_default, kinds_taking, stage_options
 
 # %% auto #0
 __all__ = ['LIST_ITEM_TYPES', 'MIXED_PRECISION', 'TRACKERS', 'ConfigError', 'raise_problems', 'StudentBuildConfig', 'StageConfig',
-           'mohawk_stages', 'DivergenceConfig', 'RunConfig', 'config_fields', 'config_table', 'config_from_dict',
-           'stage_budgets', 'stage_batch_size', 'tokens_per_step', 'stage_steps', 'teacher_problem', 'teacher_sizes',
-           'model_sizes', 'validate_config', 'student_teacher_layers', 'validate_for_teacher', 'load_config',
-           'config_yaml']
+           'mohawk_stages', 'DivergenceConfig', 'ParallelConfig', 'RunConfig', 'config_fields', 'config_table',
+           'config_from_dict', 'stage_budgets', 'stage_batch_size', 'tokens_per_step', 'stage_steps', 'teacher_problem',
+           'teacher_sizes', 'model_sizes', 'validate_config', 'student_teacher_layers', 'validate_for_teacher',
+           'load_config', 'config_yaml']
 
 # %% ../nbs/06b_config.ipynb #3c2c1606
 class ConfigError(SsmDistillError):
@@ -162,6 +163,19 @@ class DivergenceConfig:
             (self.perplexity is None or self.perplexity > 1, 'perplexity', f"perplexity={self.perplexity!r}: use a perplexity above 1, or null")])
 
 @dataclass
+class ParallelConfig:
+    "How a run spreads over the processes that `torchrun` or `accelerate launch` start (one process without them)."
+    kind:str = 'ddp' # ddp (every process holds the whole student; Accelerate's DDP averages the gradients) or fsdp (FSDP2: each process holds a shard)
+    shard_teacher:bool = False # with fsdp: shard the frozen teacher too, instead of a whole copy on every process
+    activation_checkpointing:bool = False # recompute each block's activations in the backward pass: less memory, about a third more compute
+
+    def __post_init__(self):
+        raise_problems([(self.kind in PARALLEL, 'kind', f"kind={self.kind!r}: use one of {', '.join(PARALLEL)} "
+                                                        f"(ddp replicates the student on every process, fsdp shards it)"),
+            (not self.shard_teacher or self.kind != 'ddp', 'shard_teacher', "shard_teacher: true shards the teacher with FSDP; "
+                                                                            "set kind: fsdp, or shard_teacher: false")])
+
+@dataclass
 class RunConfig:
     "One distillation run: teacher, student, data, stages, and where and how to run it."
     teacher:str = 'builtin' # builtin (the packaged small Llama), a local folder, or a hub name of a causal LM
@@ -179,6 +193,7 @@ class RunConfig:
     keep_checkpoints:int = 1 # how many checkpoints to keep (the newest)
     log_with:list = field(default_factory=list) # Accelerate trackers to log to as well: tensorboard, wandb
     divergence:DivergenceConfig = field(default_factory=DivergenceConfig) # when the run stops as diverged
+    parallel:ParallelConfig = field(default_factory=ParallelConfig) # replicated (ddp) or sharded (fsdp) over the processes
 
 # %% ../nbs/06b_config.ipynb #f0408d5c
 def config_fields(cls) -> list[tuple[str, Any, str]]:
@@ -370,6 +385,8 @@ def validate_config(cfg:RunConfig, # the run config
         (dev is None, dev),
         (not (dev is None and get_device(cfg.device).type == 'cpu' and cfg.mixed_precision == 'fp16'),
          "mixed_precision='fp16' needs a CUDA device (this run is on the CPU); use 'no', 'bf16' or 'auto'"),
+        (not (cfg.parallel.kind == 'fsdp' and cfg.mixed_precision == 'fp16'), "mixed_precision='fp16' with parallel.kind: fsdp: "
+         "the sharded student computes in bf16 (FSDP2's MixedPrecisionPolicy) and has no fp16 loss scaler; use 'bf16', 'auto' or 'no'"),
         (cfg.total_tokens is None or cfg.total_tokens >= 1, f"total_tokens={cfg.total_tokens!r}: use a positive integer or null"),
         (cfg.eval_every >= 0 and cfg.checkpoint_every >= 0, "eval_every and checkpoint_every: use 0 (stage ends only) or a positive number of steps"),
         (cfg.keep_checkpoints >= 1, f"keep_checkpoints={cfg.keep_checkpoints!r}: keep at least 1 (the last good checkpoint)"),

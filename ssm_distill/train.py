@@ -21,11 +21,12 @@ from .loop import adamw, causal_lm, evaluate as evaluate_model, lr_schedule, opt
 from .losses import matrix_orientation_loss
 from .stages import STAGES, Stage, layer_sum, mixer_can_materialize
 from .students import build_student, build_student_from_config, set_trainable_groups
-from .config import (RunConfig, StageConfig, config_from_dict, load_config, model_sizes, stage_batch_size, stage_steps,
-                                student_teacher_layers, tokens_per_step, validate_config, validate_for_teacher)
+from .config import (ParallelConfig, RunConfig, StageConfig, config_from_dict, load_config, model_sizes, stage_batch_size,
+                                stage_steps, student_teacher_layers, tokens_per_step, validate_config, validate_for_teacher)
 from .callbacks import EVENT_HOOKS, Callback, Event, StopAfter, default_callbacks
 from .checkpoints import (DiskFullError, RunState, check_run_folder, checkpoints, disk_full_message, intact_checkpoint, latest_checkpoint,
-                                     load_student_weights, read_checkpoint_state, save_checkpoint, set_rng_state)
+                                     read_checkpoint_state, save_checkpoint, set_rng_state)
+from .parallel import PARALLEL, local_tensor
 
 # %% auto #0
 __all__ = ['make_optimizer', 'make_scheduler', 'resolve_mixed_precision', 'near_uniform', 'DivergenceError', 'NonFiniteLossError',
@@ -75,7 +76,7 @@ class NonFiniteLossError(DivergenceError):
 
 # %% ../nbs/07_train.ipynb #647de548
 class StageModule(nn.Module):
-    "The student and one stage's loss as one module, so Accelerate/DDP wraps a single forward per micro-batch."
+    "The student and one stage's loss as one module, so Accelerate/DDP wraps a single forward per micro-batch (FSDP shards the student inside)."
     def __init__(self, student, stage:Stage, # the stage object (`StageConfig.stage`)
                  layers:dict, # {student layer: teacher layer} the loss looks at
                  aux:nn.Module|None=None): # the loss's own learned parameters (projections), trained with the student
@@ -269,6 +270,10 @@ class Distiller:
                                        gradient_accumulation_steps=cfg.stages[0].grad_accum, log_with=cfg.log_with or None,
                                        project_dir=str(self.out), dataloader_config=DataLoaderConfiguration(split_batches=True),
                                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        self.parallel = PARALLEL[cfg.parallel.kind](cfg.parallel, self.accelerator)
+        require(self.parallel.sharded or self.accelerator.distributed_type.value != 'FSDP',
+                f"this run was launched with Accelerate's FSDP plugin (recipes/accelerate/fsdp.yaml), but its config says parallel.kind: "
+                f"{cfg.parallel.kind}; set parallel.kind: fsdp (ssm_distill shards the student itself), or launch without the plugin")
         for i, s in enumerate(cfg.stages):
             require(stage_batch_size(cfg, s) % self.accelerator.num_processes == 0,
                     f"stages[{i}].batch_size: {stage_batch_size(cfg, s)} blocks cannot be split evenly over "
@@ -286,6 +291,7 @@ class Distiller:
         self.layer_map = dict(enumerate(student_teacher_layers(cfg, self.teacher.n_layers)))  # student layer -> teacher layer
         calibration = self.data.train[:cfg.data.batch_size]   # the first blocks: real text at the run's length
         self.student = build_run_student(cfg, self.teacher, list(self.layer_map.values()), calibration).to(self.accelerator.device)
+        self.parallel.setup(self.student, self.teacher, self.accelerator.mixed_precision)   # fsdp: the student (and teacher) sharded here
         if cfg.log_with: self.accelerator.init_trackers('ssm_distill', config=_flat(self.config_dict()))
         self.state, self._stage, self._prepared, self._trained = RunState(), -1, True, False
         return self
@@ -293,7 +299,8 @@ class Distiller:
     def _same_config(self, ck:Path) -> bool:
         "Whether checkpoint `ck` was written by this config (and, for in-memory data, these very blocks)."
         d = json.loads((ck/'state.json').read_text())   # one read: the config and the data fingerprint beside the state
-        return d.get('data') == self.data_fingerprint and d['config'] == json.loads(json.dumps(self.config_dict()))
+        stored = {'parallel': asdict(ParallelConfig()), **d['config']}   # a checkpoint from before `parallel` ran the default
+        return d.get('data') == self.data_fingerprint and stored == json.loads(json.dumps(self.config_dict()))
 
     def _resume(self, ck:Path|None, broken:list) -> Path|None:
         "Load checkpoint `ck`'s weights and run state, setting the damaged newer ones aside; the checkpoint (None: start from the beginning)."
@@ -308,7 +315,7 @@ class Distiller:
         require(self._same_config(ck),
                 f"resume: the checkpoint {ck} was written by a different run config (or other in-memory blocks); resume with "
                 f"the same config (only `out` may differ) and data, or start a new run folder")
-        load_student_weights(self.accelerator.unwrap_model(self.student), ck)
+        self.parallel.load(self.student, ck)   # ddp: model.safetensors; fsdp: this run's shards, however many processes wrote them
         self.state = state
         log.info(f"resuming from {ck}: stage {state.stage}, step {state.step}")
         return ck
@@ -337,7 +344,7 @@ class Distiller:
         if not layers or not mixer_can_materialize(self.cfg.student.mixer): return None
         ids = self.data.eval[:self.cfg.data.batch_size].to(self.accelerator.device)   # a few held-out blocks: a probe, not the eval
         with torch.no_grad(), self.accelerator.autocast():
-            t = stage.targets(self.teacher, ids, layers)
+            t = self._targets(stage, ids, layers)
             error, _ = stage.loss(student, ids, t, layers)
             zero = lambda l: matrix_orientation_loss(torch.zeros_like(t['M'][l][:, student.mixer_heads(l)]), t['M'][l][:, student.mixer_heads(l)])
             zeros, _ = layer_sum(zero, layers)
@@ -368,10 +375,10 @@ class Distiller:
         sched = make_scheduler(opt, sc, n_steps)
         stream = StageStream(self.data.train, bs, cfg.data.seed + si, start=st.data_step, n_batches=(n_steps - st.step) * ga)
         acc.gradient_accumulation_steps = ga
-        module, opt, loader, sched = acc.prepare(StageModule(self.student, stage, layers, aux), opt,
-                                                 DataLoader(stream, batch_size=bs, shuffle=False), sched)
+        module, opt, loader, sched = self.parallel.prepare(StageModule(self.student, stage, layers, aux), opt,
+                                                           DataLoader(stream, batch_size=bs, shuffle=False), sched)
         if ckpt is not None and st.step > 0:
-            opt.load_state_dict(torch.load(ckpt/'optimizer.pt', weights_only=False))
+            self.parallel.load(self.student, ckpt, opt)
             sched.scheduler.load_state_dict(torch.load(ckpt/'scheduler.pt', weights_only=False))
         if ckpt is not None:
             rng = ckpt/f'rng-{acc.process_index}.pt'
@@ -384,16 +391,20 @@ class Distiller:
         "Step 3: one micro-batch `ids` of stage `r`: teacher targets, loss, NaN check, backward; clip and step where an accumulation ends."
         acc, si = self.accelerator, r.si
         with acc.accumulate(r.module):
-            with torch.no_grad(), acc.autocast(): targets = r.stage.targets(self.teacher, ids, r.layers)
+            with torch.no_grad(), acc.autocast(): targets = self._targets(r.stage, ids, r.layers)
             with self._nan_guard(si), acc.autocast(): loss, logs = r.module(ids, targets)
             loss_all = acc.reduce(loss.detach().float(), 'mean')
             if not torch.isfinite(loss_all): self._nonfinite('loss', loss_all, si)
             acc.backward(loss)
             def check_norm(gn):
                 if gn is not None and not torch.isfinite(torch.as_tensor(gn)): self._nonfinite('gradient norm', gn, si)
-            optimizer_step(r.opt, r.params, r.cfg.grad_clip, r.sched, clip=acc.clip_grad_norm_ if acc.sync_gradients else None,
+            optimizer_step(r.opt, r.params, r.cfg.grad_clip, r.sched, clip=self.parallel.clip if acc.sync_gradients else None,
                            check_norm=check_norm)   # under accumulation, Accelerate's optimizer steps only where it ends
         return loss_all.item(), logs
+
+    def _targets(self, stage:Stage, ids:torch.Tensor, layers:dict) -> dict:
+        "What the teacher hands `stage` for the batch `ids` (a sharded teacher is put back to its shards after it)."
+        with self.parallel.teacher_call(self.teacher): return stage.targets(self.teacher, ids, layers)
 
     def _count_step(self, r:StageRun, losses:list[float], logs:dict, clock:tuple) -> dict:
         "Step 4a: advance the run state by one optimizer step; its metrics."
@@ -473,9 +484,13 @@ class Distiller:
         return True
 
     # ---- when a number stops being finite
-    def _first_nonfinite(self) -> str|None:
+    def _first_nonfinite(self, everywhere:bool=True, # agree over the processes (a collective: all must call it); False: this process's shards
+                        ) -> str|None:
         "The name of a student parameter holding NaN/inf, or None."
-        return next((n for n, p in self.student.named_parameters() if not torch.isfinite(p).all()), None)
+        named = list(self.student.named_parameters())
+        i = next((i for i, (_, p) in enumerate(named) if not torch.isfinite(local_tensor(p)).all()), len(named))
+        if everywhere: i = self.parallel.min_over_processes(i)
+        return named[i][0] if i < len(named) else None
 
     @contextlib.contextmanager
     def _nan_guard(self, si:int):
@@ -483,7 +498,7 @@ class Distiller:
         try: yield
         except NonFiniteLossError: raise
         except SsmDistillError as e:
-            bad = self._first_nonfinite()
+            bad = self._first_nonfinite(everywhere=False)   # raised on this process: the others may not be here
             if bad is None and not isinstance(e, NonFiniteError): raise
             self._nonfinite(f'weight {bad}' if bad else 'value of an activation', float('nan'), si, cause=str(e))
 
@@ -570,8 +585,9 @@ class Distiller:
                     ) -> Path:
         "`save_pretrained` the current student and the tokenizer into `path`: loadable with `from_pretrained` (all processes call it)."
         path = Path(path or self.out/'student')
+        whole = self.parallel.full_model(self.student)   # fsdp: gathered from every process's shards onto the main one's CPU
         if self.is_main:
-            self.accelerator.unwrap_model(self.student).save_pretrained(path)
+            whole.save_pretrained(path)
             if hasattr(self.tokenizer, 'save_pretrained'): self.tokenizer.save_pretrained(path)
         self.accelerator.wait_for_everyone()
         return path
@@ -587,7 +603,7 @@ class Distiller:
                    tokens_per_stage={s['stage']: s['tokens'] for s in st.finished}, total_tokens=st.total_tokens,
                    wall_s=st.wall_s, tokens_per_s=st.total_tokens / max(st.wall_s, 1e-9),
                    n_parameters=sum(p.numel() for p in self.student.parameters()), data=self.data.stats,
-                   processes=self.accelerator.num_processes, device=str(self.accelerator.device),
+                   processes=self.accelerator.num_processes, parallel=self.parallel.record(), device=str(self.accelerator.device),
                    mixed_precision=str(self.accelerator.mixed_precision), config=self.config_dict())
         if st.matrix_error is not None: rep['matrix_error'] = self.matrix_error_record()
         self.save_student()

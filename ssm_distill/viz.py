@@ -6,7 +6,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/viz.html.md"""
 
 # %% ../nbs/07a_viz.ipynb #c0002
 from __future__ import annotations
-import html, json, math
+import contextlib, html, json, math
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -412,7 +412,7 @@ def run_report(distiller, # a Distiller after `run()`
                max_layers:int=2, # ... in this many layers (the first ones)
                max_tokens:int=32, # positions of the held-out block shown
                scale:str='log') -> Path:
-    "Write `<out>/report.html` for a finished (or stopped) run: headline, curves, then mixing matrices."
+    "Write `<out>/report.html` for a finished (or stopped) run: headline, curves, then mixing matrices (every process of a sharded run calls it; the main one writes)."
     recs = [r for r in read_metrics(distiller.out/'metrics.jsonl') if r.get('event') == 'step']
     sections = {'training curves': [loss_curves(recs, title='loss per stage'), loss_curves(recs, x='tokens', title='loss per stage (tokens)')]
                 if recs else [], 'mixing matrices': []}
@@ -420,9 +420,13 @@ def run_report(distiller, # a Distiller after `run()`
     ids = distiller.data.eval.blocks[:1, :max_tokens].to(distiller.accelerator.device)  # (1, T)
     tokens = token_strings(distiller.tokenizer, ids[0]) if hasattr(distiller.tokenizer, 'convert_ids_to_tokens') else None
     layer_map = getattr(distiller, 'layer_map', None)
-    try: mats = layer_matrices(distiller.teacher, student, ids, layer_map=layer_map)
+    calls = getattr(distiller, 'parallel', None)
+    try:
+        with calls.teacher_call(distiller.teacher) if calls else contextlib.nullcontext():
+            mats = layer_matrices(distiller.teacher, student, ids, layer_map=layer_map)   # sharded models: a collective
     except SsmDistillError as e:
         log.info(f"no mixing-matrix figures: {e}"); mats = {}
+    if not getattr(distiller, 'is_main', True): return None   # the other processes only helped draw the matrices
     for l in list(mats)[:max_layers]:
         tl = (layer_map or {}).get(l, l)
         sections['mixing matrices'].append(compare_matrices(
