@@ -37,6 +37,7 @@ class RunState:
     last_loss:float|None = None # the last loss of the current stage
     finished:list = field(default_factory=list) # summaries of finished stages
     matrix_error:dict|None = None # the held-out matrix error before the first stage and of zeros (`Distiller.matrix_error`)
+    stream:dict|None = None # a streamed split's position (`data.StreamPacker.position`): its epoch, documents packed, tokens carried over, blocks read
 
 MANIFEST = 'manifest.json' # written last into a checkpoint: every file's size and SHA-256
 

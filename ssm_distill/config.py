@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .core import SsmDistillError, builtin_teacher_path, get_device, read_json, require
-from .data import DataConfig
+from .data import STREAM_EVAL_BLOCKS, DataConfig
 from .loop import SCHEDULES
 from .mixers import MIXERS
 from .parallel import PARALLEL
@@ -390,6 +390,7 @@ def validate_config(cfg:RunConfig, # the run config
         (cfg.total_tokens is None or cfg.total_tokens >= 1, f"total_tokens={cfg.total_tokens!r}: use a positive integer or null"),
         (cfg.eval_every >= 0 and cfg.checkpoint_every >= 0, "eval_every and checkpoint_every: use 0 (stage ends only) or a positive number of steps"),
         (cfg.keep_checkpoints >= 1, f"keep_checkpoints={cfg.keep_checkpoints!r}: keep at least 1 (the last good checkpoint)"),
+        (not (cfg.data.source == 'hub' and cfg.data.streaming) or cfg.data.eval_blocks is not None, STREAM_EVAL_BLOCKS),
         *[(t in TRACKERS, f"log_with: unknown tracker {t!r}; use any of {', '.join(TRACKERS)}") for t in cfg.log_with],
         (cfg.student.mixer in MIXERS, f"student.mixer: unknown mixer {cfg.student.mixer!r}; choose one of: {', '.join(sorted(MIXERS))}"),
         *_budget_checks(cfg), *[(False, m) for i, s in enumerate(cfg.stages) for m in s.stage.check(cfg, i)]]

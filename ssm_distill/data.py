@@ -6,7 +6,8 @@ Docs: https://ssm-distill.github.io/ssm_distill/data.html.md"""
 
 # %% ../nbs/05_data.ipynb #37371e12
 from __future__ import annotations
-import codecs, contextlib, glob, hashlib, importlib, inspect, io, json, math, os, pkgutil, re, subprocess, sys, time, warnings
+import codecs, contextlib, glob, hashlib, importlib, inspect, io, itertools, json, math, os, pkgutil, random, re, subprocess, sys, time, warnings
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -17,13 +18,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .core import Registry, SsmDistillError, log, optional_import, require
 
 # %% auto #0
-__all__ = ['STDLIB_SKIP', 'STDLIB_SKIP_PARTS', 'CORPUS_VERSION', 'SOURCES', 'FILE_READERS', 'cache_dir', 'wanted_stdlib_module',
-           'clean_docstring', 'iter_stdlib_docstrings', 'collect_stdlib_docs', 'guess_encoding', 'first_bad_byte',
-           'decoding', 'builtin_corpus_path', 'build_builtin_corpus', 'read_jsonl', 'load_builtin_corpus',
-           'count_tokens', 'corpus_stats', 'DataConfig', 'builtin_texts', 'read_txt', 'read_parquet', 'list_files',
-           'file_texts', 'hub_texts', 'load_texts', 'is_held_out', 'heldout_overlap', 'tokenize_and_pack',
-           'PackedDataset', 'ResumableBatchSampler', 'make_dataloader', 'infinite_batches', 'PackedData', 'read_texts',
-           'build_data', 'memory_texts', 'in_memory_data']
+__all__ = ['STDLIB_SKIP', 'STDLIB_SKIP_PARTS', 'CORPUS_VERSION', 'SOURCES', 'FILE_READERS', 'STREAM_EVAL_BLOCKS', 'STREAM_START',
+           'cache_dir', 'wanted_stdlib_module', 'clean_docstring', 'iter_stdlib_docstrings', 'collect_stdlib_docs',
+           'guess_encoding', 'first_bad_byte', 'decoding', 'builtin_corpus_path', 'build_builtin_corpus', 'read_jsonl',
+           'load_builtin_corpus', 'count_tokens', 'corpus_stats', 'DataConfig', 'builtin_texts', 'read_txt',
+           'read_parquet', 'list_files', 'file_texts', 'hub_dataset', 'dataset_texts', 'hub_texts', 'load_texts',
+           'is_held_out', 'heldout_overlap', 'tokenize_and_pack', 'PackedDataset', 'ResumableBatchSampler',
+           'make_dataloader', 'infinite_batches', 'PackedData', 'read_texts', 'build_data', 'memory_texts',
+           'in_memory_data', 'stream_documents', 'buffer_shuffle', 'stream_train_documents', 'StreamPacker',
+           'StreamBatches', 'StreamedData', 'stream_data']
 
 # %% ../nbs/05_data.ipynb #7cb14a96
 def cache_dir() -> Path:
@@ -236,17 +239,18 @@ class DataConfig:
     config:str|None = None # hub: dataset configuration name
     split:str = 'train' # hub: split to read
     data_files:Any = None # hub: `data_files` for the builder (local json/text/parquet files)
-    streaming:bool = False # hub: stream instead of downloading the whole split
+    streaming:bool = False # hub: read the split as a stream (datasets' IterableDataset), packing blocks on the fly, never the whole split (needs eval_blocks)
     text_field:str = 'text' # the field holding the text (jsonl, parquet, hub)
     encoding:str = 'utf-8' # the text encoding of local .txt/.jsonl files ('latin-1', 'cp1252', 'utf-16', ...)
     seq_len:int = 256 # tokens per block (the model input length; labels are the same block shifted inside the loss)
     eval_fraction:float = 0.05 # share of *documents* held out for evaluation
-    eval_blocks:int|None = None # at most this many held-out blocks (None: all)
+    eval_blocks:int|None = None # at most this many held-out blocks (None: all; a stream needs a number: it is never read to its end)
     split_seed:int|None = None # seeds the held-out split; None: the split the teacher records (built-in: 0), else 0
     seed:int = 0 # seeds the batch order only: vary it (and the run's seed) across repeats, never the split
-    max_tokens:int|None = None # stop reading text after this many tokens (None: all)
+    max_tokens:int|None = None # stop reading text after this many tokens (None: all; a stream ends there)
     batch_size:int = 8 # blocks per batch
-    shuffle:bool = True # shuffle training blocks each epoch (held-out blocks are never shuffled)
+    shuffle:bool = True # shuffle training blocks each epoch (a stream: its documents, through shuffle_buffer; held-out blocks are never shuffled)
+    shuffle_buffer:int = 1000 # streaming: documents in the buffer that shuffles the stream, drawn from by seed + epoch (0: the stream's own order)
 
     def __post_init__(self):
         SOURCES[self.source]  # raises, listing the valid sources
@@ -258,6 +262,8 @@ class DataConfig:
         require(self.max_tokens is None or self.max_tokens >= self.seq_len,
                 f"max_tokens={self.max_tokens!r} is smaller than one block (seq_len={self.seq_len}); raise it or use None")
         require(self.eval_blocks is None or self.eval_blocks >= 1, key='eval_blocks', msg=f"eval_blocks={self.eval_blocks!r}: use None or a positive integer")
+        require(isinstance(self.shuffle_buffer, int) and self.shuffle_buffer >= 0, key='shuffle_buffer',
+                msg=f"shuffle_buffer={self.shuffle_buffer!r}: use a number of documents >= 0 (0: the stream's own order), such as 1000")
         require(self.source != 'files' or self.path, "source='files' needs path= (a .txt/.jsonl/.parquet file, a folder or a glob)")
         require(self.source != 'hub' or self.name, "source='hub' needs name= (a dataset on the hub, or a builder such as 'json' with data_files=)")
 
@@ -302,21 +308,30 @@ def file_texts(cfg:DataConfig) -> Iterator[str]:
     "Documents from local files (`cfg.path`)."
     for f in list_files(cfg.path): yield from FILE_READERS[f.suffix.lower()](f, cfg.text_field, cfg.encoding)
 
-@SOURCES.register('hub')
-def hub_texts(cfg:DataConfig) -> Iterator[str]:
-    "Documents from `datasets.load_dataset` (hub name or a local builder such as 'json' with `data_files`)."
+def hub_dataset(cfg:DataConfig):
+    "`datasets.load_dataset` of `cfg`'s split (an `IterableDataset` with `streaming`: nothing is downloaded until it is read), its text field checked where the dataset knows its fields."
     datasets = optional_import('datasets')
     ds = datasets.load_dataset(cfg.name, cfg.config, split=cfg.split, streaming=cfg.streaming, data_files=cfg.data_files)
     cols = getattr(ds, 'column_names', None)
     require(cols is None or cfg.text_field in cols,
             f"dataset {cfg.name!r} has no field {cfg.text_field!r} (fields: {cols}); set text_field to the text column")
+    return ds
+
+def dataset_texts(ds, cfg:DataConfig) -> Iterator[str]:
+    "The `cfg.text_field` of each record of the dataset `ds`, from its start."
     for rec in ds:
         require(cfg.text_field in rec, f"dataset {cfg.name!r}: a record has no field {cfg.text_field!r} (keys: {sorted(rec)}); set text_field")
         yield rec[cfg.text_field]
 
-def load_texts(cfg:DataConfig) -> Iterator[str]:
+@SOURCES.register('hub')
+def hub_texts(cfg:DataConfig) -> Iterator[str]:
+    "Documents from `datasets.load_dataset` (hub name or a local builder such as 'json' with `data_files`)."
+    yield from dataset_texts(hub_dataset(cfg), cfg)
+
+def load_texts(cfg:DataConfig, texts:Iterable[str]|None=None, # the source's documents as read already (None: read them now)
+              ) -> Iterator[str]:
     "The documents of `cfg`'s source, in order, skipping empty ones."
-    for t in SOURCES[cfg.source](cfg):
+    for t in SOURCES[cfg.source](cfg) if texts is None else texts:
         require(isinstance(t, str), f"{cfg.source} source gave a {type(t).__name__} where text was expected; check text_field={cfg.text_field!r}")
         if t.strip(): yield t
 
@@ -445,6 +460,10 @@ class PackedData:
         "Held-out batches (B, T) in a fixed order, the last one possibly smaller."
         return make_dataloader(self.eval, batch_size or self.cfg.batch_size, self.cfg.seed, shuffle=False, drop_last=False)
 
+    def head(self, n:int) -> torch.Tensor:
+        "The first `n` training blocks (n, T), in storage order (a trainer's calibration batch)."
+        return self.train.blocks[:n]
+
 def read_texts(cfg:DataConfig, tokenizer) -> list[str]:
     "All documents of `cfg`, or with `max_tokens` the first ones, up to the one that reaches `max_tokens` tokens."
     if cfg.max_tokens is None: return list(load_texts(cfg))
@@ -457,7 +476,8 @@ def read_texts(cfg:DataConfig, tokenizer) -> list[str]:
 def build_data(cfg:DataConfig, # what to read and how to cut it
                tokenizer, # the teacher's tokenizer
               ) -> PackedData:
-    "Read, split (by document), tokenise and pack `cfg`'s text into train and held-out blocks."
+    "Read, split (by document), tokenise and pack `cfg`'s text into train and held-out blocks (a streamed hub split: `stream_data`)."
+    if cfg.source == 'hub' and cfg.streaming: return stream_data(cfg, tokenizer)
     texts = read_texts(cfg, tokenizer)
     held = [is_held_out(i, cfg.split_seed or 0, cfg.eval_fraction) for i in range(len(texts))]
     train_txt = [t for t, h in zip(texts, held) if not h]
@@ -501,3 +521,178 @@ def in_memory_data(cfg:DataConfig, # source 'memory'; its `batch_size`, `seed` (
     stats = dict(source='memory', train_blocks=len(train), eval_blocks=len(ev), train_tokens=train.numel(),
                  eval_tokens=ev.numel(), seq_len=cfg.seq_len, fingerprint=digest)
     return PackedData(cfg, PackedDataset(train), PackedDataset(ev), stats)
+
+# %% ../nbs/05_data.ipynb #f48cd4c7
+STREAM_EVAL_BLOCKS = ("data.eval_blocks: a streamed split (data.streaming: true) is never read to its end, so its held-out "
+                      "documents are packed up to a number of blocks; set data.eval_blocks (such as 64)")
+
+def _eos(tokenizer) -> int:
+    eos = getattr(tokenizer, 'eos_token_id', None)
+    require(eos is not None, "the tokenizer has no eos_token_id; set one (tokenizer.eos_token = '</s>') so documents can be separated")
+    return eos
+
+def stream_documents(cfg:DataConfig, # its source's documents are read as they come
+                     tokenizer=None, # counts tokens for `max_tokens` (needed only with it)
+                     dataset=None, # the split loaded already (`hub_dataset`), read again from its start; None: load it
+                    ) -> Iterator[tuple[int, str]]:
+    "`(i, text)` of `cfg`'s documents in the source's order, `i` numbering them as `build_data` does (the held-out rule's index), up to the one that reaches `max_tokens`."
+    n = 0
+    for i, t in enumerate(load_texts(cfg, None if dataset is None else dataset_texts(dataset, cfg))):
+        yield i, t
+        if cfg.max_tokens is None: continue
+        n += len(_encode([t], tokenizer)[0]) + 1
+        if n >= cfg.max_tokens: return
+
+def buffer_shuffle(items:Iterable, # read once, in order
+                   buffer_size:int, # items held at a time (0 or 1: the order of `items`)
+                   seed:int, # the order is a pure function of it and of `items`
+                  ) -> Iterator:
+    "`items` in a random order drawn through a buffer, as `datasets.IterableDataset.shuffle` draws it: each new item takes the place of a random one of the buffer, which goes out; the buffer's last items go out shuffled."
+    if buffer_size <= 1: yield from items; return
+    rng, buf = random.Random(seed), []
+    for x in items:
+        if len(buf) < buffer_size: buf.append(x); continue
+        i = rng.randrange(buffer_size)
+        yield buf[i]; buf[i] = x
+    rng.shuffle(buf); yield from buf
+
+def stream_train_documents(cfg:DataConfig, tokenizer=None, # counts tokens for `max_tokens`
+                           epoch:int=0, # the epoch (its shuffle is seeded by `cfg.seed + epoch`)
+                           dataset=None, # the split loaded already (`hub_dataset`); None: load it
+                          ) -> Iterator[str]:
+    "The training documents of `cfg`'s stream in `epoch`: the held-out ones left out, the rest through `buffer_shuffle` (with `shuffle` and a `shuffle_buffer`)."
+    docs = (t for i, t in stream_documents(cfg, tokenizer, dataset) if not is_held_out(i, cfg.split_seed or 0, cfg.eval_fraction))
+    return buffer_shuffle(docs, cfg.shuffle_buffer if cfg.shuffle else 0, cfg.seed + epoch)
+
+# %% ../nbs/05_data.ipynb #e8b1f4f3
+STREAM_START = dict(epoch=0, documents=0, carry=[], blocks=0, epoch_blocks=0)   # the position of a stream not read yet
+
+class StreamPacker:
+    "Training blocks of a stream packed on the fly, epoch after epoch; `position` is exactly where it is, and a packer started from a position continues as the one that saved it."
+    def __init__(self, cfg:DataConfig, # the stream's config (`source: hub`, `streaming: true`)
+                 tokenizer, # the teacher's tokenizer
+                 position:dict|None=None, # where to start (`position` of an earlier packer); None: the stream's start
+                 read_ahead:int=64, # documents tokenised per call
+                 dataset=None, # the split loaded already (`hub_dataset`), read again at every epoch; None: load it then
+                ):
+        p = {**STREAM_START, **(position or {})}
+        self.cfg, self.tokenizer, self.read_ahead, self.eos, self.dataset = cfg, tokenizer, read_ahead, _eos(tokenizer), dataset
+        self.epoch, self.documents, self.blocks, self.epoch_blocks = p['epoch'], p['documents'], p['blocks'], p['epoch_blocks']
+        self.buf, self.at = [int(t) for t in p['carry']], 0   # the tokens not yet cut into a block: buf[at:]
+        self._docs, self._ready = None, deque()   # the epoch's documents (opened when first needed), tokenised ones read ahead
+
+    @property
+    def position(self) -> dict:
+        "The epoch, its training documents packed so far, the tokens they left over (the next block's start), the blocks yielded (in all and in the epoch)."
+        return dict(epoch=self.epoch, documents=self.documents, carry=self.buf[self.at:], blocks=self.blocks, epoch_blocks=self.epoch_blocks)
+
+    def _next_document(self) -> list[int]|None:
+        "The token ids of the epoch's next training document; None at the stream's end."
+        if self._docs is None:   # open the epoch's stream, skipping the documents packed already (read again, not tokenised)
+            self._docs = itertools.islice(stream_train_documents(self.cfg, self.tokenizer, self.epoch, self.dataset),
+                                          self.documents, None)
+        if not self._ready: self._ready.extend(_encode(list(itertools.islice(self._docs, self.read_ahead)), self.tokenizer))
+        return self._ready.popleft() if self._ready else None
+
+    def _new_epoch(self):
+        "The stream ended: drop the incomplete last block and start reading it again."
+        require(self.epoch_blocks > 0, f"the stream of {self.cfg.name!r} gives less than one training block of seq_len={self.cfg.seq_len} "
+                                       f"({self.documents} training documents); use more text, a smaller seq_len or a larger max_tokens")
+        shuffled = self.cfg.shuffle and self.cfg.shuffle_buffer > 1
+        log.info(f"data: the stream of {self.cfg.name!r} ended after {self.documents} training documents ({self.epoch_blocks} blocks) "
+                 f"in epoch {self.epoch}; epoch {self.epoch + 1} reads it again from the start"
+                 + (f", shuffled with seed {self.cfg.seed + self.epoch + 1}" if shuffled else ''))
+        self.epoch, self.documents, self.epoch_blocks = self.epoch + 1, 0, 0
+        self.buf, self.at, self._docs = [], 0, None; self._ready.clear()
+
+    def next_block(self, cycle:bool=True, # at the stream's end start a new epoch (False: return None there)
+                  ) -> torch.Tensor|None:
+        "The next training block, a LongTensor (seq_len,)."
+        T = self.cfg.seq_len
+        while len(self.buf) - self.at < T:
+            ids = self._next_document()
+            if ids is None:
+                if not cycle: return None
+                self._new_epoch(); continue
+            self.buf = self.buf[self.at:] + list(ids) + [self.eos]; self.at = 0; self.documents += 1
+        block = torch.tensor(self.buf[self.at:self.at + T], dtype=torch.long)
+        self.at += T; self.blocks += 1; self.epoch_blocks += 1
+        return block
+
+class StreamBatches:
+    "`n_batches` global batches of `batch_size` blocks from a `StreamPacker`; process `rank` of `world` keeps its slice of each (blocks rank·B/N to (rank+1)·B/N - 1, Accelerate's `split_batches=True` cut)."
+    def __init__(self, packer:StreamPacker, batch_size:int, # blocks per global batch
+                 n_batches:int, rank:int=0, world:int=1, # this process and the number of processes
+                 device=None): # where the batches go (None: where they are made, the CPU)
+        require(batch_size % world == 0, f"a batch of {batch_size} blocks cannot be split evenly over {world} processes; use a multiple of {world}")
+        self.packer, self.batch_size, self.n, self.rank, self.world, self.device = packer, batch_size, n_batches, rank, world, device
+    def __len__(self): return self.n
+    def __iter__(self):
+        per = self.batch_size // self.world
+        for _ in range(self.n):
+            blocks = [self.packer.next_block() for _ in range(self.batch_size)]   # every process packs the whole batch ...
+            batch = torch.stack(blocks[self.rank * per:(self.rank + 1) * per])      # ... and keeps its slice: (B/N, T)
+            yield batch if self.device is None else batch.to(self.device)
+    @property
+    def position(self) -> dict:
+        "The stream's position after the batches handed out so far (what a checkpoint saves)."
+        return self.packer.position
+
+# %% ../nbs/05_data.ipynb #1b5ca9df
+@dataclass
+class StreamedData:
+    "A streamed split: held-out blocks collected up front (`eval`), training blocks packed on the fly from a position (`batches`)."
+    cfg:DataConfig
+    tokenizer:Any
+    eval:PackedDataset
+    stats:dict = field(default_factory=dict)
+    dataset:Any = None # the split as `hub_dataset` loaded it (an `IterableDataset`), read again by every packer; None: each loads it
+
+    def __post_init__(self): self._live = None   # the packer in use: a run's stages go on reading it
+
+    def packer(self, position:dict|None=None, # where to start; None: the stream's start
+              ) -> StreamPacker:
+        "A packer at `position`: the one in use when it is there already (no re-reading between a run's stages), else a new one."
+        want = {**STREAM_START, **(position or {})}
+        if self._live is None or self._live.position != want: self._live = StreamPacker(self.cfg, self.tokenizer, want, dataset=self.dataset)
+        return self._live
+
+    def batches(self, position:dict|None, batch_size:int, n_batches:int, rank:int=0, world:int=1, device=None) -> StreamBatches:
+        "`n_batches` training batches of `batch_size` blocks from `position` on, this process's slice of each (see `StreamBatches`)."
+        return StreamBatches(self.packer(position), batch_size, n_batches, rank, world, device)
+
+    def head(self, n:int) -> torch.Tensor:
+        "The first `n` training blocks of the stream's first epoch (n, T), fewer if it has fewer (a trainer's calibration batch)."
+        p, blocks = StreamPacker(self.cfg, self.tokenizer, dataset=self.dataset), []
+        while len(blocks) < n and (b := p.next_block(cycle=False)) is not None: blocks.append(b)
+        require(blocks, f"the stream of {self.cfg.name!r} gives less than one training block of seq_len={self.cfg.seq_len}; "
+                        f"use more text, a smaller seq_len or a larger max_tokens")
+        return torch.stack(blocks)
+
+    def summary(self, position:dict|None) -> dict:
+        "What a run read of the stream, from its position: the epoch, the documents packed in it, the training blocks and tokens in all."
+        p = {**STREAM_START, **(position or {})}
+        return dict(epoch=p['epoch'], documents=p['documents'], train_blocks=p['blocks'], train_tokens=p['blocks'] * self.cfg.seq_len)
+
+def stream_data(cfg:DataConfig, # `source: hub`, `streaming: true`, and `eval_blocks`
+                tokenizer, # the teacher's tokenizer
+               ) -> StreamedData:
+    "`cfg`'s split as a stream: its held-out documents packed into `eval_blocks` blocks now (reading only as far as that needs), its training blocks on the fly later."
+    require(cfg.source == 'hub', f"stream_data reads a hub split (data.source: hub, data.streaming: true), not data.source: {cfg.source}")
+    require(cfg.eval_blocks is not None, STREAM_EVAL_BLOCKS)
+    T, eos, split, ds = cfg.seq_len, _eos(tokenizer), cfg.split_seed or 0, hub_dataset(cfg)
+    blocks, buf, n_docs, n_held = [], [], 0, 0
+    for i, t in (stream_documents(cfg, tokenizer, ds) if cfg.eval_fraction > 0 else ()):
+        n_docs = i + 1
+        if not is_held_out(i, split, cfg.eval_fraction): continue
+        n_held += 1; buf += _encode([t], tokenizer)[0] + [eos]
+        while len(buf) >= T and len(blocks) < cfg.eval_blocks: blocks.append(buf[:T]); buf = buf[T:]
+        if len(blocks) == cfg.eval_blocks: break
+    require(cfg.eval_fraction == 0 or blocks,
+            f"the held-out documents ({n_held} of the stream's {n_docs}) give less than one block of seq_len={T}; "
+            f"raise eval_fraction (now {cfg.eval_fraction}), use more text, or set eval_fraction=0 for no evaluation")
+    ev = torch.tensor(blocks, dtype=torch.long).view(len(blocks), T)   # (M, T)
+    stats = dict(source=cfg.source, streaming=True, dataset=cfg.name, dataset_config=cfg.config, split=cfg.split,
+                 shuffle_buffer=cfg.shuffle_buffer if cfg.shuffle else 0, documents=n_docs, eval_documents=n_held,
+                 eval_blocks=len(ev), eval_tokens=ev.numel(), seq_len=T)
+    return StreamedData(cfg, tokenizer, PackedDataset(ev), stats, ds)

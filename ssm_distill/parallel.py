@@ -62,8 +62,13 @@ class Parallel:
             enable = getattr(student, 'activation_checkpointing_enable', None) or student.gradient_checkpointing_enable
             enable(dict(use_reentrant=False))
 
-    def prepare(self, module:nn.Module, opt, loader, sched) -> tuple:
+    def prepare(self, module:nn.Module, opt, loader, sched,
+                prepare_loader:bool=True, # False: the loader is used as it is (a stream that splits batches itself)
+               ) -> tuple:
         "A stage's module, optimizer, data loader and schedule, prepared by Accelerate (which wraps the module in DDP)."
+        if not prepare_loader:
+            module, opt, sched = self.acc.prepare(module, opt, sched)
+            return module, opt, loader, sched
         return self.acc.prepare(module, opt, loader, sched)
 
     def clip(self, params:list, max_norm:float) -> torch.Tensor:
@@ -165,11 +170,12 @@ class FSDP(Parallel):
         "After one call of a sharded teacher: `reset_iter_state` (its capture may stop the forward early)."
         return reset_after(teacher.model) if self.cfg.shard_teacher else contextlib.nullcontext()
 
-    def prepare(self, module, opt, loader, sched):
+    def prepare(self, module, opt, loader, sched, prepare_loader=True):
         "The module as it is (already sharded: no DDP around it); the optimizer, loader and schedule through Accelerate."
         require(module.aux is None, f"parallel.kind: fsdp does not shard a stage's learned projections (a {type(module.stage).__name__} "
                 "stage at another width); use parallel.kind: ddp for this run")
-        return module, self.acc.prepare_optimizer(opt), self.acc.prepare_data_loader(loader), self.acc.prepare_scheduler(sched)
+        loader = self.acc.prepare_data_loader(loader) if prepare_loader else loader
+        return module, self.acc.prepare_optimizer(opt), loader, self.acc.prepare_scheduler(sched)
 
     def clip(self, params, max_norm):
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)   # DTensor-aware: the norm over every shard

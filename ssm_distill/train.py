@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .core import NonFiniteError, SsmDistillError, deprecated_names, get_device, log, require, seed_everything, supports_bf16
-from .data import DataConfig, PackedData, PackedDataset, ResumableBatchSampler, build_data, heldout_overlap, in_memory_data
+from .data import (DataConfig, PackedData, PackedDataset, ResumableBatchSampler, StreamedData, build_data, heldout_overlap,
+                              in_memory_data)
 from .loop import adamw, causal_lm, evaluate as evaluate_model, lr_schedule, optimizer_step
 from .losses import matrix_orientation_loss
 from .stages import STAGES, Stage, layer_sum, mixer_can_materialize
@@ -217,6 +218,11 @@ class Distiller:
     @property
     def is_main(self) -> bool: return self.accelerator is None or self.accelerator.is_main_process
 
+    @property
+    def streamed(self) -> bool:
+        "Whether the run reads a streamed split (`data.streaming`), packed on the fly from a position `state.stream`."
+        return isinstance(getattr(self, 'data', None), StreamedData)
+
     # ---- requests (thread-safe; honoured at the next step boundary)
     def request_stop(self):
         "Stop after the current step: write a checkpoint and a loadable student, emit 'stopped' (also while paused)."
@@ -289,7 +295,7 @@ class Distiller:
         if self._data_in is None: warn_teacher_overlap(cfg, self.data)
         else: check_token_ids(self.data, tc.vocab_size)
         self.layer_map = dict(enumerate(student_teacher_layers(cfg, self.teacher.n_layers)))  # student layer -> teacher layer
-        calibration = self.data.train[:cfg.data.batch_size]   # the first blocks: real text at the run's length
+        calibration = self.data.head(cfg.data.batch_size)   # the first blocks: real text at the run's length
         self.student = build_run_student(cfg, self.teacher, list(self.layer_map.values()), calibration).to(self.accelerator.device)
         self.parallel.setup(self.student, self.teacher, self.accelerator.mixed_precision)   # fsdp: the student (and teacher) sharded here
         if cfg.log_with: self.accelerator.init_trackers('ssm_distill', config=_flat(self.config_dict()))
@@ -355,7 +361,7 @@ class Distiller:
         "Stage `si`'s loss parameters (projections across widths): seeded by the run seed and the stage, restored from `ckpt` mid-stage."
         with torch.random.fork_rng(devices=[]):   # the same initial maps whatever the global RNG went through (resume reads data again)
             torch.manual_seed(self.cfg.seed + si)
-            aux = stage.aux(self.student, self.teacher, self.data.train[:1].to(self.accelerator.device))
+            aux = stage.aux(self.student, self.teacher, self.data.head(1).to(self.accelerator.device))
         if aux is None: return None
         aux = aux.to(self.accelerator.device)
         if ckpt is not None:
@@ -373,10 +379,14 @@ class Distiller:
         aux = self._stage_aux(si, stage, ckpt if st.step > 0 else None)
         opt = make_optimizer(self.student, sc, aux)
         sched = make_scheduler(opt, sc, n_steps)
-        stream = StageStream(self.data.train, bs, cfg.data.seed + si, start=st.data_step, n_batches=(n_steps - st.step) * ga)
         acc.gradient_accumulation_steps = ga
-        module, opt, loader, sched = self.parallel.prepare(StageModule(self.student, stage, layers, aux), opt,
-                                                           DataLoader(stream, batch_size=bs, shuffle=False), sched)
+        if self.streamed:   # blocks packed on the fly from the run's stream position; each process keeps its slice of a batch
+            batches = self.data.batches(st.stream, bs, (n_steps - st.step) * ga, acc.process_index, acc.num_processes, acc.device)
+        else:
+            stream = StageStream(self.data.train, bs, cfg.data.seed + si, start=st.data_step, n_batches=(n_steps - st.step) * ga)
+            batches = DataLoader(stream, batch_size=bs, shuffle=False)
+        module, opt, loader, sched = self.parallel.prepare(StageModule(self.student, stage, layers, aux), opt, batches, sched,
+                                                           prepare_loader=not self.streamed)
         if ckpt is not None and st.step > 0:
             self.parallel.load(self.student, ckpt, opt)
             sched.scheduler.load_state_dict(torch.load(ckpt/'scheduler.pt', weights_only=False))
@@ -410,6 +420,7 @@ class Distiller:
         "Step 4a: advance the run state by one optimizer step; its metrics."
         st, per_step = self.state, tokens_per_step(self.cfg, r.cfg)
         st.step += 1; st.global_step += 1; st.data_step += r.cfg.grad_accum
+        if self.streamed: st.stream = r.loader.position   # after the batches this step read: what a checkpoint saves
         st.stage_tokens += per_step; st.total_tokens += per_step
         st.last_loss = sum(losses) / len(losses)
         t_session, wall0, stage_wall0 = clock
@@ -602,7 +613,8 @@ class Distiller:
                    stages=st.finished, final_losses={s['stage']: s['final_loss'] for s in st.finished},
                    tokens_per_stage={s['stage']: s['tokens'] for s in st.finished}, total_tokens=st.total_tokens,
                    wall_s=st.wall_s, tokens_per_s=st.total_tokens / max(st.wall_s, 1e-9),
-                   n_parameters=sum(p.numel() for p in self.student.parameters()), data=self.data.stats,
+                   n_parameters=sum(p.numel() for p in self.student.parameters()),
+                   data={**self.data.stats, 'stream': self.data.summary(st.stream)} if self.streamed else self.data.stats,
                    processes=self.accelerator.num_processes, parallel=self.parallel.record(), device=str(self.accelerator.device),
                    mixed_precision=str(self.accelerator.mixed_precision), config=self.config_dict())
         if st.matrix_error is not None: rep['matrix_error'] = self.matrix_error_record()

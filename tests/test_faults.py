@@ -183,6 +183,48 @@ def test_kill_then_resume_equals_uninterrupted(moment, teacher_dir, reference, t
     _assert_same_run(out, reference)
 
 
+# ---- 1b. a streamed split (load_dataset('parquet', ..., streaming=True)): killed after the stream started again
+@pytest.fixture(scope='module')
+def stream_file(tmp_path_factory):
+    "Three hundred short documents in a parquet file with a `text` column, about 280 training blocks of 32 tokens."
+    pa = pytest.importorskip('pyarrow'); pq = pytest.importorskip('pyarrow.parquet')
+    from ssm_distill.data import load_builtin_corpus
+    path = tmp_path_factory.mktemp('stream')/'docs.parquet'
+    pq.write_table(pa.table({'text': [d.split('\n')[0][:60] for d in load_builtin_corpus()[:300]]}), path)
+    return path
+
+
+def _stream_cfg(teacher_dir, out, stream_file):
+    "The tiny run on the stream: 4 + 4 + 80 steps of 4 blocks (more than the file holds: it starts again at step 71), a checkpoint every 25."
+    from ssm_distill.config import load_config
+    d = asdict(_cfg(teacher_dir, out, checkpoint_every=25, stages=[dict(kind='matrix_orientation', lr=1e-2, tokens=512),
+                                              dict(kind='hidden_state_alignment', lr=1e-2, tokens=512), dict(kind='kd', lr=3e-3, tokens=10240)]))
+    d['data'] = dict(source='hub', name='parquet', data_files=str(stream_file), streaming=True, seq_len=32, batch_size=4,
+                     eval_fraction=0.1, eval_blocks=4, shuffle_buffer=64)
+    return load_config(d)
+
+
+def test_streamed_kill_then_resume_equals_uninterrupted(teacher_dir, stream_file, tmp_path, one_thread_here):
+    "SIGKILL in the middle of step 78, then --resume in a new process from step 75's checkpoint (the stream's second epoch): the uninterrupted run, bit for bit."
+    ref_out = tmp_path/'reference'
+    t0 = time.time()
+    assert Distiller(_stream_cfg(teacher_dir, ref_out, stream_file), progress=False).run()['status'] == 'finished'
+    ref = dict(weights=_weights(ref_out), records=_records(ref_out))
+    out, config = tmp_path/'run', _yaml(_stream_cfg(teacher_dir, None, stream_file), tmp_path/'run.yaml')
+    args = ['distill', '--config', str(config), '--out', str(out), '--no-progress']
+    t1 = time.time()
+    r = _child(tmp_path, dict(owner='Distiller', name='train_step', nth=78, when='after'), *args)
+    t2 = time.time()
+    assert r.returncode == -signal.SIGKILL, f"the fault did not fire (rc {r.returncode}): {r.stderr[-3000:]}"
+    state = read_checkpoint_state(latest_checkpoint(out))[0]
+    assert state.global_step == 75 and state.stream['epoch'] == 1, state
+    r = _child(tmp_path, None, *args, '--resume')
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    print(f"reference {t1 - t0:.1f} s, killed after {t2 - t1:.1f} s, resumed in {time.time() - t2:.1f} s")
+    _assert_same_run(out, ref)
+    assert json.loads((out/'report.json').read_text())['data'] == json.loads((ref_out/'report.json').read_text())['data']
+
+
 # ---- 2. the 12 corruptions of the newest checkpoint
 def _cut(f:Path): f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
 def _garble(f:Path):

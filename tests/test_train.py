@@ -51,6 +51,8 @@ def _weights(out):
     ({'total_tokens': 10**6, 'stages': [{'kind': 'hs', 'layer_map': 'zigzag'}]}, 'stages[0].layer_map'),
     ({'total_tokens': 10**6, 'device': 'cpu', 'mixed_precision': 'fp16'}, "mixed_precision='fp16' needs a CUDA"),
     ({'total_tokens': 10**6, 'log_with': ['mlflow']}, "log_with: unknown tracker 'mlflow'"),
+    ({'total_tokens': 10**6, 'data': {'source': 'hub', 'name': 'parquet', 'streaming': True}}, 'data.eval_blocks: a streamed split'),
+    ({'total_tokens': 10**6, 'data': {'shuffle_buffer': -1}}, 'data.shuffle_buffer=-1'),
 ])
 def test_config_errors_name_the_key(cfg, where):
     with pytest.raises(SsmDistillError, match=None) as e: load_config(cfg)
@@ -356,3 +358,124 @@ def test_stop_while_paused_checkpoints_and_resumes_exactly(full_run, teacher_dir
     assert rep2['final_losses'] == rep['final_losses']
     a, b = _weights(out), _weights(tmp_path/'run')
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+# ---- a streamed split: a local parquet file shaped like a hub dataset, read through load_dataset(..., streaming=True)
+STREAM_STAGES = [dict(kind='matrix_orientation', lr=1e-2, tokens=512), dict(kind='hidden_state_alignment', lr=1e-2, tokens=512),
+                 dict(kind='kd', lr=3e-3, tokens=10240)]   # 4 + 4 + 80 steps of 4 blocks: more than the file's ~280 training blocks
+
+
+@pytest.fixture(scope='module')
+def stream_file(tmp_path_factory):
+    "Three hundred short documents (first lines of the built-in corpus) in a parquet file with a `text` column."
+    pa = pytest.importorskip('pyarrow'); pq = pytest.importorskip('pyarrow.parquet')
+    from ssm_distill.data import load_builtin_corpus
+    path = tmp_path_factory.mktemp('stream')/'docs.parquet'
+    pq.write_table(pa.table({'text': [d.split('\n')[0][:60] for d in load_builtin_corpus()[:300]]}), path)
+    return path
+
+
+def _stream_cfg(teacher_dir, out, stream_file, **data) -> dict:
+    from dataclasses import asdict
+    d = asdict(tiny_run_config(teacher_dir, out, stages=STREAM_STAGES))
+    d['data'] = dict(source='hub', name='parquet', data_files=str(stream_file), streaming=True, seq_len=32, batch_size=4,
+                     eval_fraction=0.1, eval_blocks=4, shuffle_buffer=64, **data)
+    return d
+
+
+def _step_losses(out):
+    recs = [json.loads(l) for l in (Path(out)/'metrics.jsonl').read_text().splitlines()]
+    return [(r['global_step'], r['loss']) for r in recs if r['event'] == 'step']
+
+
+@pytest.fixture(scope='module')
+def stream_run(teacher_dir, stream_file, tmp_path_factory):
+    "One uninterrupted streamed run (3 stages, 88 steps), the stream cycling once; its log lines."
+    import logging
+    out = tmp_path_factory.mktemp('stream-run')/'run'
+    msgs, h = [], logging.Handler(); h.emit = lambda r: msgs.append(r.getMessage())
+    lg = logging.getLogger('ssm_distill'); lg.addHandler(h); old = lg.level; lg.setLevel(logging.INFO)
+    try: rep = Distiller(_stream_cfg(teacher_dir, out, stream_file), progress=False).run()
+    finally: lg.removeHandler(h); lg.setLevel(old)
+    return rep, out, msgs
+
+
+def test_streamed_run_reads_one_stream_and_cycles(stream_run, teacher_dir, stream_file):
+    "The report says what was streamed and how far; the stages read one stream in turn, which started again once; eval re-reads the held-out blocks."
+    rep, out, msgs = stream_run
+    assert rep['status'] == 'finished'
+    d = rep['data']
+    assert d['streaming'] is True and d['dataset'] == 'parquet' and d['split'] == 'train' and d['eval_blocks'] == 4
+    assert d['stream']['epoch'] == 1 and d['stream']['train_blocks'] == 88 * 4 and d['stream']['train_tokens'] == rep['total_tokens']
+    assert sum('epoch 1 reads it again from the start' in m for m in msgs) == 1, msgs
+    assert json.loads((out/'report.json').read_text())['data'] == d
+    from ssm_distill.data import StreamedData, build_data
+    from ssm_distill.eval import eval_blocks, run_data_settings
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    data = build_data(load_config(_stream_cfg(teacher_dir, out, stream_file)).data, tok)
+    assert isinstance(data, StreamedData)
+    assert torch.equal(eval_blocks(run_data_settings(out/'student')[0], tok), data.eval.blocks)   # `ssm-distill eval` measures on them
+    b = data.batches(None, 4, 88); list(b)   # the stages went on reading one stream: 88 batches of it, and the run's position is theirs
+    assert b.position == read_checkpoint_state(latest_checkpoint(out))[0].stream
+
+
+def test_streamed_run_resumes_exactly(stream_run, teacher_dir, stream_file, tmp_path):
+    "Stopped inside stage 2, inside stage 3 and after the stream started again, each time resumed in a new Distiller:"
+    "the same losses step for step and the same student, bit for bit."
+    rep, out, _ = stream_run
+    cfg = _stream_cfg(teacher_dir, tmp_path/'run', stream_file)
+    s = Distiller(cfg, progress=False).run(max_steps=6)
+    assert s['status'] == 'stopped' and s['state']['stage'] == 1 and s['state']['stream']['epoch'] == 0
+    s = Distiller(cfg, [StopAfter(40)], progress=False).run(resume=True)
+    assert s['status'] == 'stopped' and s['state']['stage'] == 2 and s['state']['stream']['epoch'] == 0
+    s = Distiller(cfg, [StopAfter(80)], progress=False).run(resume=True)
+    assert s['status'] == 'stopped' and s['state']['stream']['epoch'] == 1 and s['state']['stream']['carry']
+    rep2 = Distiller(cfg, progress=False).run(resume=True)
+    assert rep2['final_losses'] == rep['final_losses'] and rep2['data'] == rep['data']
+    assert _step_losses(tmp_path/'run') == _step_losses(out)
+    a, b = _weights(out), _weights(tmp_path/'run')
+    assert sorted(a) == sorted(b) and [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_streamed_run_other_seed_other_order(stream_run, teacher_dir, stream_file, tmp_path):
+    "data.seed reshuffles the stream (other losses), and keeps the held-out blocks."
+    rep, _, _ = stream_run
+    cfg = _stream_cfg(teacher_dir, tmp_path/'run', stream_file, seed=1)
+    cfg['stages'] = STREAM_STAGES[:1]
+    d = Distiller(cfg, progress=False)
+    rep2 = d.run()
+    assert rep2['final_losses']['1-matrix_orientation'] != rep['final_losses']['1-matrix_orientation']
+    assert rep2['data']['eval_tokens'] == rep['data']['eval_tokens'] and rep2['teacher_perplexity'] == rep['teacher_perplexity']
+
+
+STREAM_SCRIPT = textwrap.dedent("""
+    import sys, json
+    from dataclasses import asdict
+    from ssm_distill.train import Distiller, tiny_run_config
+    teacher, out, parquet = sys.argv[1:4]
+    cfg = asdict(tiny_run_config(teacher, out, stages=[dict(kind='matrix_orientation', tokens=512, lr=1e-2), dict(kind='kd', lr=3e-3, tokens=1536)]))
+    cfg['data'] = dict(source='hub', name='parquet', data_files=parquet, streaming=True, seq_len=32, batch_size=4,
+                       eval_fraction=0.1, eval_blocks=4, shuffle_buffer=64)
+    rep = Distiller(cfg, progress=False).run()
+    if __import__('accelerate').PartialState().is_main_process:
+        json.dump(dict(processes=rep['processes'], final_losses=rep['final_losses'], stream=rep['data']['stream']), open(out + '/summary.json', 'w'))
+""")
+
+
+def test_streamed_two_processes_agree_with_one(teacher_dir, stream_file, tmp_path):
+    "Each of 2 processes packs the stream and trains on its half of every batch: the same training as 1 process."
+    script = tmp_path/'run.py'; script.write_text(STREAM_SCRIPT)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path/f'p{n}'
+        cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_machines', '1', '--mixed_precision', 'no',
+               '--dynamo_backend', 'no', '--num_processes', str(n)] + (['--multi_gpu'] if n > 1 else ['--cpu'])
+        r = subprocess.run(cmd + [str(script), str(teacher_dir), str(out), str(stream_file)], capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[n] = json.loads((out/'summary.json').read_text()), _weights(out)
+    assert runs[1][0]['processes'] == 1 and runs[2][0]['processes'] == 2 and runs[1][0]['stream'] == runs[2][0]['stream']
+    for k, v in runs[1][0]['final_losses'].items(): assert abs(v - runs[2][0]['final_losses'][k]) < 1e-4 * max(1, abs(v))
+    w1, w2 = runs[1][1], runs[2][1]
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-3
