@@ -12,7 +12,8 @@ from pathlib import Path
 from .demo import DEMO_BATCH_SIZE, DEMO_EVAL_BLOCKS, DEMO_SEQ_LEN, DEMO_TOKENS, run_dir
 
 # %% auto #0
-__all__ = ['COMMANDS', 'eval_student', 'build_parser', 'cmd_demo', 'cmd_distill', 'cmd_teacher', 'cmd_eval', 'cmd_config', 'main']
+__all__ = ['COMMANDS', 'eval_student', 'build_parser', 'cmd_demo', 'cmd_distill', 'cmd_teacher', 'cmd_eval', 'cmd_plan',
+           'cmd_config', 'main']
 
 # %% ../nbs/08_cli.ipynb #6c8771e4
 # names that lived here before the default run got its own module (core imports torch: looked up only when asked for)
@@ -49,6 +50,7 @@ _EPILOG = textwrap.dedent("""\
       ssm-distill distill --config run.yaml --out runs/mine --resume   # continue a stopped run
       ssm-distill eval --student runs/mine/student --teacher builtin
       ssm-distill teacher train --tiny --out runs/teacher              # the built-in teacher's recipe
+      ssm-distill plan run.yaml --gpus 8 --gpu h100                    # memory, time and GPU-hours before renting GPUs
 
     Each run writes a folder (--out, default runs/<command>-<timestamp>) with metrics.jsonl,
     checkpoints/, report.json, the student (save_pretrained) and, for the demo, report.html.""")
@@ -127,6 +129,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--json', action='store_true', help='print the JSON (eval.json) instead of the tables')
     e.add_argument('--out', help='run folder (default runs/eval-<timestamp>)')
 
+    pl = sub.add_parser('plan', formatter_class=fmt, help='memory per GPU, tokens/s, time and GPU-hours of a run config, per stage',
+                        description='Plan a run before renting GPUs: for each stage of a run config (as distill --config takes), '
+                                    'the memory per device (weights of student and teacher, gradients and AdamW state of what '
+                                    'the stage trains, activations), tokens/s from the FLOPs and memory traffic against the '
+                                    "device's peak, and the wall-clock time and GPU-hours. The models are built on the meta "
+                                    'device from their configs: no weights are loaded.',
+                        epilog='examples:\n  ssm-distill plan run.yaml --gpus 8 --gpu h100\n'
+                               '  ssm-distill plan run.yaml --gpus 4 --gpu a100 --parallel fsdp --shard-teacher\n'
+                               '  ssm-distill plan run.yaml --gpu cpu   # this machine, calibrated (cached)')
+    pl.add_argument('config', help='the run config (YAML)')
+    pl.add_argument('--gpus', type=int, default=1, help='devices the run is spread over (default 1)')
+    pl.add_argument('--gpu', default='h100', help='the device: h100, a100, h200, or cpu (this machine, calibrated; default h100)')
+    pl.add_argument('--parallel', default='ddp', help='ddp (every device holds the whole student; default) or fsdp (sharded)')
+    pl.add_argument('--shard-teacher', action='store_true', help='under fsdp, shard the frozen teacher too (default: a whole copy per device, as the Distiller keeps it)')
+    pl.add_argument('--mfu', type=float, default=None, help="model-FLOPs utilisation, the share of the peak FLOP/s reached (default: the device's)")
+    pl.add_argument('--recalibrate', action='store_true', help='with --gpu cpu: measure this CPU again instead of reading the cached calibration')
+    pl.add_argument('--json', action='store_true', help='print the plan as JSON instead of the table')
+
     c = sub.add_parser('config', help='print an example run config', description='Print a commented example run config (YAML).',
                        epilog='example:\n  ssm-distill config --example > run.yaml', formatter_class=fmt)
     c.add_argument('--example', action='store_true', required=True, help='print the example config')
@@ -195,6 +215,17 @@ def cmd_eval(a) -> int:
     _out(dict(run_folder=str(out), **res) if a.json else f"{eval_report(res)}\n\nwrote {out/'eval.json'}")
     return 0
 
+def cmd_plan(a) -> int:
+    from dataclasses import asdict
+    from ssm_distill.plan import DEVICES, cpu_calibration, plan_run, plan_table
+    DEVICES[a.gpu]   # an unknown device: refused before any model is built
+    cal = cpu_calibration(recalibrate=a.recalibrate) if a.gpu == 'cpu' else None
+    p = plan_run(a.config, a.gpu, a.gpus, a.parallel, a.shard_teacher, a.mfu, cal)
+    _out(dict(device=asdict(p.device), gpus=p.gpus, parallel=p.parallel, precision=p.precision, mfu=p.mfu, teacher_params=p.teacher_params,
+              student_params=p.student_params, stages=[asdict(s) for s in p.stages], seconds=p.seconds, gpu_hours=p.gpu_hours,
+              peak_memory=p.peak_memory) if a.json else plan_table(p))
+    return 0
+
 def cmd_config(a) -> int:
     from ssm_distill.demo import example_config
     _out(example_config().rstrip('\n')); return 0
@@ -204,7 +235,7 @@ def _quiet_hub_bars():
     if 'transformers' in sys.modules: sys.modules['transformers'].utils.logging.disable_progress_bar()
     else: os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
 
-COMMANDS = dict(demo=cmd_demo, distill=cmd_distill, teacher=cmd_teacher, eval=cmd_eval, config=cmd_config)
+COMMANDS = dict(demo=cmd_demo, distill=cmd_distill, teacher=cmd_teacher, eval=cmd_eval, plan=cmd_plan, config=cmd_config)
 
 def main(argv:list[str]|None=None) -> int:
     "The `ssm-distill` command: parse `argv` and run the command; SsmDistillError -> its message (a line per problem) on stderr, exit status 2."

@@ -54,3 +54,19 @@ def test_slopes_and_extrapolation():
     scaling = load('scaling')
     rows = [dict(mixer='m', T=t, seconds=t * 2e-6, cpu_seconds=t * 1e-6, peak_bytes=t * 8) for t in T] + [dict(mixer='m', T=8192, skipped='x')]
     assert scaling.slopes(rows)['m'] == dict(lengths=T, time=1.0, memory=1.0)
+
+
+@pytest.mark.slow
+def test_plan_benchmark_quick_writes_finite_results(tmp_path):
+    "benchmarks/plan.py --quick: the plan and the measured run of each stage land in plan.json and plan.md, all finite and positive."
+    import json, math, os, subprocess, sys
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(BENCH.parent)}
+    r = subprocess.run([sys.executable, str(BENCH/'plan.py'), '--quick', '--out', str(tmp_path)], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path/'plan.json').read_text())
+    assert [r['stage'] for r in res['rows']] == ['matrix_orientation', 'hidden_state_alignment', 'kd']
+    for row in res['rows']:
+        for k in ('plan_tokens_per_s', 'measured_tokens_per_s', 'time_ratio', 'plan_memory_bytes', 'measured_peak_bytes', 'memory_ratio'):
+            assert math.isfinite(row[k]) and row[k] > 0, (k, row[k])
+    assert (tmp_path/'plan.md').read_text().count('| llama (tiny) |') == 3

@@ -16,7 +16,7 @@ def teacher_dir(tmp_path_factory):
     return save_tiny_teacher(tmp_path_factory.mktemp('teacher'))
 
 
-@pytest.mark.parametrize('argv', [[], ['demo'], ['distill'], ['teacher', 'train'], ['eval'], ['config']])
+@pytest.mark.parametrize('argv', [[], ['demo'], ['distill'], ['teacher', 'train'], ['eval'], ['plan'], ['config']])
 def test_help_explains_with_examples(argv, capsys):
     with pytest.raises(SystemExit) as e: main(argv + ['--help'])
     assert e.value.code == 0
@@ -119,3 +119,26 @@ def test_distill_a_shallower_student_from_yaml(teacher_dir, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)['status'] == 'finished'
     assert json.loads((out/'student'/'config.json').read_text())['teacher_layers'] == [1]
     assert 'layer 0: mixing matrices (teacher layer 1)' in (out/'report.html').read_text()
+
+
+def test_plan_prints_a_table_per_stage(tmp_path, capsys):
+    "`ssm-distill plan` reads a config file and prints one row per stage and a total, for the GPUs asked for."
+    p = tmp_path/'run.yaml'
+    p.write_text('teacher: HuggingFaceTB/SmolLM2-135M\ntotal_tokens: 100000000\ndata: {seq_len: 1024, batch_size: 8}\n')
+    assert main(['plan', str(p), '--gpus', '8', '--gpu', 'a100']) == 0
+    out = capsys.readouterr().out
+    rows = [l.split()[0] for l in out.splitlines() if l.split() and l.split()[0] in
+            ('1-matrix_orientation', '2-hidden_state_alignment', '3-kd', 'total')]
+    assert rows == ['1-matrix_orientation', '2-hidden_state_alignment', '3-kd', 'total']
+    assert '8 x NVIDIA A100' in out and 'GPU-h' in out
+    assert main(['plan', str(p), '--gpus', '8', '--gpu', 'a100', '--json']) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan['gpus'] == 8 and len(plan['stages']) == 3 and plan['gpu_hours'] > 0
+    assert sum(s['tokens'] for s in plan['stages']) <= 100_000_000
+
+
+def test_plan_unknown_gpu_lists_the_valid_ones(tmp_path, capsys):
+    p = tmp_path/'run.yaml'; p.write_text('total_tokens: 100000\n')
+    assert main(['plan', str(p), '--gpu', 'v100']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "unknown device 'v100'" in err and 'a100, cpu, h100, h200' in err and 'Traceback' not in err
