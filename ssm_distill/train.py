@@ -22,7 +22,7 @@ from .loop import adamw, causal_lm, evaluate as evaluate_model, lr_schedule, opt
 from .losses import matrix_orientation_loss
 from .stages import STAGES, Stage, layer_sum, mixer_can_materialize
 from .students import build_student, build_student_from_config, set_trainable_groups
-from .config import (ParallelConfig, RunConfig, StageConfig, config_from_dict, load_config, model_sizes, stage_batch_size,
+from .config import (RunConfig, StageConfig, config_from_dict, load_config, model_sizes, stage_batch_size,
                                 stage_steps, student_teacher_layers, tokens_per_step, validate_config, validate_for_teacher)
 from .callbacks import EVENT_HOOKS, Callback, Event, StopAfter, default_callbacks
 from .checkpoints import (DiskFullError, RunState, check_run_folder, checkpoints, disk_full_message, intact_checkpoint, latest_checkpoint,
@@ -32,8 +32,8 @@ from .parallel import PARALLEL, local_tensor
 # %% auto #0
 __all__ = ['make_optimizer', 'make_scheduler', 'resolve_mixed_precision', 'near_uniform', 'DivergenceError', 'NonFiniteLossError',
            'StageModule', 'StageStream', 'load_run_teacher', 'run_data_config', 'warn_teacher_overlap',
-           'check_token_ids', 'build_run_student', 'StageRun', 'Distiller', 'distill', 'save_tiny_teacher',
-           'tiny_run_config']
+           'check_token_ids', 'build_run_student', 'with_defaults', 'StageRun', 'Distiller', 'distill',
+           'save_tiny_teacher', 'tiny_run_config']
 
 # %% ../nbs/07_train.ipynb #17da204a
 # names that lived here before the config, the callbacks and the checkpoints got their own modules
@@ -162,6 +162,14 @@ def build_run_student(cfg:RunConfig, # the run config (its `student` and `seed`)
     require(st.init == 'random' or not st.resized or student.config.teacher_layers is not None,
             f"student.init={st.init!r}: the student's blocks do not have the teacher's tensor shapes, so nothing can be copied; use init: random")
     return student
+
+# %% ../nbs/07_train.ipynb #028ca110
+def with_defaults(stored:dict) -> dict:
+    "A checkpoint's config (without `out`) with every field it predates at its default: a run written before a field existed ran that default."
+    try: d = asdict(config_from_dict(RunConfig, stored))
+    except SsmDistillError: return stored   # not a config this version reads: compared as written (and refused)
+    d.pop('out', None)
+    return json.loads(json.dumps(d))
 
 # %% ../nbs/07_train.ipynb #0b8b64ea
 @dataclass
@@ -305,8 +313,7 @@ class Distiller:
     def _same_config(self, ck:Path) -> bool:
         "Whether checkpoint `ck` was written by this config (and, for in-memory data, these very blocks)."
         d = json.loads((ck/'state.json').read_text())   # one read: the config and the data fingerprint beside the state
-        stored = {'parallel': asdict(ParallelConfig()), **d['config']}   # a checkpoint from before `parallel` ran the default
-        return d.get('data') == self.data_fingerprint and stored == json.loads(json.dumps(self.config_dict()))
+        return d.get('data') == self.data_fingerprint and with_defaults(d['config']) == json.loads(json.dumps(self.config_dict()))
 
     def _resume(self, ck:Path|None, broken:list) -> Path|None:
         "Load checkpoint `ck`'s weights and run state, setting the damaged newer ones aside; the checkpoint (None: start from the beginning)."

@@ -479,3 +479,19 @@ def test_streamed_two_processes_agree_with_one(teacher_dir, stream_file, tmp_pat
     for k, v in runs[1][0]['final_losses'].items(): assert abs(v - runs[2][0]['final_losses'][k]) < 1e-4 * max(1, abs(v))
     w1, w2 = runs[1][1], runs[2][1]
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-3
+
+
+def test_resume_from_a_checkpoint_older_than_new_fields(full_run, teacher_dir, tmp_path):
+    "A checkpoint written before a config field existed (here data.shuffle_buffer and parallel) resumes: it ran their defaults."
+    from ssm_distill.checkpoints import latest_checkpoint, write_manifest
+    _, rep, out = full_run
+    cfg = tiny_run_config(teacher_dir, tmp_path/'run')
+    Distiller(cfg, progress=False).run(max_steps=6)
+    ck = latest_checkpoint(tmp_path/'run')
+    st = json.loads((ck/'state.json').read_text())
+    del st['config']['parallel'], st['config']['data']['shuffle_buffer']
+    (ck/'state.json').write_text(json.dumps(st)); write_manifest(ck)
+    rep2 = Distiller(cfg, progress=False).run(resume=True)
+    assert rep2['final_losses'] == rep['final_losses']
+    a, b = _weights(out), _weights(tmp_path/'run')
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
