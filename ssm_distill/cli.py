@@ -13,7 +13,7 @@ from .demo import DEMO_BATCH_SIZE, DEMO_EVAL_BLOCKS, DEMO_SEQ_LEN, DEMO_TOKENS, 
 
 # %% auto #0
 __all__ = ['COMMANDS', 'eval_student', 'build_parser', 'cmd_demo', 'cmd_distill', 'cmd_teacher', 'cmd_eval', 'cmd_plan',
-           'cmd_config', 'main']
+           'cmd_config', 'cmd_recipe_check', 'main']
 
 # %% ../nbs/08_cli.ipynb #6c8771e4
 # names that lived here before the default run got its own module (core imports torch: looked up only when asked for)
@@ -147,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument('--recalibrate', action='store_true', help='with --gpu cpu: measure this CPU again instead of reading the cached calibration')
     pl.add_argument('--json', action='store_true', help='print the plan as JSON instead of the table')
 
+    rc = sub.add_parser('recipe-check', formatter_class=fmt, help="smoke-test a recipe offline: its stand-in run on 2 processes",
+                        description="Turn each recipe (a run config for a real teacher, recipes/*.yaml) into its stand-in: a tiny "
+                                    "random model of the teacher's family with an offline tokenizer, a local parquet file with the "
+                                    "dataset's text field, a few optimizer steps per stage (the stages' kinds, order and options, "
+                                    "the student's mixer, kept-attention layers scaled into range and the parallel settings kept); "
+                                    "run it as the recipe is launched (torchrun, FSDP on the CPU over gloo) and check that it "
+                                    "finished on that many processes with finite losses. Nothing is downloaded.",
+                        epilog='examples:\n  ssm-distill recipe-check recipes/mohawk_llama32_1b_phi_mamba.yaml\n'
+                               '  ssm-distill recipe-check recipes/*.yaml --out runs/recipe-check --steps 3')
+    rc.add_argument('recipe', nargs='+', help='recipe file(s) (YAML run configs)')
+    rc.add_argument('--out', help='folder for the stand-ins and their runs (default runs/recipe-check-<timestamp>)')
+    rc.add_argument('--processes', type=int, default=2, help='processes of each stand-in run (default 2; 1: no torchrun)')
+    rc.add_argument('--steps', type=int, default=2, help='optimizer steps per stage (default 2)')
+
     c = sub.add_parser('config', help='print an example run config', description='Print a commented example run config (YAML).',
                        epilog='example:\n  ssm-distill config --example > run.yaml', formatter_class=fmt)
     c.add_argument('--example', action='store_true', required=True, help='print the example config')
@@ -230,12 +244,21 @@ def cmd_config(a) -> int:
     from ssm_distill.demo import example_config
     _out(example_config().rstrip('\n')); return 0
 
+def cmd_recipe_check(a) -> int:
+    from ssm_distill.core import require
+    from ssm_distill.recipes import StandIn, check_recipe
+    require(a.processes >= 1 and a.steps >= 1, f"--processes {a.processes} --steps {a.steps}: use positive numbers, such as 2 and 2")
+    out = run_dir(a.out, 'recipe-check')
+    for r in a.recipe: _out(check_recipe(r, out/Path(r).stem, a.processes, StandIn(steps=a.steps)))
+    return 0
+
 def _quiet_hub_bars():
     "Hide transformers' 'Loading weights' bars (they would bury ours) without importing it: it reads the switch when imported."
     if 'transformers' in sys.modules: sys.modules['transformers'].utils.logging.disable_progress_bar()
     else: os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
 
-COMMANDS = dict(demo=cmd_demo, distill=cmd_distill, teacher=cmd_teacher, eval=cmd_eval, plan=cmd_plan, config=cmd_config)
+COMMANDS = dict(demo=cmd_demo, distill=cmd_distill, teacher=cmd_teacher, eval=cmd_eval, plan=cmd_plan, config=cmd_config,
+                **{'recipe-check': cmd_recipe_check})
 
 def main(argv:list[str]|None=None) -> int:
     "The `ssm-distill` command: parse `argv` and run the command; SsmDistillError -> its message (a line per problem) on stderr, exit status 2."

@@ -424,12 +424,17 @@ def plan_run(config, # a RunConfig, a dict, or a YAML file or string (as `ssm-di
             ) -> Plan:
     "Memory per device, tokens/s, wall-clock time and GPU-hours of each stage of a run config, from the models' shapes (no weights load)."
     from ssm_distill.config import model_sizes, stage_budgets, student_teacher_layers, validate_for_teacher
+    from ssm_distill.teachers import ADAPTERS
     dev, shard = device_spec(gpu, calibration), PARALLEL[parallel]   # the cheap checks first
     require(isinstance(gpus, int) and gpus >= 1, f"gpus={gpus!r}: use a positive number of devices")
     require(mfu is None or 0 < mfu <= 1, f"mfu={mfu!r}: a share of the peak FLOP/s in (0, 1], such as 0.35")
     cfg, mp = load_plan_config(config)
     precision = plan_precision(mp, gpu)
     tconf = teacher_config(cfg.teacher)
+    require(ADAPTERS[tconf.model_type].causal, f"teacher: {cfg.teacher} is a bidirectional encoder ({tconf.model_type}); plan models "
+            f"the Distiller's runs, whose students are causal language models built from a causal teacher, so there is no run to plan. "
+            f"An encoder's task-agnostic transfer runs on one process through encoders.distil_encoder (nbs/11a_encoders.ipynb), "
+            f"which plan does not model; plan a causal teacher (llama, qwen2, phi, gpt2, ...)")
     teacher = meta_teacher(tconf)
     validate_for_teacher(cfg, teacher.n_layers, {**model_sizes(tconf), 'n_heads': teacher.n_heads}, getattr(tconf, 'max_position_embeddings', None))
     student = meta_student(cfg, teacher)
