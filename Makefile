@@ -9,8 +9,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | md5sum 
 # CPU torch on this machine kind lies on local disk; any other request pulls a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-# the reproductions (experiments/README.md): about 100 minutes (one process at a time); each script also has --quick
-EXPERIMENTS := stage1_sweep mohawk_stages matrix_classes matrix_mixers which_student hybrids task_agnostic
+# the reproductions (experiments/README.md): about 3.5 hours (one process at a time); each script also has --quick
+EXPERIMENTS := stage1_sweep mohawk_stages matrix_classes matrix_mixers which_student hybrids task_agnostic selection
 
 .PHONY: setup demo test lint tutorials experiments test-slow test-cuda test-compat test-browser constraints export clean-nbs check-export check-clean readme gpu bench docs docs-quick
 

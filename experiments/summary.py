@@ -33,12 +33,24 @@ def stage_rows(res:dict) -> str:
         lines.append(f"| {r['name']} | " + ' | '.join(cell(x) for x in m) + ' |')
     return '\n'.join(lines)
 
+def selection_rows(res:dict) -> str:
+    "Each method's hybrid per budget and unit: the heads it kept (seed 0) and its measures, mean ± std."
+    keys = [k for k in res['rows'][-1]['summary'] if k != 'teacher_perplexity']
+    lines = ['| budget | unit | method | kept (seed 0) | KV bytes/token | ' + ' | '.join(keys) + ' |', '|---|---|---|---|---|' + '---|' * len(keys)]
+    for r in res['rows']:
+        lines.append(f"| {r['budget']} | {r['unit']} | {r['method']} | {r['choices'][0]} | {r['kv_bytes_per_token'][0]:,} | "
+                     + ' | '.join(fmt_mean_std(r['summary'][k], 3) for k in keys) + ' |')
+    return '\n'.join(lines)
+
+
+TABLES = dict(matrix_classes=matrix_rows, selection_builtin=selection_rows, selection_mqar=selection_rows)   # default: sweep_rows
+
 if __name__ == '__main__':
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
     for f in sorted(folder.glob('*.json')):
         res = json.loads(f.read_text())
         print(f"\n### {res['experiment']} ({'quick' if res['quick'] else 'full'}, {res['wall_s'] / 60:.1f} min)\n")
-        if res['experiment'] != 'matrix_classes':
+        if 'teacher_perplexity' in res['rows'][0].get('summary', {}):
             print(f"teacher perplexity {res['rows'][0]['summary']['teacher_perplexity']['mean']:.2f}; seeds {res['seeds']}\n")
-        print(matrix_rows(res) if res['experiment'] == 'matrix_classes' else sweep_rows(res))
+        print(TABLES.get(res['experiment'], sweep_rows)(res))
         if res['meta'].get('per_stage'): print('\n' + stage_rows(res))

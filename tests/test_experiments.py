@@ -72,3 +72,22 @@ def test_training_experiments_quick(script, tmp_path):
         for run in row['runs']:
             assert math.isfinite(run['student_perplexity']) and 0 <= run['teacher_agreement'] <= 1
     assert len({row['runs'][0]['teacher_perplexity'] for row in res['rows']}) == 1   # one held-out split for every run
+
+
+@pytest.mark.slow
+def test_selection_quick(tmp_path):
+    "experiments/selection.py --quick: both teachers' rows, choices at their budgets, and a kept recall head that carries recall."
+    env = dict(os.environ, PYTHONPATH=str(EXP.parent), OMP_NUM_THREADS='1')
+    p = subprocess.run([sys.executable, 'selection.py', '--quick', '--out', str(tmp_path)], cwd=EXP, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert sum(l.startswith('|---|') for l in p.stdout.splitlines()) == 2 and (tmp_path/'selection.html').stat().st_size > 1000
+    res = {t: json.loads((tmp_path/f'selection_{t}.json').read_text()) for t in ('builtin', 'mqar')}
+    for t, r in res.items():
+        assert {row['method'] for row in r['rows']} == {'none', *r['meta']['methods']}
+        for row in r['rows']:
+            if row['unit'] == 'head': assert row['kept'] == [row['budget']] * len(row['runs'])
+            if row["unit"] == "layer": assert all(k % (8 if t == "builtin" else 4) == 0 for k in row["kept"])   # whole layers
+    for row in res['builtin']['rows']:
+        assert all(math.isfinite(run['student_perplexity']) for run in row['runs'])
+    recall = {(row['method'], row['budget'], row['unit']): row['summary']['recall']['mean'] for row in res['mqar']['rows']}
+    assert recall['retrieval', 1, 'head'] > recall['none', 0, '-'] + 0.2, recall   # the recall head kept: the student recalls
