@@ -2,7 +2,7 @@
 from the published shapes (offline), and its stand-in (a tiny teacher of the same family, a local parquet file, two
 steps per stage) runs sharded on 2 CPU processes under torchrun with finite losses, keeping the recipe's stages,
 mixer and hybrid shape. The encoder (MiniLM) recipe is refused by the Distiller, plan and recipe-check with the reason."""
-import math, os
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +10,7 @@ import pytest
 from ssm_distill.config import load_config
 from ssm_distill.core import SsmDistillError
 from ssm_distill.plan import KNOWN_TEACHERS, plan_run, plan_table
-from ssm_distill.recipes import StandIn, check_recipe, family_config
+from ssm_distill.recipes import check_recipe, family_config
 from ssm_distill.teachers import ADAPTERS
 
 ROOT = Path(__file__).resolve().parents[1]
