@@ -284,10 +284,16 @@ class HS(Stage):
 class QKVStage(Stage):
     "A stage on one teacher layer's queries, keys and values against the student's last mixer layer's (C, B, x for SSMs)."
     def check(self, cfg, i):
-        m = cfg.student.mixer
-        return [] if m not in MIXERS or MIXERS[m].qkv_args else [
-            f"stages[{i}].kind: {cfg.stages[i].kind} compares queries, keys and values, but mixer {m!r} has no queries and keys "
+        m, kind = cfg.student.mixer, cfg.stages[i].kind
+        no_qk = [] if m not in MIXERS or MIXERS[m].qkv_args else [
+            f"stages[{i}].kind: {kind} compares queries, keys and values, but mixer {m!r} has no queries and keys "
             f"(its mixing matrix does not depend on the input); use kd, od or hs stages, or another mixer"]
+        # the student's Q/K/V come from a whole forward whose output is dropped; backward through it crashes FSDP2 (a
+        # segmentation fault in torch 2.13 on CPU/gloo), so the sharded layout is refused until that is solved
+        sharded = [] if getattr(getattr(cfg, 'parallel', None), 'kind', 'ddp') != 'fsdp' else [
+            f"stages[{i}].kind: {kind} reads the student's queries, keys and values outside its forward, which the sharded "
+            f"student (parallel.kind: fsdp) cannot backpropagate through; use parallel.kind: ddp for this run"]
+        return no_qk + sharded
 
     def check_teacher(self, cfg, i, n_layers, other_sizes, teacher_layers, mixer_layers):
         t = self.opt.teacher_layer

@@ -163,7 +163,7 @@ def build_run_student(cfg:RunConfig, # the run config (its `student` and `seed`)
             f"student.init={st.init!r}: the student's blocks do not have the teacher's tensor shapes, so nothing can be copied; use init: random")
     return student
 
-# %% ../nbs/07_train.ipynb #028ca110
+# %% ../nbs/07_train.ipynb #20aefc68
 def with_defaults(stored:dict) -> dict:
     "A checkpoint's config (without `out`) with every field it predates at its default: a run written before a field existed ran that default."
     try: d = asdict(config_from_dict(RunConfig, stored))
