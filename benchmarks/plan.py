@@ -11,8 +11,8 @@ Measured:
   (the steadier measure on a shared machine; one thread, so it is the wall time of an idle machine; wall time is kept);
 - peak memory: the growth of the process's resident-set high-water mark (Linux VmHWM, reset with /proc/self/clear_refs)
   from just before the Distiller is built to the end of the last optimizer step: the teacher, the student, gradients,
-  optimizer state and activations, as the plan counts them, plus what the plan does not count (the allocator's slack, the
-  QKV copy's calibration batch, Python objects). Evaluation and checkpoints at the stage's end come after and are not in it.
+  optimizer state and activations, as the plan counts them, plus the
+  student's build (the QKV copy's calibration), the heap glibc keeps and the runtime, which the plan counts too. Evaluation and checkpoints at the stage's end come after and are not in it.
 
 Run configs: the demo's (`demo.demo_config`: built-in teacher, Phi-Mamba, blocks of 128, 8 to a batch), and tiny random
 teachers of three families (`teachers.tiny_teacher` scaled up: llama, qwen2, phi) with 4 layers of width 256 at blocks of 256.
@@ -148,10 +148,9 @@ def markdown(res:dict) -> str:
     s = res['summary']
     gaps = [(r['measured_peak_bytes'] - r['plan_memory_bytes']) / 2**20 for r in res['rows']]
     lines += ['', f"Within target: time {s['time_within']}/{s['rows']}, memory {s['memory_within']}/{s['rows']}. The measured peak "
-              f"exceeds the plan by {min(gaps):.0f} to {max(gaps):.0f} MiB, not broken down here: what the plan does not count "
-              f"(likely the process's growth besides the models' tensors: loading the teacher, building the student and its "
-              f"QKV-copy calibration, the allocator's slack; stage 1's larger gap suggests its T x T terms are undercounted too); at these model sizes (4-8M parameters) it is most of the peak, at the GPU scale the "
-              f"plan is made for it is a small fraction."]
+              f"exceeds the plan by {min(gaps):.0f} to {max(gaps):.0f} MiB. The plan counts, besides the tensors of a step, the student's "
+              f"build (the QKV copy's calibration on the first batch), the freed temporaries glibc keeps resident (heap) and the runtime "
+              f"(a minimal run's resident growth, calibrated); what is left is the allocator's fragmentation and Python objects."]
     return '\n'.join(lines) + '\n'
 
 

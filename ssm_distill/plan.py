@@ -14,11 +14,11 @@ from typing import Any
 from .core import Registry, SsmDistillError, builtin_teacher_path, require
 
 # %% auto #0
-__all__ = ['GPUS', 'DEVICES', 'PRECISIONS', 'KNOWN_TEACHERS', 'STAGE_COSTS', 'PARALLEL', 'Device', 'calibrate_cpu',
-           'calibration_path', 'cpu_calibration', 'cpu_device', 'device_spec', 'Precision', 'plan_precision',
-           'teacher_config', 'meta_teacher', 'meta_student', 'n_params', 'StageCost', 'ActivationModel', 'LayerShape',
-           'student_layer_shapes', 'layer_activations', 'mixing_flops', 'StagePlan', 'Plan', 'load_plan_config',
-           'PlanContext', 'stage_plan', 'plan_run', 'plan_table']
+__all__ = ['CUDA_CONTEXT', 'GPUS', 'DEVICES', 'PRECISIONS', 'KNOWN_TEACHERS', 'STAGE_COSTS', 'PARALLEL', 'Device',
+           'calibrate_cpu', 'calibration_path', 'cpu_calibration', 'cpu_device', 'device_spec', 'Precision',
+           'plan_precision', 'teacher_config', 'meta_teacher', 'meta_student', 'n_params', 'StageCost',
+           'ActivationModel', 'build_bytes', 'LayerShape', 'student_layer_shapes', 'layer_activations', 'mixing_flops',
+           'StagePlan', 'Plan', 'load_plan_config', 'PlanContext', 'stage_plan', 'plan_run', 'plan_table']
 
 # %% ../nbs/07c_plan.ipynb #c5f5acc9
 @dataclass(frozen=True)
@@ -32,16 +32,20 @@ class Device:
     mfu:float = 0.35 # model-FLOPs utilisation: the share of the peak FLOP/s that training's matmuls reach
     bw_util:float = 0.6 # the share of the bandwidth that the elementwise kernels (norms, scans, softmax, AdamW) reach
     source:str = '' # where the numbers come from
+    runtime:float = 0. # bytes a run's process holds besides its tensors (a GPU's CUDA context; on the CPU, library pages first touched, Python's arenas)
+    retains_heap:bool = False # freed large temporaries stay resident (glibc's heap on Linux), so the peak carries the largest of them
 
     def flops(self, precision:str) -> float:
         "The peak matmul FLOP/s at `precision` ('bf16' or 'fp32')."
         return self.bf16_flops if precision == 'bf16' else self.fp32_flops
 
-_NV = 'NVIDIA {} datasheet: dense bf16 tensor-core FLOP/s (half the sparsity figure), fp32 without tensor cores, HBM bandwidth'
+_NV = ('NVIDIA {} datasheet: dense bf16 tensor-core FLOP/s (half the sparsity figure), fp32 without tensor cores, HBM bandwidth; '
+       'runtime: an estimate of the CUDA context with the kernels loaded (about 0.5 GiB per process), not measured')
+CUDA_CONTEXT = 0.5 * 2**30   # an estimate, not a measure: the CUDA context and loaded kernels of one process
 GPUS = dict(
-    h100=Device('NVIDIA H100 SXM 80GB', 989e12, 67e12, 3.35e12, 80e9, source=_NV.format('H100 Tensor Core GPU (SXM5)')),
-    a100=Device('NVIDIA A100 SXM 80GB', 312e12, 19.5e12, 2.039e12, 80e9, source=_NV.format('A100 Tensor Core GPU (80GB SXM)')),
-    h200=Device('NVIDIA H200 SXM 141GB', 989e12, 67e12, 4.8e12, 141e9, source=_NV.format('H200 Tensor Core GPU (SXM)')),
+    h100=Device('NVIDIA H100 SXM 80GB', 989e12, 67e12, 3.35e12, 80e9, source=_NV.format('H100 Tensor Core GPU (SXM5)'), runtime=CUDA_CONTEXT),
+    a100=Device('NVIDIA A100 SXM 80GB', 312e12, 19.5e12, 2.039e12, 80e9, source=_NV.format('A100 Tensor Core GPU (80GB SXM)'), runtime=CUDA_CONTEXT),
+    h200=Device('NVIDIA H200 SXM 141GB', 989e12, 67e12, 4.8e12, 141e9, source=_NV.format('H200 Tensor Core GPU (SXM)'), runtime=CUDA_CONTEXT),
 )
 
 # %% ../nbs/07c_plan.ipynb #b87b9e9f
@@ -58,16 +62,45 @@ def _cpu_name() -> str:
     try: return next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
     except (OSError, StopIteration): return platform.processor() or platform.machine()
 
+_RUNTIME_PROBE = r"""
+import json, sys, tempfile, torch
+torch.set_num_threads(1)
+x = torch.randn(64, 64, requires_grad=True); (x @ x).sum().backward()   # as a measured run: autograd warmed up first
+from ssm_distill.config import load_config
+from ssm_distill.teachers import load_teacher, tiny_teacher
+from ssm_distill.train import Distiller
+kib = lambda k: next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(k + ':'))
+with tempfile.TemporaryDirectory() as d:
+    open('/proc/self/clear_refs', 'w').write('5'); start = kib('VmRSS')
+    tiny_teacher('llama', d + '/t', hidden_size=32, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=1,
+                 intermediate_size=64, vocab_size=128, max_position_embeddings=64)
+    cfg = load_config(dict(teacher=d + '/t', student=dict(mixer='phi_mamba'), data=dict(seq_len=16, batch_size=2, source='memory', eval_blocks=None),
+                           stages=[dict(kind='kd', tokens=64)], checkpoint_every=0, eval_batches=1, device='cpu', mixed_precision='no'), out=d + '/run')
+    blocks = lambda n: torch.randint(0, 128, (n, 16), generator=torch.Generator().manual_seed(0))
+    Distiller(cfg, [], teacher=(load_teacher(d + '/t', dtype=torch.float32).freeze(), None), progress=False,
+              data=(blocks(8), blocks(2))).run(overwrite=True)
+    print(json.dumps((kib('VmHWM') - start) * 1024))
+"""
+
+def _runtime_bytes() -> float:
+    "A minimal Distiller run's growth of the resident high-water mark (its tensors are a few KiB): what any run holds besides its tensors (0 where it cannot be measured)."
+    import subprocess, sys
+    if not Path('/proc/self/clear_refs').exists(): return 0.
+    r = subprocess.run([sys.executable, '-c', _RUNTIME_PROBE], capture_output=True, text=True,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': os.pathsep.join(sys.path)})
+    try: return float(json.loads(r.stdout.strip().splitlines()[-1]))
+    except (ValueError, IndexError): return 0.
+
 def calibrate_cpu(seconds:float=0.5, # time each measure takes, about
                   n:int=1024, # the matmul is [n, n] @ [n, n] in fp32
                   mib:int=128, # the copied buffer, MiB (well past the caches)
                  ) -> dict:
-    "Measure this CPU with torch's current thread count: fp32 matmul FLOP/s and copy bandwidth (bytes read + written per second)."
+    "Measure this CPU with torch's current thread count: fp32 matmul FLOP/s, copy bandwidth (bytes read + written per second) and the runtime's bytes."
     import torch
     a, b = torch.randn(n, n), torch.randn(n, n)
     x = torch.empty(mib * 2**20 // 4); y = torch.empty_like(x)
     return dict(fp32_flops=_best_rate(lambda: torch.mm(a, b), 2 * n**3, seconds),
-                bandwidth=_best_rate(lambda: y.copy_(x), 2 * x.numel() * 4, seconds),
+                bandwidth=_best_rate(lambda: y.copy_(x), 2 * x.numel() * 4, seconds), runtime=_runtime_bytes(),
                 threads=torch.get_num_threads(), cpu=_cpu_name(), torch=torch.__version__, time=time.strftime('%Y-%m-%d %H:%M:%S'))
 
 def calibration_path() -> Path:
@@ -83,7 +116,7 @@ def cpu_calibration(recalibrate:bool=False, # measure again even if a cached cal
     key = dict(cpu=_cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__)
     try: cached = json.loads(path.read_text())
     except (OSError, ValueError): cached = None
-    if cached and not recalibrate and all(cached.get(k) == v for k, v in key.items()): return cached
+    if cached and not recalibrate and all(cached.get(k) == v for k, v in key.items()) and 'runtime' in cached: return cached
     cal = calibrate_cpu()
     try: path.parent.mkdir(parents=True, exist_ok=True); path.write_text(json.dumps(cal, indent=1))
     except OSError: pass   # a read-only home: the measure is used, just not kept
@@ -98,7 +131,8 @@ def cpu_device(calibration:dict|None=None, # `cpu_calibration()`'s measures (Non
     "This machine's CPU as a `Device`: the calibrated matmul rate (bf16 no faster: the CPU has no bf16 matmul units to count on) and bandwidth."
     c = calibration or cpu_calibration()
     return Device(f"{c['cpu']} ({c['threads']} threads)", c['fp32_flops'], c['fp32_flops'], c['bandwidth'], _memory_bytes(),
-                  mfu=0.5, bw_util=1.0, source=f"measured on this machine ({c['time']}): [1024 x 1024] fp32 matmul, a 128 MiB copy")
+                  mfu=0.5, bw_util=1.0, runtime=c.get('runtime', 0.), retains_heap=platform.system() == 'Linux',
+                  source=f"measured on this machine ({c['time']}): [1024 x 1024] fp32 matmul, a 128 MiB copy, a minimal Distiller run's resident growth")
 
 DEVICES = Registry('device', hint='the GPUs are in plan.GPUS; add one with DEVICES["name"] = lambda calibration=None: Device(...)')
 DEVICES.update({k: (lambda calibration=None, d=d: d) for k, d in GPUS.items()}, cpu=cpu_device)
@@ -236,8 +270,29 @@ class ActivationModel:
     handed:float = 1 # x D per [B, T, D] tensor the teacher hands over (attention inputs and outputs, hidden states), kept until the loss
     matrices:float = 4 # x H T per aligned layer (stage 1, student): scores, decay, the matrix, the loss's difference
     teacher_matrices:float = 1 # x H T per aligned layer (stage 1, teacher): its attention probabilities, kept until the loss
-    logits:float = 5 # x V: the student's logits and log-softmax, the teacher's logits and softmax, the logits' gradient
+    # x V: six [B, T, V] tensors alive at KD's peak (measured): the student's logits and log-softmax, the teacher's logits, its
+    # log-softmax and softmax (`losses._soft_targets`), and the gradient flowing back into the student's logits
+    logits:float = 6
+    build_matrices:float = 5 # x B H T² per QKV-copied layer's head count, once (the build): `fit_start_scale`'s matrix, then the second materialisation's decay, scores, matrix and scaled matrix
+    freed_matrices:float = 4 # x H T per aligned layer (stage 1, freed before the peak): the teacher attention's scores and softmax, the student's `segsum` temporaries (its masked and summed decays)
+    freed_logits:float = 2 # x V (KD, freed before the peak): the logits divided by the temperature, student's and teacher's, before their log-softmax
+    freed_layer:float = 3 # x I: one teacher block's MLP temporaries (gate, up, their product), freed as the forward moves on
     passes:float = 3 # times each kept element crosses memory: written forward, read backward, its gradient written
+
+def build_bytes(cfg, # the RunConfig
+                shapes:list, # `student_layer_shapes`
+                teacher:dict, # `_teacher_geometry`
+                A:ActivationModel) -> float:
+    """The student's build above the weights: the QKV copy's calibration (`students._copy_at_scale`) on the run's first `data.batch_size`
+    blocks, in fp32: `calibration_targets` keeps the teacher's attention input [B, T, D] and probabilities [B, H, T, T] of every
+    copied layer at once, then `fit_start_scale` materialises each mixer's matrices layer by layer. 0 unless `student.init` is qkv_copy
+    (the Distiller always passes the calibration batch)."""
+    if cfg.student.init != 'qkv_copy': return 0.
+    layers = [l for l in shapes if l.mixer]   # the mixer layers (the QKV copy's targets)
+    if not layers: return 0.
+    B, T = cfg.data.batch_size, cfg.data.seq_len
+    kept = len(layers) * (B * T * teacher['D'] + B * teacher['H'] * T * T)
+    return 4. * (kept + A.build_matrices * B * max(l.heads for l in layers) * T * T)
 
 @dataclass(frozen=True)
 class LayerShape:
@@ -287,7 +342,7 @@ class StagePlan:
     tokens:int # its token budget (`config.stage_budgets`)
     steps:int # its optimizer steps
     trainable:int # trainable student parameters
-    memory:dict # bytes per device: weights (student, teacher, working copies), grads, optimizer, activations, total
+    memory:dict # bytes per device: weights (student, teacher, working copies), grads, optimizer, activations, heap (freed temporaries kept resident), build (the student's build), runtime, total
     flops_per_token:float # matmul FLOPs per token: teacher forward, student forward and backward
     bytes_per_token:float # other memory traffic per token (activations, the optimizer's share)
     tokens_per_s:float # over all devices
@@ -356,6 +411,7 @@ class PlanContext:
     shard_teacher:bool # the teacher sharded too
     mfu:float
     A:ActivationModel
+    build:float = 0. # `build_bytes`: the student's build above the weights
 
 def _student_work(c:PlanContext, cost:StageCost, trainable:int) -> tuple[float, float, int]:
     "Per token: the student's matmul FLOPs (forward and backward), the activation elements it keeps; and the parameters it runs."
@@ -383,7 +439,7 @@ def _teacher_work(c:PlanContext, cost:StageCost) -> tuple[float, float]:
     return 2 * blocks + attention, kept, passing
 
 def stage_plan(c:PlanContext, si:int, tokens:int) -> StagePlan:
-    "The plan of stage `si` of `c.cfg` with budget `tokens`."
+    "The plan of stage `si` of `c.cfg` with budget `tokens`; its memory peak is the build's or the step's, whichever is larger, over the weights and the runtime."
     from ssm_distill.config import stage_batch_size
     from ssm_distill.students import set_trainable_groups
     sc, dev, P, N = c.cfg.stages[si], c.device, c.precision, c.gpus
@@ -398,7 +454,14 @@ def stage_plan(c:PlanContext, si:int, tokens:int) -> StagePlan:
     shard, shard_t = (N if c.shard else 1), (N if c.shard and c.shard_teacher else 1)
     mem = dict(weights=n_params(c.student) * P.weight / shard + c.teacher['params'] * P.weight / shard_t + p_run * P.copy,
                grads=trainable * P.grad / shard, optimizer=trainable * P.moments / shard, activations=B // N * T * kept * P.act)
-    mem['total'] = sum(mem.values())
+    # the freed temporaries (Linux CPU): once glibc's mmap threshold has risen past the big blocks, freed heap blocks stay
+    # resident, so the peak carries the largest working set freed before it: the build's, or the step's own (per token here)
+    freed = (c.A.freed_matrices * sum(c.shapes[l].heads for l in cost.student_layers) * T if cost.matrices else 0) \
+            + (c.A.freed_logits * c.teacher['V'] if cost.logits else 0) + c.A.freed_layer * c.teacher['I']
+    mem['heap'] = max(c.build, B // N * T * freed * 4.) if dev.retains_heap else 0.
+    mem['build'], mem['runtime'] = c.build, dev.runtime
+    step = mem['grads'] + mem['optimizer'] + mem['activations'] + mem['heap']
+    mem['total'] = mem['weights'] + max(c.build, step) + dev.runtime   # the build's peak or the step's, over what persists
     # time: matmuls at mfu x peak, plus the memory traffic of what is kept (written, read back, its gradient) and of the teacher's
     # layers (written and read once); per optimizer step AdamW reads and writes weights, gradients, moments (32 bytes per parameter)
     flops = s_flops + t_flops
@@ -441,6 +504,7 @@ def plan_run(config, # a RunConfig, a dict, or a YAML file or string (as `ssm-di
     c = PlanContext(cfg, student, student_layer_shapes(student), _teacher_geometry(teacher), teacher.n_layers,
                     dict(enumerate(student_teacher_layers(cfg, teacher.n_layers))), dev, PRECISIONS[precision], gpus, shard,
                     shard_teacher, mfu or dev.mfu, activations)
+    c.build = build_bytes(cfg, c.shapes, c.teacher, activations)
     stages = [stage_plan(c, i, b) for i, b in enumerate(stage_budgets(cfg))]
     return Plan(cfg, dev, gpus, parallel, shard_teacher, precision, c.mfu, c.teacher['params'], n_params(student), stages)
 
@@ -451,10 +515,10 @@ def _duration(s:float) -> str: return f"{s / 3600:.1f} h" if s >= 3600 else f"{s
 
 def plan_table(p:Plan) -> str:
     "The plan as a text table: one row per stage (memory per device in GiB, throughput, time), then the totals."
-    cols = ['stage', 'tokens', 'steps', 'trainable', 'weights', 'grads', 'optim', 'activ', 'total GiB', 'tokens/s', 'time', 'GPU-h']
-    rows = [[s.name, _count(s.tokens), str(s.steps), _count(s.trainable), *(_gib(s.memory[k]) for k in ('weights', 'grads', 'optimizer', 'activations', 'total')),
+    cols = ['stage', 'tokens', 'steps', 'trainable', 'weights', 'grads', 'optim', 'activ', 'heap', 'build', 'runtime', 'total GiB', 'tokens/s', 'time', 'GPU-h']
+    rows = [[s.name, _count(s.tokens), str(s.steps), _count(s.trainable), *(_gib(s.memory[k]) for k in ('weights', 'grads', 'optimizer', 'activations', 'heap', 'build', 'runtime', 'total')),
              f"{s.tokens_per_s:,.0f}", _duration(s.seconds), f"{s.gpu_hours:.3g}"] for s in p.stages]
-    rows.append(['total', _count(sum(s.tokens for s in p.stages)), str(sum(s.steps for s in p.stages)), '', '', '', '', '',
+    rows.append(['total', _count(sum(s.tokens for s in p.stages)), str(sum(s.steps for s in p.stages)), '', '', '', '', '', '', '', '',
                  _gib(p.peak_memory) + ' (peak)', '', _duration(p.seconds), f"{p.gpu_hours:.3g}"])
     w = [max(len(r[i]) for r in [cols] + rows) for i in range(len(cols))]
     line = lambda r: '  '.join(x.ljust(w[i]) if i == 0 else x.rjust(w[i]) for i, x in enumerate(r)).rstrip()
