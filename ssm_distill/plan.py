@@ -283,14 +283,15 @@ def build_bytes(cfg, # the RunConfig
                 shapes:list, # `student_layer_shapes`
                 teacher:dict, # `_teacher_geometry`
                 A:ActivationModel) -> float:
-    """The student's build above the weights: the QKV copy's calibration (`students._copy_at_scale`) on the run's first `data.batch_size`
-    blocks, in fp32: `calibration_targets` keeps the teacher's attention input [B, T, D] and probabilities [B, H, T, T] of every
+    """The student's build above the weights: the QKV copy's calibration (`students._copy_at_scale`) on the run's first blocks
+    (`students.calibration_shape`: the whole first batch, or less where its attention would pass `CALIBRATION_BYTES`), in fp32: `calibration_targets` keeps the teacher's attention input [B, T, D] and probabilities [B, H, T, T] of every
     copied layer at once, then `fit_start_scale` materialises each mixer's matrices layer by layer. 0 unless `student.init` is qkv_copy
     (the Distiller always passes the calibration batch)."""
     if cfg.student.init != 'qkv_copy': return 0.
     layers = [l for l in shapes if l.mixer]   # the mixer layers (the QKV copy's targets)
     if not layers: return 0.
-    B, T = cfg.data.batch_size, cfg.data.seq_len
+    from ssm_distill.students import calibration_shape
+    B, T = calibration_shape(cfg.data.batch_size, cfg.data.seq_len, len(teacher['blocks']), teacher['H'])   # as the Distiller cuts it
     kept = len(layers) * (B * T * teacher['D'] + B * teacher['H'] * T * T)
     return 4. * (kept + A.build_matrices * B * max(l.heads for l in layers) * T * T)
 

@@ -27,12 +27,13 @@ from .teachers import ADAPTERS, Teacher, load_teacher
 
 # %% auto #0
 __all__ = ['CACHE_ARGS', 'MIRRORED', 'REMOTE_MODULE', 'AUTO_MAP', 'REMOTE_CODE', 'STUDENT_GROUPS', 'STUDENT_INITS',
-           'StudentCache', 'MixerAttention', 'head_weights', 'kept_heads_config', 'HeadHybridConfig', 'HeadHybrid',
-           'cache_arg', 'find_cache', 'output_cache_field', 'check_reached', 'allow_checkpointing_with_cache',
-           'is_local_path', 'StudentConfig', 'StudentForCausalLM', 'check_transformers_contract', 'causal_mask',
-           'set_trainable_groups', 'calibration_targets', 'fit_start_scale', 'matrix_errors', 'qkv_copy_init',
-           'random_init', 'fit_mixing_matrix', 'calibration_batch', 'mixing_init', 'build_student',
-           'copy_teacher_weights', 'resized_config', 'uniform_teacher_layers', 'build_student_from_config']
+           'CALIBRATION_BYTES', 'StudentCache', 'MixerAttention', 'head_weights', 'kept_heads_config',
+           'HeadHybridConfig', 'HeadHybrid', 'cache_arg', 'find_cache', 'output_cache_field', 'check_reached',
+           'allow_checkpointing_with_cache', 'is_local_path', 'StudentConfig', 'StudentForCausalLM',
+           'check_transformers_contract', 'causal_mask', 'set_trainable_groups', 'calibration_targets',
+           'fit_start_scale', 'matrix_errors', 'qkv_copy_init', 'random_init', 'fit_mixing_matrix', 'calibration_shape',
+           'calibration_batch', 'mixing_init', 'build_student', 'copy_teacher_weights', 'resized_config',
+           'uniform_teacher_layers', 'build_student_from_config']
 
 # %% ../nbs/04_students.ipynb #f8defdaf
 def _tensors_map(fn, tree):
@@ -869,6 +870,19 @@ def fit_mixing_matrix(mixer:nn.Module, # a mixer, already QKV-copied
     start, best = d.start.item(), d.best.item()
     return dict(start=start, best=best, zeros=M_t.flatten(-2).norm(dim=-1).mean().item(), steps=d.steps,
                 stopped=d.stopped, before=start, after=best)
+
+CALIBRATION_BYTES = 2 ** 31 # the QKV copy's calibration keeps every copied layer's [B, H, T, T] attention at once: at most 2 GiB of it
+
+def calibration_shape(blocks:int, seq_len:int, # the run's first batch: blocks of seq_len tokens
+                      n_layers:int, n_heads:int, # the copied layers and the teacher's heads per layer
+                      budget:int=CALIBRATION_BYTES) -> tuple[int, int]: # (blocks, tokens) of the calibration text
+    """How much of the first batch the QKV copy calibrates on: all of it when every layer's fp32 attention fits `budget`; else
+    fewer blocks (at least 2, for the halves `fit_start_scale` compares), then fewer tokens (halved, at least 64)."""
+    size = lambda b, t: 4 * b * n_layers * n_heads * t * t                               # bytes of the kept probabilities
+    b, t = blocks, seq_len
+    while b > 2 and size(b, t) > budget: b = max(2, b // 2)
+    while t > 64 and size(b, t) > budget: t = max(64, t // 2)
+    return min(b, blocks), t
 
 def calibration_batch(vocab_size:int, batch_size:int=2, seq_len:int=64, seed:int=0) -> torch.Tensor:
     "Random token ids `[B, T]` (the default calibration batch of the `mixing` init)."

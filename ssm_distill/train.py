@@ -21,7 +21,7 @@ from .data import (DataConfig, PackedData, PackedDataset, ResumableBatchSampler,
 from .loop import adamw, causal_lm, evaluate as evaluate_model, lr_schedule, optimizer_step
 from .losses import matrix_orientation_loss
 from .stages import STAGES, Stage, layer_sum, mixer_can_materialize
-from .students import build_student, build_student_from_config, set_trainable_groups
+from .students import build_student, build_student_from_config, calibration_shape, set_trainable_groups
 from .config import (RunConfig, StageConfig, config_from_dict, load_config, model_sizes, stage_batch_size,
                                 stage_steps, student_teacher_layers, tokens_per_step, validate_config, validate_for_teacher)
 from .callbacks import EVENT_HOOKS, Callback, Event, StopAfter, default_callbacks
@@ -303,7 +303,8 @@ class Distiller:
         if self._data_in is None: warn_teacher_overlap(cfg, self.data)
         else: check_token_ids(self.data, tc.vocab_size)
         self.layer_map = dict(enumerate(student_teacher_layers(cfg, self.teacher.n_layers)))  # student layer -> teacher layer
-        calibration = self.data.head(cfg.data.batch_size)   # the first blocks: real text at the run's length
+        b, t = calibration_shape(cfg.data.batch_size, cfg.data.seq_len, self.teacher.n_layers, self.teacher.n_heads)
+        calibration = self.data.head(b)[:, :t]   # the first blocks: real text at the run's length (less, where its attention would not fit)
         self.student = build_run_student(cfg, self.teacher, list(self.layer_map.values()), calibration).to(self.accelerator.device)
         self.parallel.setup(self.student, self.teacher, self.accelerator.mixed_precision)   # fsdp: the student (and teacher) sharded here
         if cfg.log_with: self.accelerator.init_trackers('ssm_distill', config=_flat(self.config_dict()))
