@@ -184,15 +184,6 @@ def test_kill_then_resume_equals_uninterrupted(moment, teacher_dir, reference, t
 
 
 # ---- 1b. a streamed split (load_dataset('parquet', ..., streaming=True)): killed after the stream started again
-@pytest.fixture(scope='module')
-def stream_file(tmp_path_factory):
-    "Three hundred short documents in a parquet file with a `text` column, about 280 training blocks of 32 tokens."
-    pa = pytest.importorskip('pyarrow'); pq = pytest.importorskip('pyarrow.parquet')
-    from ssm_distill.data import load_builtin_corpus
-    path = tmp_path_factory.mktemp('stream')/'docs.parquet'
-    pq.write_table(pa.table({'text': [d.split('\n')[0][:60] for d in load_builtin_corpus()[:300]]}), path)
-    return path
-
 
 def _stream_cfg(teacher_dir, out, stream_file):
     "The tiny run on the stream: 4 + 4 + 80 steps of 4 blocks (more than the file holds: it starts again at step 71), a checkpoint every 25."

@@ -239,17 +239,19 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+def _launch(script:str, n:int, out, *args) -> tuple[dict, dict]:
+    "Run `script` (writing `summary.json` to `out`) under `accelerate launch` with `n` CPU processes; its summary and the student's weights."
+    path = out.parent/f'{out.name}.py'; path.write_text(script)
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_machines', '1', '--mixed_precision', 'no',
+           '--dynamo_backend', 'no', '--num_processes', str(n)] + (['--multi_gpu'] if n > 1 else ['--cpu'])
+    r = subprocess.run(cmd + [str(path), *map(str, args[:1]), str(out), *map(str, args[1:])], capture_output=True, text=True,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads((out/'summary.json').read_text()), _weights(out)
+
+
 def test_two_processes_agree_with_one(teacher_dir, tmp_path):
-    script = tmp_path/'run.py'; script.write_text(SCRIPT)
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    runs = {}
-    for n in (1, 2):
-        out = tmp_path/f'p{n}'
-        cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_machines', '1', '--mixed_precision', 'no',
-               '--dynamo_backend', 'no', '--num_processes', str(n)] + (['--multi_gpu'] if n > 1 else ['--cpu'])
-        r = subprocess.run(cmd + [str(script), str(teacher_dir), str(out)], capture_output=True, text=True, env=env, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-        runs[n] = json.loads((out/'summary.json').read_text()), _weights(out)
+    runs = {n: _launch(SCRIPT, n, tmp_path/f'p{n}', teacher_dir) for n in (1, 2)}
     assert runs[1][0]['processes'] == 1 and runs[2][0]['processes'] == 2
     for k, v in runs[1][0]['final_losses'].items(): assert abs(v - runs[2][0]['final_losses'][k]) < 1e-4 * max(1, abs(v))
     w1, w2 = runs[1][1], runs[2][1]
@@ -365,15 +367,6 @@ STREAM_STAGES = [dict(kind='matrix_orientation', lr=1e-2, tokens=512), dict(kind
                  dict(kind='kd', lr=3e-3, tokens=10240)]   # 4 + 4 + 80 steps of 4 blocks: more than the file's ~280 training blocks
 
 
-@pytest.fixture(scope='module')
-def stream_file(tmp_path_factory):
-    "Three hundred short documents (first lines of the built-in corpus) in a parquet file with a `text` column."
-    pa = pytest.importorskip('pyarrow'); pq = pytest.importorskip('pyarrow.parquet')
-    from ssm_distill.data import load_builtin_corpus
-    path = tmp_path_factory.mktemp('stream')/'docs.parquet'
-    pq.write_table(pa.table({'text': [d.split('\n')[0][:60] for d in load_builtin_corpus()[:300]]}), path)
-    return path
-
 
 def _stream_cfg(teacher_dir, out, stream_file, **data) -> dict:
     from dataclasses import asdict
@@ -465,16 +458,7 @@ STREAM_SCRIPT = textwrap.dedent("""
 
 def test_streamed_two_processes_agree_with_one(teacher_dir, stream_file, tmp_path):
     "Each of 2 processes packs the stream and trains on its half of every batch: the same training as 1 process."
-    script = tmp_path/'run.py'; script.write_text(STREAM_SCRIPT)
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    runs = {}
-    for n in (1, 2):
-        out = tmp_path/f'p{n}'
-        cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_machines', '1', '--mixed_precision', 'no',
-               '--dynamo_backend', 'no', '--num_processes', str(n)] + (['--multi_gpu'] if n > 1 else ['--cpu'])
-        r = subprocess.run(cmd + [str(script), str(teacher_dir), str(out), str(stream_file)], capture_output=True, text=True, env=env, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-        runs[n] = json.loads((out/'summary.json').read_text()), _weights(out)
+    runs = {n: _launch(STREAM_SCRIPT, n, tmp_path/f'p{n}', teacher_dir, stream_file) for n in (1, 2)}
     assert runs[1][0]['processes'] == 1 and runs[2][0]['processes'] == 2 and runs[1][0]['stream'] == runs[2][0]['stream']
     for k, v in runs[1][0]['final_losses'].items(): assert abs(v - runs[2][0]['final_losses'][k]) < 1e-4 * max(1, abs(v))
     w1, w2 = runs[1][1], runs[2][1]
