@@ -29,7 +29,8 @@ from ssm_distill.selection import SELECTORS, chosen_heads, correlation_table, kv
 from ssm_distill.sweeps import fmt_mean_std, seeded, summarise, vary
 from ssm_distill.synthetic import MQARConfig, mqar_blocks, recall_eval, recall_run_config, tiny_llama, train_recall
 from ssm_distill.teachers import load_teacher
-from ssm_distill.train import Distiller, load_run_teacher
+from ssm_distill.data import build_data
+from ssm_distill.train import Distiller, load_run_teacher, run_data_config
 
 MIXER = 'phi_mamba'   # the demo's student
 FULL_TOKENS, QUICK_TOKENS = 8192, 512
@@ -38,18 +39,26 @@ MQAR_SHAPE = dict(hidden_size=64, n_layers=4, n_heads=4)
 MQAR_STEPS, MQAR_QUICK_STEPS, MQAR_BATCH = (30, 150), (3, 10), 32   # stage 2, stage 3 optimizer steps; sequences per step
 
 
-def method_options(quick:bool, data:torch.Tensor, seed:int) -> dict:
-    "Each method's options (the student's mixer where a method builds or fits one); `data`: the training blocks scored on."
+def method_options(quick:bool) -> dict:
+    "Each deterministic method's options (the student's mixer where a method builds or fits one)."
     small = dict(blocks=1, seq_len=32) if quick else {}
-    return dict(uniform={}, random=dict(seed=seed),
-                matrix_error=dict(mixer=MIXER, steps=5 if quick else 100, **small),
+    return dict(uniform={}, matrix_error=dict(mixer=MIXER, steps=5 if quick else 100, **small),
                 ablation_loss=dict(mixer=MIXER, **small), kl_restore=dict(mixer=MIXER, **small),
                 retrieval=dict(**MQAR_TASK, n=64 if quick else 256))
 
 
-def scores_of(teacher, methods, quick:bool, data:torch.Tensor, seed:int=0) -> dict[str, torch.Tensor]:
-    opts = method_options(quick, data, seed)
-    return {m: score_heads(teacher, m, data if m != 'retrieval' else None, **opts[m]) for m in methods}
+def scores_of(teacher, methods, quick:bool, data:torch.Tensor, seed:int) -> dict[str, torch.Tensor]:
+    "Every method's `[L, H]` scores of `teacher` on the training blocks `data`; `random` drawn with `seed`."
+    opts = method_options(quick)
+    return {m: score_heads(teacher, m, seed=seed) if m == 'random' else
+               score_heads(teacher, m, data if m != 'retrieval' else None, **opts[m]) for m in methods}
+
+
+def none_row(teacher_name:str, runs:Runs, seeds, keys) -> dict:
+    "The student that keeps no attention: the baseline of every budget."
+    got = [runs.get({}, s) for s in seeds]
+    return dict(teacher=teacher_name, method='none', budget=0, unit='-', name=f'{teacher_name} none', choices=['none'], kept=[0],
+                kv_bytes_per_token=[0], runs=got, summary=summarise(got, keys))
 
 
 FROZEN = 'head, frozen'   # a unit of the rows whose kept heads stay the teacher's (student.train_kept_heads: false)
@@ -109,10 +118,10 @@ def builtin_part(args, methods, save) -> tuple[list[dict], dict]:
     total = QUICK_TOKENS if args.quick else FULL_TOKENS
     stages = recipe((1, 2, 3), total, default_shares(args.quick, total), step_tokens(args.quick))
     base = base_config(args.quick, total, stages, train_kept_heads=True)
-    d = Distiller(vary(base, out=tempfile.mkdtemp(prefix='selection-')), teacher=teacher, progress=False); d.prepare()
-    data = d.data.train[:8]                                         # training text (the held-out blocks are measured on)
+    data = build_data(run_data_config(base), teacher[1]).train[:8]   # training text (the held-out blocks are measured on)
     t = teacher[0]
-    fixed = scores_of(t, [m for m in methods if m != 'random'], args.quick, data)
+    fixed = scores_of(t, [m for m in methods if m != 'random'], args.quick, data, seed=0)
+    scores = {s: fixed | scores_of(t, ['random'], args.quick, data, seed=s) for s in args.seeds}   # random: a draw per seed
 
     def run_one(choice, seed, train_kept):
         cfg = vary(seeded(base, seed), **{'student.attention_layers': choice.get('attention_layers', []),
@@ -122,13 +131,11 @@ def builtin_part(args, methods, save) -> tuple[list[dict], dict]:
         rep = Distiller(cfg, teacher=teacher, progress=False).run(resume=False, overwrite=True)
         return {k: rep[k] for k in ('student_perplexity', 'teacher_perplexity', 'teacher_agreement')}
 
-    pick = lambda m, s: score_heads(t, 'random', seed=s) if m == 'random' else fixed[m]
     runs = Runs(run_one)
-    none = dict(teacher='builtin', method='none', budget=0, unit='-', name='builtin none', choices=['none'], kept=[0],
-                kv_bytes_per_token=[0], runs=[runs.get({}, s) for s in args.seeds])
-    none['summary'] = summarise(none['runs'], ['student_perplexity', 'teacher_perplexity', 'teacher_agreement'])
+    none = none_row('builtin', runs, args.seeds, ['student_perplexity', 'teacher_perplexity', 'teacher_agreement'])
     save(none)
-    rows = [none] + table_rows('builtin', t, methods, (4, 8) if args.quick else (8, 16), args.seeds, pick, runs, save)
+    rows = [none] + table_rows('builtin', t, methods, (4, 8) if args.quick else (8, 16), args.seeds,
+                               lambda m, s: scores[s][m], runs, save)
     return rows, dict(scores={m: s.tolist() for m, s in fixed.items()}, stages=stages, total_tokens=total)
 
 
@@ -149,8 +156,7 @@ def mqar_part(args, methods, save) -> tuple[list[dict], dict]:
     teachers, scores, taught = {}, {}, {}
     for s in args.seeds:   # every seed its own teacher, scored on its own
         teachers[s], taught[s] = mqar_teacher(s, args.quick)
-        scores[s] = scores_of(teachers[s], [m for m in methods if m != 'random'], args.quick, train_ids[:8], seed=s)
-        scores[s]['random'] = score_heads(teachers[s], 'random', seed=s)
+        scores[s] = scores_of(teachers[s], methods, args.quick, train_ids[:8], seed=s)
 
     def run_one(choice, seed, train_kept):
         cfg = recall_run_config(task, dict(mixer=MIXER, train_kept_heads=train_kept, **choice), steps, MQAR_BATCH, seed=seed)
@@ -159,9 +165,7 @@ def mqar_part(args, methods, save) -> tuple[list[dict], dict]:
         return dict(recall=recall_eval(d.student, task))
 
     runs = Runs(run_one)
-    none = dict(teacher='mqar', method='none', budget=0, unit='-', name='mqar none', choices=['none'], kept=[0],
-                kv_bytes_per_token=[0], runs=[runs.get({}, s) for s in args.seeds])
-    none['summary'] = summarise(none['runs'], ['recall'])
+    none = none_row('mqar', runs, args.seeds, ['recall'])
     save(none)
     t0 = teachers[args.seeds[0]]
     rows = [none] + table_rows('mqar', t0, methods, (1, 4) if args.quick else (1, 4, 8), args.seeds,

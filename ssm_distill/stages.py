@@ -290,7 +290,7 @@ class QKVStage(Stage):
             f"(its mixing matrix does not depend on the input); use kd, od or hs stages, or another mixer"]
         # the student's Q/K/V come from a whole forward whose output is dropped; backward through it crashes FSDP2 (a
         # segmentation fault in torch 2.13 on CPU/gloo), so the sharded layout is refused until that is solved
-        sharded = [] if getattr(getattr(cfg, 'parallel', None), 'kind', 'ddp') != 'fsdp' else [
+        sharded = [] if cfg.parallel.kind != 'fsdp' else [
             f"stages[{i}].kind: {kind} reads the student's queries, keys and values outside its forward, which the sharded "
             f"student (parallel.kind: fsdp) cannot backpropagate through; use parallel.kind: ddp for this run"]
         return no_qk + sharded
