@@ -1,8 +1,10 @@
 """The compute plan (`ssm-distill plan`) against measured runs on this machine's CPU: tokens/s and peak memory per stage.
 
 One calibration: `plan.calibrate_cpu` measures this CPU's fp32 matmul FLOP/s ([1024 x 1024] @ [1024 x 1024]) and copy
-bandwidth (a 128 MiB copy) with one thread, and the plan for `--gpu cpu` uses those two numbers and the `cpu` device's
-fixed utilisation factors (nothing is fitted to the rows below). Then each run config below trains for a few real
+bandwidth (a 128 MiB copy) with one thread, in CPU time, and the plan for `--gpu cpu` uses those two numbers, the `cpu`
+device's fixed utilisation factors and `plan.mixer_profile`'s probe of the student's mixer layer (what it saves per token,
+stage 1's elementwise work per matrix element; a real layer with random weights, not these runs): nothing is fitted to
+the rows below. Then each run config below trains for a few real
 optimizer steps per stage, each stage alone in a fresh process (one thread): the Distiller as `ssm-distill distill` runs
 it (teacher loaded, student built by QKV copy, AdamW), on random token blocks of the run's length held in memory.
 

@@ -6,7 +6,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/plan.html.md"""
 
 # %% ../nbs/07c_plan.ipynb #1044d14b
 from __future__ import annotations
-import json, os, platform, time
+import functools, json, os, platform, time
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 from typing import Any
@@ -14,11 +14,12 @@ from typing import Any
 from .core import Registry, SsmDistillError, builtin_teacher_path, require
 
 # %% auto #0
-__all__ = ['CUDA_CONTEXT', 'GPUS', 'DEVICES', 'PRECISIONS', 'KNOWN_TEACHERS', 'STAGE_COSTS', 'PARALLEL', 'Device',
-           'calibrate_cpu', 'calibration_path', 'cpu_calibration', 'cpu_device', 'device_spec', 'Precision',
-           'plan_precision', 'teacher_config', 'meta_teacher', 'meta_student', 'n_params', 'StageCost',
-           'ActivationModel', 'build_bytes', 'LayerShape', 'student_layer_shapes', 'layer_activations', 'mixing_flops',
-           'StagePlan', 'Plan', 'load_plan_config', 'PlanContext', 'stage_plan', 'plan_run', 'plan_table']
+__all__ = ['CUDA_CONTEXT', 'GPUS', 'DEVICES', 'PRECISIONS', 'KNOWN_TEACHERS', 'STAGE_COSTS', 'PROFILE_T', 'PROFILE_BYTES',
+           'COPY_BYTES', 'PARALLEL', 'Device', 'calibrate_cpu', 'calibration_path', 'cpu_calibration', 'cpu_device',
+           'device_spec', 'Precision', 'plan_precision', 'teacher_config', 'meta_teacher', 'meta_student', 'n_params',
+           'StageCost', 'ActivationModel', 'build_bytes', 'LayerShape', 'student_layer_shapes', 'layer_activations',
+           'mixing_flops', 'MixerProfile', 'mixer_profile', 'StagePlan', 'Plan', 'load_plan_config', 'PlanContext',
+           'stage_plan', 'plan_run', 'plan_table']
 
 # %% ../nbs/07c_plan.ipynb #c5f5acc9
 @dataclass(frozen=True)
@@ -51,11 +52,11 @@ GPUS = dict(
 # %% ../nbs/07c_plan.ipynb #b87b9e9f
 def _best_rate(fn, work:float, # units of work (FLOPs, bytes) one call does
                seconds:float) -> float:
-    "The best `work / seconds per call` over calls of `fn` for about `seconds` (after one warm-up call): the CPU's speed when other processes leave it alone."
+    "The best `work / CPU seconds per call` over calls of `fn` for about `seconds` (after one warm-up call): the CPU's own speed, however busy the machine (a measured run's time is its CPU time too)."
     fn()
     rates, t_end = [], time.perf_counter() + seconds
     while time.perf_counter() < t_end or len(rates) < 3:
-        t0 = time.perf_counter(); fn(); rates.append(work / (time.perf_counter() - t0))
+        t0 = time.process_time(); fn(); rates.append(work / max(time.process_time() - t0, 1e-9))
     return max(rates)
 
 def _cpu_name() -> str:
@@ -235,6 +236,7 @@ class StageCost:
     matrices:int = 0 # aligned layers whose [B, H, T, T] mixing matrices teacher and student materialise (stage 1)
     kept:int = 0 # [B, T, D] tensors the teacher hands over, over all aligned layers (attention inputs and outputs, hidden states)
     logits:bool = False # the loss compares [B, T, V] logits
+    materialised:bool = True # the T x T matrices are the mixers' own (stage 1, measured by `mixer_profile`), not relations of their projections (MiniLMv2)
 
 def _layerwise(matrices:bool, kept:int):
     def cost(stage, student, layer_map, n_teacher) -> StageCost:
@@ -251,7 +253,8 @@ def _hidden(stage, student, layer_map, n_teacher) -> StageCost:
 
 def _qkv(stage, student, layer_map, n_teacher) -> StageCost:
     relations = 1 if stage.__class__.__name__ == 'MHA' else 0   # MiniLMv2's [B, R, T, T] relations, like stage 1's matrices
-    return StageCost(stage.opt.teacher_layer % n_teacher + 1, False, list(range(student.n_layers)), 'model', relations, kept=3)
+    return StageCost(stage.opt.teacher_layer % n_teacher + 1, False, list(range(student.n_layers)), 'model', relations, kept=3,
+                     materialised=False)
 
 STAGE_COSTS = Registry('stage kind with a cost profile',
                        hint='add one with STAGE_COSTS["kind"] = fn(stage, student, layer_map, n_teacher) -> StageCost')
@@ -278,6 +281,9 @@ class ActivationModel:
     freed_logits:float = 2 # x V (KD, freed before the peak): the logits divided by the temperature, student's and teacher's, before their log-softmax
     freed_layer:float = 3 # x I: one teacher block's MLP temporaries (gate, up, their product), freed as the forward moves on
     passes:float = 3 # times each kept element crosses memory: written forward, read backward, its gradient written
+    # True: a mixer layer's kept elements (instead of `mixer` and `chunk`) and stage 1's matrix elements and time (instead of
+    # `matrices` and `passes`) are measured on a real copy of the layer (`mixer_profile`); False: the counts above alone
+    measured:bool = True
 
 def build_bytes(cfg, # the RunConfig
                 shapes:list, # `student_layer_shapes`
@@ -304,6 +310,7 @@ class LayerShape:
     head_dim:int # P (values per head)
     state:int # N (keys per head, or the SSM state size)
     chunk:int # C of the chunked scan (0 for attention: it works on the whole T x T product)
+    probe:tuple = () # (mixer class, its config's fields as sorted pairs): how `mixer_profile` builds a real copy; () for attention
 
 def student_layer_shapes(student) -> list[LayerShape]:
     "Each student layer's parameters and sequence-mixing geometry (a per-head hybrid layer counts as its mixer)."
@@ -318,18 +325,84 @@ def student_layer_shapes(student) -> list[LayerShape]:
             out.append(LayerShape(n_params(student.block(i)), 0, H, Dh, Dh, 0)); continue
         ch = getattr(c, 'expand', 1)   # Mamba-1 runs expand x the channels
         out.append(LayerShape(n_params(student.block(i)), n_params(m), c.n_heads * ch, c.head_dim, getattr(c, 'd_state', None) or c.head_dim,
-                              c.chunk_size))
+                              c.chunk_size, (type(mx), tuple(sorted(asdict(c).items())))))
     return out
 
 def layer_activations(l:LayerShape, D:int, I:int, T:int, part:str, A:ActivationModel) -> float:
     "Elements per token one student layer keeps for backward: its mixing (chunk matrices, or T for attention), plus the block's rest unless only the mixer runs."
-    mixing = A.mixer * D + A.chunk * l.heads * (l.chunk or T)
+    measured = mixer_profile(l.probe) if A.measured and l.probe else None
+    mixing = measured.saved if measured else A.mixer * D + A.chunk * l.heads * (l.chunk or T)
     return mixing if part == 'mixers' else mixing + 2 * A.norm * D + A.mlp * I + A.residual * D
 
 def mixing_flops(l:LayerShape, T:int) -> float:
     "Forward FLOPs per token of one layer's sequence mixing beyond its projections: chunked, H (2 C (N + P) + 4 N P); attention, 4 T H P (the whole T x T product)."
     H, P, N, C = l.heads, l.head_dim, l.state, l.chunk
     return H * (2 * C * (N + P) + 4 * N * P) if C else 4 * T * H * P
+
+# %% ../nbs/07c_plan.ipynb #070f0465
+@dataclass(frozen=True)
+class MixerProfile:
+    "One mixer layer measured on this CPU (a real copy with random weights, fp32): what its training step keeps, what stage 1 costs."
+    saved:float # activation elements autograd keeps per token for the mixer's parallel form (forward and backward)
+    matrix_saved:float # elements kept per [H, T, T] matrix element while stage 1 materialises the matrix and takes its loss
+    matrix_bytes:float # stage 1's time per matrix element (materialise, loss, backward) as the bytes a copy of the same size moves in it
+    T:int # the length it was measured at
+
+PROFILE_T = 256   # the probe's length: long enough for several chunks, short enough to take a fraction of a second
+PROFILE_BYTES = 2**23   # the probe's matrix [b, H, T, T] holds at least this many bytes (past the CPU's L2 cache, as a run's)
+COPY_BYTES = 128 * 2**20   # the copy its time is expressed in: as large as `calibrate_cpu`'s, so bytes / the calibrated bandwidth gives the time back
+
+def _saved_elements(fn) -> int:
+    "Elements of the tensors autograd saves while `fn()` runs (each storage once)."
+    import torch
+    seen = {}
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes() // max(t.element_size(), 1)
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): fn()
+    return sum(seen.values())
+
+def _best_seconds(fn, n:int=3) -> float:
+    "The least CPU time of `n` calls of `fn` (after one warm-up): this process's own time, whatever else the machine runs."
+    fn(); best = float('inf')
+    for _ in range(n):
+        t0 = time.process_time(); fn(); best = min(best, time.process_time() - t0)
+    return best
+
+@functools.lru_cache(maxsize=None)
+def mixer_profile(probe:tuple, # `LayerShape.probe`: (mixer class, its config's fields as sorted pairs)
+                 ) -> MixerProfile:
+    """Measure one mixer layer on this CPU, once per configuration: build it with random weights, count what autograd saves
+    for its parallel form on `[1, PROFILE_T, D]`, then time stage 1's path (materialise `[b, H, T, T]`, the Frobenius loss
+    against a fixed matrix, backward) less its projections' matmuls (6 FLOPs per parameter and token, at the matmul rate
+    measured here; the plan counts them with the matmuls). That CPU time per matrix element is expressed as the bytes a 128 MiB
+    copy moves in the same time, so that on a GPU the path is planned at the GPU's bandwidth (elementwise passes are
+    bandwidth-bound there)."""
+    import torch
+    from ssm_distill.losses import matrix_orientation_loss
+    from ssm_distill.mixers import rotary_cos_sin
+    cls, fields = probe
+    c, T = dict(fields), PROFILE_T
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        m = cls(**c).float()
+        saved = _saved_elements(lambda: m(torch.randn(1, T, c['d_model']))) / T
+        if not callable(getattr(m, 'materialize', None)) or not getattr(m, 'can_materialize', True):
+            return MixerProfile(saved, 0., 0., T)
+        rot = rotary_cos_sin(torch.arange(T), c.get('rotary_dim') or c['head_dim']) if c.get('rotary') else None
+        with torch.no_grad(): H = m.materialize(torch.randn(1, T, c['d_model']), rotary=rot).shape[1]
+        b = max(1, -(-PROFILE_BYTES // (4 * H * T * T)))
+        x, target = torch.randn(b, T, c['d_model']), torch.rand(b, H, T, T).tril()
+        fwd = lambda: matrix_orientation_loss(m.materialize(x, rotary=rot), target)[0]
+        def step(): m.zero_grad(set_to_none=True); fwd().backward()
+        matrix_saved = _saved_elements(fwd) / target.numel()
+        n = 1024; w = torch.randn(n, n)
+        projections = 6 * b * T * n_params(m) * _best_seconds(lambda: w @ w) / (2 * n**3)   # their matmuls' time
+        elementwise = max(_best_seconds(step) - projections, 0.)
+        a = torch.empty(COPY_BYTES // 4); a2 = torch.empty_like(a)   # the reference copy as `calibrate_cpu` times it (past every cache)
+        per_byte = _best_seconds(lambda: a2.copy_(a)) / (2 * COPY_BYTES)   # seconds per byte read or written
+    return MixerProfile(saved, matrix_saved, elementwise / target.numel() / per_byte, T)
+
 
 # %% ../nbs/07c_plan.ipynb #93f2b4f7
 PARALLEL = Registry('parallel mode', hint='ddp: every device holds the whole student; fsdp: the student (and, asked, the teacher) is sharded')
@@ -414,21 +487,27 @@ class PlanContext:
     A:ActivationModel
     build:float = 0. # `build_bytes`: the student's build above the weights
 
-def _student_work(c:PlanContext, cost:StageCost, trainable:int) -> tuple[float, float, int]:
-    "Per token: the student's matmul FLOPs (forward and backward), the activation elements it keeps; and the parameters it runs."
+def _student_work(c:PlanContext, cost:StageCost, trainable:int) -> tuple[float, float, int, float, float]:
+    """Per token: the student's matmul FLOPs (forward and backward), the activation elements it keeps, the parameters it runs;
+    and, of stage 1's matrix elements, those whose time is measured (`mixer_profile`) and that time as bytes of memory traffic."""
     st, T, A = c.student, c.cfg.data.seq_len, c.A
     from ssm_distill.config import model_sizes
     D, I = st.config.hidden_size, model_sizes(st.config.skeleton())['intermediate_size']
     run = [c.shapes[l] for l in cost.student_layers]
     head = n_params(st.get_output_embeddings()) if cost.student == 'model' else 0
     p_run = sum(l.mixer if cost.student == 'mixers' else l.params for l in run) + head
+    timed = traffic = 0.
     if cost.matrices:   # stage 1 materialises each head's T x T matrix from its queries and keys instead of mixing values
-        mixing, kept = sum(2 * T * l.heads * l.state for l in run), sum(A.mixer * D + A.matrices * l.heads * T for l in run)
+        mixing, kept = sum(2 * T * l.heads * l.state for l in run), 0.
+        for l in run:
+            p = mixer_profile(l.probe) if A.measured and l.probe and cost.materialised else None
+            if p is None or not p.matrix_bytes: kept += A.mixer * D + A.matrices * l.heads * T; continue
+            kept += p.matrix_saved * l.heads * T; timed += p.matrix_saved * l.heads * T; traffic += p.matrix_bytes * l.heads * T
     else:
         mixing, kept = sum(mixing_flops(l, T) for l in run), sum(layer_activations(l, D, I, T, cost.student, A) for l in run)
     if cost.student == 'model': kept += D + (A.logits * st.config.vocab_size if cost.logits else 0)   # embeddings' output, logits
     input_grads = 0 if cost.student == 'mixers' else 2 * p_run   # the mixers alone read the teacher's inputs: no gradient flows into them
-    return 2 * p_run + 2 * trainable + input_grads + 3 * mixing, kept, p_run
+    return 2 * p_run + 2 * trainable + input_grads + 3 * mixing, kept, p_run, timed, traffic
 
 def _teacher_work(c:PlanContext, cost:StageCost) -> tuple[float, float]:
     "Per token: the teacher's forward FLOPs, and the elements it hands over and keeps until the loss."
@@ -449,7 +528,7 @@ def stage_plan(c:PlanContext, si:int, tokens:int) -> StagePlan:
     set_trainable_groups(c.student, sc.groups())
     trainable = n_params(c.student, trainable=True)
     cost = STAGE_COSTS[sc.kind](sc.stage, c.student, c.layer_map, c.n_teacher)
-    s_flops, s_kept, p_run = _student_work(c, cost, trainable)
+    s_flops, s_kept, p_run, timed, matrix_traffic = _student_work(c, cost, trainable)
     t_flops, t_kept, t_passing = _teacher_work(c, cost)
     kept = s_kept + t_kept                                                # elements per token alive at the backward pass
     shard, shard_t = (N if c.shard else 1), (N if c.shard and c.shard_teacher else 1)
@@ -464,9 +543,10 @@ def stage_plan(c:PlanContext, si:int, tokens:int) -> StagePlan:
     step = mem['grads'] + mem['optimizer'] + mem['activations'] + mem['heap']
     mem['total'] = mem['weights'] + max(c.build, step) + dev.runtime   # the build's peak or the step's, over what persists
     # time: matmuls at mfu x peak, plus the memory traffic of what is kept (written, read back, its gradient) and of the teacher's
-    # layers (written and read once); per optimizer step AdamW reads and writes weights, gradients, moments (32 bytes per parameter)
+    # layers (written and read once), stage 1's matrices as measured (their many elementwise passes, fp32); per optimizer step
+    # AdamW reads and writes weights, gradients, moments (32 bytes per parameter)
     flops = s_flops + t_flops
-    traffic = (c.A.passes * kept + 2 * t_passing) * P.act
+    traffic = (c.A.passes * (kept - timed) + 2 * t_passing) * P.act + matrix_traffic
     bw = dev.bandwidth * dev.bw_util
     t_micro = B // N * T * (flops / (dev.flops(P.matmul) * c.mfu) + traffic / bw) + p_run * (P.weight + P.copy) * bool(P.copy) / bw   # (+ autocast's casts)
     t_step = GA * t_micro + trainable * 32 / shard / bw
