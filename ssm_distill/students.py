@@ -22,7 +22,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .core import STUDENT_MODEL_TYPE, Registry, SsmDistillError, deprecated_names, follow_umask, require, log
 from .matrices import Descent, FitConfig, descend, frobenius_errors, mixing_error as _mixing_error   # students.mixing_error: the old name
-from .mixers import MIXERS, AttentionWeights, Mixer, SoftmaxAttention, copy_state_, mixer_from_attention
+from .mixers import MIXERS, AttentionWeights, Mixer, SoftmaxAttention, mixer_from_attention
 from .teachers import ADAPTERS, Teacher, load_teacher
 
 # %% auto #0
@@ -699,7 +699,7 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
         the cache (the mixers' parallel form from their state, kept layers' attention to all keys so far); the logits of the
         last `logits_to_keep` positions (0: all). Equal to one forward up to float rounding; the peak is one chunk's."""
         x = input_ids if input_ids is not None else inputs_embeds
-        T, C, past = x.shape[1], self.config.prefill_chunk, cache.seen
+        T, C = x.shape[1], self.config.prefill_chunk
         keep = T if logits_to_keep == 0 else min(logits_to_keep, T)
         logits = []
         for s in range(0, T, C):

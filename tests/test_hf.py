@@ -402,7 +402,7 @@ def test_prefill_in_chunks(teachers, case):
             logits = s(x, attention_mask=mask, use_cache=True).logits
         last = s(x, attention_mask=mask, use_cache=True, logits_to_keep=5).logits
         runs[C] = logits, last, big.largest, s.generate(x, attention_mask=mask, max_new_tokens=4, do_sample=False)
-    (whole, last0, big0, gen0), (chunked, last1, big1, gen1) = runs[0], runs[64]
+    (whole, _, big0, gen0), (chunked, last1, big1, gen1) = runs[0], runs[64]
     tokens = mask.bool()
     torch.testing.assert_close(chunked[tokens], whole[tokens], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(last1, whole[:, -5:], atol=1e-4, rtol=1e-4)
