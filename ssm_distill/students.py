@@ -162,7 +162,7 @@ class StaticStudentCache(StudentCache):
         super().__init__(n_layers, mixer_layers, store=True)
         self.max_cache_len, self.frozen, self.window = max_cache_len, False, None
         self.cursor = torch.zeros(1, dtype=torch.long)   # [1] the position the next token is written at
-        self.open = None                                   # [B, max_cache_len] bool: written token positions
+        self.open = None            # [B, max_cache_len] bool: written token positions ([B, 0] without kept attention)
 
     @classmethod
     def for_model(cls, model, max_cache_len:int) -> StaticStudentCache:
@@ -179,8 +179,10 @@ class StaticStudentCache(StudentCache):
         grow = lambda t: nn.functional.pad(t, (0, 0, 0, L - S))                  # (B, Hkv, L, Dh)
         self.keys, self.values = ({i: grow(t) for i, t in d.items()} for d in (self.keys, self.values))
         t = self.buffers()[0]
-        self.open = torch.zeros(t.shape[0], L, dtype=torch.bool, device=t.device)
-        self.open[:, :S] = True if self.mask is None else self.mask.bool()
+        # positions matter only to kept attention: a pure mixer student's step has no length at all (one graph for any prompt)
+        attends = bool(model.config.attention_layers or model.config.attention_heads)
+        self.open = torch.zeros(t.shape[0], L if attends else 0, dtype=torch.bool, device=t.device)
+        if attends: self.open[:, :S] = True if self.mask is None else self.mask.bool()
         self.cursor = torch.full((1,), S, dtype=torch.long, device=t.device)
         self.window, self.frozen = model.window, True
         for t in self.buffers() + [self.cursor]: torch._dynamo.mark_static_address(t)
@@ -191,7 +193,7 @@ class StaticStudentCache(StudentCache):
 
     def step_mask(self, dtype) -> torch.Tensor: # [B, 1, 1, max_cache_len]
         "Open the slot at `cursor` and return the additive mask of the one new query: 0 on open positions (inside the window)."
-        self.open.index_fill_(1, self.cursor, True)
+        if self.open.shape[1]: self.open.index_fill_(1, self.cursor, True)   # (a pure mixer student keeps no positions)
         ok = self.open
         if self.window is not None: ok = ok & (torch.arange(self.max_cache_len, device=ok.device) > self.cursor - self.window)
         return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill(~ok, torch.finfo(dtype).min)[:, None, None]
@@ -665,7 +667,7 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
         require(x is not None and x.dim() >= 2, "pass input_ids [B, T] (or inputs_embeds [B, T, D])")
         padded = attention_mask is not None and not bool(attention_mask.all())
         if cache is None and (use_cache or padded): cache = StudentCache.for_model(self, store=bool(use_cache))
-        if isinstance(cache, StaticStudentCache) and cache.seen:
+        if isinstance(cache, StaticStudentCache) and (cache.frozen or (cache.seen and x.shape[1] == 1)):   # after the prompt
             return self._decode(input_ids, cache, position_ids, labels is None and inputs_embeds is None and x.shape[1] == 1)
         if self._chunks(cache, x.shape[1], labels, logits_to_keep, kwargs):
             return self._prefill_in_chunks(cache, input_ids, inputs_embeds, attention_mask, position_ids, logits_to_keep, **kwargs)

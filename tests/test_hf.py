@@ -403,8 +403,20 @@ def test_prefill_in_chunks(teachers, case):
         last = s(x, attention_mask=mask, use_cache=True, logits_to_keep=5).logits
         runs[C] = logits, last, big.largest, s.generate(x, attention_mask=mask, max_new_tokens=4, do_sample=False)
     (whole, _, big0, gen0), (chunked, last1, big1, gen1) = runs[0], runs[64]
+    assert torch.equal(s.generate(x, attention_mask=mask, max_new_tokens=4, do_sample=False, cache_implementation='static'), gen0)
     tokens = mask.bool()
     torch.testing.assert_close(chunked[tokens], whole[tokens], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(last1, whole[:, -5:], atol=1e-4, rtol=1e-4)
     assert last1.shape[1] == 5 and torch.equal(gen1, gen0)
     assert big1 * 2 < big0, (big1, big0)
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('case', ['mamba2', 'gla_attn1'])
+def test_compiled_decoding_on_cuda_graphs(teachers, case):
+    "On a GPU, compile_decoding() replays CUDA graphs (mode='reduce-overhead', the static cache's buffers at fixed addresses): greedy unchanged."
+    s = no_eos(build_student(teachers['llama'], **STATIC_CASES[case])).cuda()
+    x, mask = (t.cuda() for t in padded())
+    want = s.generate(x, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    s.compile_decoding()
+    for _ in range(3): assert torch.equal(s.generate(x, attention_mask=mask, max_new_tokens=8, do_sample=False), want)
