@@ -80,6 +80,17 @@ class CudaPeakMemory:
         torch.cuda.synchronize(); self.bytes = max(torch.cuda.max_memory_allocated() - self.start, 0)
 
 
+def copy_bandwidth(nbytes:int, repeats:int=7) -> float:
+    """Bytes/s that `dst.copy_(src)` moves (read + written) through a working set of `nbytes` (src and dst half each), at the
+    current torch thread count, best of `repeats`: the rate at which a decode step could stream its `nbytes` from wherever
+    they fit (a cache level, or DRAM beyond the last one)."""
+    src = torch.rand(max(nbytes // 8, 1024)); dst = torch.empty_like(src)   # float32, nbytes / 2 each
+    dst.copy_(src); times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter(); dst.copy_(src); times.append(time.perf_counter() - t0)
+    return 2 * src.numel() * src.element_size() / min(times)
+
+
 def now() -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process). On a shared machine the CPU time is the steadier measure of the work
     done (other processes' load stretches the wall time, not it); single-threaded, the two agree on an idle machine."""

@@ -18,39 +18,65 @@ take more than `--max-call-s` or more than `--max-gib` is skipped, and the row s
     python benchmarks/generation.py --quick         # contexts 256, 1024, 16 new tokens: about a minute
     python benchmarks/generation.py --profile       # also: where one decode step's time goes (torch.profiler, hooks)
     python benchmarks/generation.py --device cuda   # on a GPU: wall time (synchronised), memory from the CUDA allocator
+    python benchmarks/generation.py --quick --compiled   # eager and compiled, teacher and students, at 512 and 8k (minutes)
+
+`--compiled` adds a compiled twin of every model (the same weights): the teacher through transformers' own route (its
+`StaticCache` via `cache_implementation='static'`, and `generate` compiling the forward of each decoding step, a
+`CompileConfig(fullgraph=True, dynamic=False)`), each student through `compile_decoding()` (a `StaticStudentCache`, the
+whole one-token step compiled). The first call of a compiled model at each context compiles (the teacher's static cache
+has a new length, so it recompiles per context; a pure student's state does not, so it compiles once): its time minus
+a later call's is the row's `compile_s`. Each row also gets the bandwidth bound: bytes read per decoded token (every
+weight once, the input embedding as one row unless tied; plus the cache: the teacher's keys and values, the student's
+state and kept keys) over this process's measured copy bandwidth (`common.copy_bandwidth`, one thread), and how far the
+CPU time per token is from it. Results go to generation-compiled-<device>.json/html, with the issue's targets for the
+compiled pair (student/teacher >= 4.0x at 8k, >= 1.2x at 512, the student within 2x of its bound).
 
 Writes benchmarks/results/generation-<device>.json (rows, ratios to the teacher, the issue's targets and how far from
 them) and generation-<device>.html. On CPU the ratios and targets use CPU time (the machine is shared); on CUDA, wall time.
 """
 from __future__ import annotations
-import argparse, sys, time
+import argparse, math, sys, time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CudaPeakMemory, PeakMemory, elapsed, extrapolate, loglog_figure, loglog_slope, machine, median, now, rotated, write_results
+from common import (CudaPeakMemory, PeakMemory, copy_bandwidth, elapsed, extrapolate, loglog_figure, loglog_slope, machine, median,
+                    now, rotated, write_results)
 
 STUDENTS = {'phi_mamba': dict(mixer='phi_mamba'), 'mamba2': dict(mixer='mamba2'), 'gla': dict(mixer='gla'),
-            'gated_deltanet': dict(mixer='gated_deltanet'), 'hybrid_mamba2_attn1': dict(mixer='mamba2', attention_layers=[1]),
-            # the same phi_mamba student with each mixer's one-token step compiled (StudentForCausalLM.compile_decoding)
-            'phi_mamba_compiled': dict(mixer='phi_mamba', compile=True)}
+            'gated_deltanet': dict(mixer='gated_deltanet'), 'hybrid_mamba2_attn1': dict(mixer='mamba2', attention_layers=[1])}
+COMPILED = '_compiled'   # the suffix of a model's compiled twin
 
 
-def build_models(max_positions:int, names:list[str], device:torch.device=torch.device('cpu')) -> tuple[dict, object]:
+def compile_teacher(model):
+    "Transformers' own compiled decoding: a `StaticCache`, and `generate` compiling the forward of each decoding step (on any device)."
+    from transformers import CompileConfig
+    cfg = CompileConfig(fullgraph=True, dynamic=False, mode='reduce-overhead' if model.device.type == 'cuda' else 'default')
+    cfg._compile_all_devices = True   # transformers compiles only on accelerators unless asked
+    model.generation_config.cache_implementation, model.generation_config.compile_config = 'static', cfg
+    return model
+
+
+def build_models(max_positions:int, names:list[str], device:torch.device=torch.device('cpu'),
+                 compiled:bool=False) -> tuple[dict, object]: # True: also each model's compiled twin (`<name>_compiled`)
     "The teacher (rotary positions extended to `max_positions`) and the students, all in eval mode, float32, on `device`."
     from ssm_distill.builtin import load_builtin_teacher
     from ssm_distill.students import build_student
-    model, tok = load_builtin_teacher()
-    model.config.max_position_embeddings = max(max_positions, model.config.max_position_embeddings)
+    def teacher():
+        model, tok = load_builtin_teacher()
+        model.config.max_position_embeddings = max(max_positions, model.config.max_position_embeddings)
+        return model.to(device), tok
+    model, tok = teacher()
     models = {'teacher': model}
+    if compiled:
+        torch._dynamo.config.recompile_limit = 64   # the teacher's static cache recompiles at each context
+        models['teacher' + COMPILED] = compile_teacher(teacher()[0])
     for n in names:
-        torch.manual_seed(0)
-        opts = dict(STUDENTS[n]); compiled = opts.pop('compile', False)
-        models[n] = build_student(model, **opts).eval().to(device)
-        if compiled:   # compile once here (about a minute per layer), not inside a timed call
-            models[n].compile_decoding().generate(torch.randint(3, 100, (1, 8), device=device), max_new_tokens=3, do_sample=False)
-    models['teacher'] = model.to(device)
+        for twin in ([False, True] if compiled else [False]):
+            torch.manual_seed(0)
+            st = build_student(model, **STUDENTS[n]).eval().to(device)
+            models[n + (COMPILED if twin else '')] = st.compile_decoding() if twin else st
     return models, tok
 
 
@@ -113,6 +139,7 @@ def bench(models:dict, contexts:list[int], new:int, repeats:int, max_call_s:floa
             t_pred, m_pred = extrapolate(hist_t.get(n, []), T), extrapolate(hist_m.get(n, []), T)
             if t_pred is not None and t_pred > max_call_s: skipped[n] = f'predicted {t_pred:.0f} s per call > --max-call-s {max_call_s:g}'
             elif m_pred is not None and m_pred > max_gib * 2**30: skipped[n] = f'predicted {m_pred / 2**30:.1f} GiB > --max-gib {max_gib:g}'
+        first = {n: measure(models[n], ids, new) for n in models if n.endswith(COMPILED) and n not in skipped}   # compiles
         for r in range(reps[T]):
             for n in rotated(list(models), r):
                 if n not in skipped: runs[n].append(measure(models[n], ids, new))
@@ -122,6 +149,7 @@ def bench(models:dict, contexts:list[int], new:int, repeats:int, max_call_s:floa
                 rows.append(dict(model=n, context=T, skipped=skipped[n])); continue
             row = dict(model=n, context=T, new_tokens=new, repeats=reps[T],
                        **{k: median([m[k] for m in runs[n]]) for k in runs[n][0]})
+            if n in first: row.update(first_call_s=first[n]['total_s'], compile_s=max(first[n]['total_s'] - row['total_s'], 0.))
             rows.append(row)
             hist_t.setdefault(n, []).append((T, row['total_s']))
             hist_m.setdefault(n, []).append((T, max(row['prefill_peak_bytes'], row['decode_peak_bytes'], 1)))
@@ -129,13 +157,18 @@ def bench(models:dict, contexts:list[int], new:int, repeats:int, max_call_s:floa
     return rows
 
 
+def reference(model:str) -> str:
+    "The teacher a model is compared with: the compiled teacher for a compiled student, the eager one otherwise."
+    return 'teacher' + COMPILED if model.endswith(COMPILED) else 'teacher'
+
+
 def ratios(rows:list[dict]) -> list[dict]:
-    "Per context and student: tokens/s (wall and CPU time), prefill time and memory as multiples of the teacher's."
-    t = {r['context']: r for r in rows if r['model'] == 'teacher' and 'decode_ms' in r}
+    "Per context and student: tokens/s (wall and CPU time), prefill time and memory as multiples of the teacher's (compiled against compiled)."
+    t = {(r['model'], r['context']): r for r in rows if r['model'].startswith('teacher') and 'decode_ms' in r}
     out = []
     for r in rows:
-        if r['model'] == 'teacher' or 'decode_ms' not in r or r['context'] not in t: continue
-        tr = t[r['context']]
+        if r['model'].startswith('teacher') or 'decode_ms' not in r or (reference(r['model']), r['context']) not in t: continue
+        tr = t[reference(r['model']), r['context']]
         out.append(dict(model=r['model'], context=r['context'], tokens_per_s_vs_teacher=round(r['tokens_per_s'] / tr['tokens_per_s'], 2),
                         tokens_per_cpu_s_vs_teacher=round(r['tokens_per_cpu_s'] / tr['tokens_per_cpu_s'], 2),
                         prefill_time_vs_teacher=round(r['prefill_s'] / tr['prefill_s'], 2),
@@ -163,13 +196,72 @@ def targets(rows:list[dict], rats:list[dict], on:str='cpu') -> dict:
     return out
 
 
+def weight_bytes(model) -> int:
+    "Bytes of weights one decoding step reads: every parameter once, the input embedding as the one row it looks up (unless tied to the head)."
+    total = sum(p.numel() * p.element_size() for p in model.parameters())    # a tied embedding is counted once
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    if emb is not head: total -= (emb.shape[0] - 1) * emb.shape[1] * emb.element_size()
+    return total
+
+
+def add_bounds(rows:list[dict], models:dict) -> dict:
+    """Per row: bytes read per decoded token (weights + the cache after the call), the copy bandwidth through a working set
+    of that size (measured here, `common.copy_bandwidth`), the bound per token and the distance to it; returns the bandwidths."""
+    seen = {}
+    for r in rows:
+        if 'decode_ms' not in r: continue
+        n = r['bytes_per_token'] = weight_bytes(models[r['model']]) + r['cache_bytes']
+        size = 2 ** round(math.log2(n))                                          # one measurement per power of two
+        if size not in seen: seen[size] = copy_bandwidth(size)
+        r['bandwidth_bytes_per_s'] = seen[size]
+        r['bound_ms'] = n / seen[size] * 1e3
+        r['times_bound_cpu'] = r['decode_cpu_ms'] / r['bound_ms']                # 1: at the bound
+        r['pct_above_bound_cpu'] = round(100 * (r['times_bound_cpu'] - 1), 1)
+    return {f'{s / 2**20:g} MiB': round(b / 1e9, 2) for s, b in sorted(seen.items())} | {'unit': 'GB/s, copy, one thread'}
+
+
+def compiled_targets(rows:list[dict], rats:list[dict], on:str='cpu') -> dict:
+    """The issue's targets for the compiled pair: student/teacher >= 4.0x at 8k and >= 1.2x at 512 (compiled against compiled),
+    the student's compiled time per token within 2x of its own bandwidth bound; the eager ratios beside them."""
+    speed, ms = ('tokens_per_cpu_s_vs_teacher', 'decode_cpu_ms') if on == 'cpu' else ('tokens_per_s_vs_teacher', 'decode_ms')
+    want = {512: 1.2, 8192: 4.0}
+    sp = {(r['model'], r['context']): r[speed] for r in rats}
+    out = {}
+    for n in sorted({r['model'][:-len(COMPILED)] for r in rats if r['model'].endswith(COMPILED)}):
+        mine = {r['context']: r for r in rows if r['model'] == n + COMPILED and 'decode_ms' in r}
+        out[n] = dict(speedup={T: dict(target=w, reached=sp.get((n + COMPILED, T)), eager=sp.get((n, T)),
+                                       met=None if (n + COMPILED, T) not in sp else sp[n + COMPILED, T] >= w) for T, w in want.items()},
+                      within_2x_of_bound={T: dict(times_bound=round(r[ms] / r['bound_ms'], 2), met=r[ms] <= 2 * r['bound_ms'])
+                                          for T, r in mine.items()})
+    return out
+
+
+def compiled_table(rows:list[dict]) -> list[dict]:
+    "One line per model and context: eager and compiled CPU ms per token, the bound, compile time (what the README shows)."
+    by = {(r['model'], r['context']): r for r in rows if 'decode_ms' in r}
+    out = []
+    for (n, T), r in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if n.endswith(COMPILED) or (n + COMPILED, T) not in by: continue
+        c, teacher, tc = by[n + COMPILED, T], by[('teacher', T)], by[('teacher' + COMPILED, T)]
+        out.append(dict(model=n, context=T, eager_ms=round(r['decode_cpu_ms'], 2), compiled_ms=round(c['decode_cpu_ms'], 2),
+                        bound_ms=round(c['bound_ms'], 2), compiled_times_bound=round(c['times_bound_cpu'], 2),
+                        compile_s=round(c.get('compile_s', 0), 1),
+                        eager_vs_teacher=None if n == 'teacher' else round(teacher['decode_cpu_ms'] / r['decode_cpu_ms'], 2),
+                        compiled_vs_teacher=None if n == 'teacher' else round(tc['decode_cpu_ms'] / c['decode_cpu_ms'], 2),
+                        prefill_peak_mib=round(r['prefill_peak_bytes'] / 2**20, 1)))
+    return out
+
+
 @torch.no_grad()
 def profile_step(model, ids:torch.Tensor, steps:int=16) -> dict:
     """Where one decode step's time goes: the forward alone vs `generate`'s per-token time, time per module kind (hooks),
     and the aten ops (torch.profiler): their count per step, their total self time, the top ones."""
     from torch.profiler import ProfilerActivity, profile
     from ssm_distill.students import cache_arg
-    if hasattr(model, 'mixer_layers'):
+    if hasattr(model, '_compiled_step'):   # a compiled student: its static cache, the compiled step from the second token on
+        from ssm_distill.students import StaticStudentCache
+        cache = StaticStudentCache.for_model(model, ids.shape[1] + 3 * steps + 8)
+    elif hasattr(model, 'mixer_layers'):
         from ssm_distill.students import StudentCache
         cache = StudentCache.for_model(model)
     else:
@@ -214,6 +306,30 @@ def profile_step(model, ids:torch.Tensor, steps:int=16) -> dict:
                               for e in top])
 
 
+def compiled_figure(rows:list[dict], title:str):
+    "Decode CPU ms per token against context, eager (dashed) and compiled (solid), each model's bandwidth bound dotted; prefill peak."
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    fig = make_subplots(rows=1, cols=2, subplot_titles=['decode CPU ms per token (dotted: bandwidth bound)', 'prefill peak memory (MiB)'])
+    ok = [r for r in rows if 'decode_ms' in r]
+    for n in dict.fromkeys(r['model'] for r in ok):
+        rs = sorted((r for r in ok if r['model'] == n), key=lambda r: r['context'])
+        x, dash = [r['context'] for r in rs], 'solid' if n.endswith(COMPILED) else 'dash'
+        fig.add_trace(go.Scatter(x=x, y=[r['decode_cpu_ms'] for r in rs], name=n, legendgroup=n, mode='lines+markers',
+                                 line=dict(dash=dash)), row=1, col=1)
+        if n.endswith(COMPILED):
+            fig.add_trace(go.Scatter(x=x, y=[r['bound_ms'] for r in rs], name=f'{n[:-len(COMPILED)]} bound', mode='lines',
+                                     line=dict(dash='dot')), row=1, col=1)
+        else:
+            fig.add_trace(go.Scatter(x=x, y=[r['prefill_peak_bytes'] / 2**20 for r in rs], name=n, legendgroup=n, showlegend=False,
+                                     mode='lines+markers'), row=1, col=2)
+    for col in (1, 2):
+        fig.update_xaxes(type='log', title_text='context (tokens)', row=1, col=col)
+        fig.update_yaxes(type='log', row=1, col=col)
+    fig.update_layout(title=title, height=450, width=1100)
+    return fig
+
+
 def figure(rows:list[dict], title:str):
     return loglog_figure(rows, 'model', 'context', 'context (tokens)', {'tokens_per_s': 'decode tokens/s', 'prefill_s': 'prefill time (s)',
                          'cache_bytes': 'cache after the call (bytes)'}, title, dashed=('teacher',))
@@ -225,18 +341,22 @@ def main(argv=None):
     p.add_argument('--new', type=int, default=32, help='new tokens per call (default 32)')
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--long-repeats', type=int, default=1, help='repeats at contexts >= 16384 (default 1: minutes per call)')
-    p.add_argument('--students', nargs='+', default=list(STUDENTS), choices=list(STUDENTS))
+    p.add_argument('--students', nargs='+', default=None, choices=list(STUDENTS), help='default: all (with --compiled: mamba2, hybrid)')
     p.add_argument('--threads', type=int, default=1, help='torch threads (default 1: the machine is shared)')
     p.add_argument('--max-call-s', type=float, default=240., help='skip a model whose next call is predicted to take longer')
     p.add_argument('--max-gib', type=float, default=8., help='skip a model whose next call is predicted to need more memory')
-    p.add_argument('--quick', action='store_true', help='contexts 256 1024, 16 new tokens, 2 repeats')
+    p.add_argument('--quick', action='store_true', help='contexts 256 1024 (with --compiled: 512 8192), 16 new tokens, 2 repeats')
+    p.add_argument('--compiled', action='store_true', help='also each model compiled (teacher: StaticCache + torch.compile; '
+                   'students: compile_decoding), the bandwidth bound per context; default students mamba2 and the hybrid')
     p.add_argument('--profile', action='store_true', help='also profile one decode step of each model at the first context')
-    p.add_argument('--name', default='generation', help='results file stem (default generation)')
+    p.add_argument('--name', default=None, help='results file stem (default generation, or generation-compiled with --compiled)')
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='cpu (default) or cuda')
     a = p.parse_args(argv)
     device = torch.device(a.device)
     if device.type == 'cuda' and not torch.cuda.is_available(): p.error('--device cuda: no CUDA GPU is visible here')
-    if a.quick: a.contexts, a.new, a.repeats = [256, 1024], 16, 2
+    if a.quick: a.contexts, a.new, a.repeats = ([512, 8192] if a.compiled else [256, 1024]), 16, 2
+    a.students = a.students or (['mamba2', 'hybrid_mamba2_attn1'] if a.compiled else list(STUDENTS))
+    a.name = a.name or ('generation-compiled' if a.compiled else 'generation')
     torch.set_num_threads(a.threads)
     meta = dict(machine(a.threads, device), teacher='built-in teacher (Llama, 4 layers, hidden 256, 8 heads x 32, vocab 4096), trained '
                 'weights, rotary positions extended from 256 to the longest context (timing only)',
@@ -245,19 +365,24 @@ def main(argv=None):
                        'time on CPU, the machine is shared; wall time on CUDA, synchronised at each new token); peak memory = resident-set '
                        'growth on CPU (Linux), the CUDA allocator\'s peak above the start on CUDA',
                 new_tokens=a.new, repeats=a.repeats, repeats_from_16k=a.long_repeats)
-    models, tok = build_models(max(a.contexts) + a.new, a.students, device)
+    models, tok = build_models(max(a.contexts) + a.new, a.students, device, a.compiled)
     rows = bench(models, sorted(a.contexts), a.new, a.repeats, a.max_call_s, a.max_gib, len(tok), a.long_repeats, device=device)
     rats = ratios(rows)
+    if a.compiled:
+        meta['bandwidth_by_working_set'] = add_bounds(rows, models)
+        meta['bandwidth_1GiB'] = round(copy_bandwidth(2**30) / 1e9, 2)   # DRAM, past the last cache level
     data = dict(meta=meta, rows=rows, ratios=rats, targets=targets(rows, rats, device.type),
                 decode_cpu_ms_slope_vs_context={n: loglog_slope([r['context'] for r in rows if r['model'] == n and 'decode_ms' in r],
                                                                 [r['decode_cpu_ms'] for r in rows if r['model'] == n and 'decode_ms' in r])
                                             for n in models},
                 **({} if device.type == 'cuda' else dict(gpu=dict(rows='not measured', why=meta['gpu']))))
-    if a.profile:
+    if a.compiled: data.update(table=compiled_table(rows), compiled_targets=compiled_targets(rows, rats, device.type))
+    if a.profile:   # the compiled teacher runs through generate's own compiled call, not a forward: not profiled here
         ids = torch.randint(3, len(tok), (1, min(a.contexts)), generator=torch.Generator().manual_seed(1)).to(device)
-        data['profile'] = dict(context=min(a.contexts), models={n: profile_step(m, ids) for n, m in models.items()})
+        data['profile'] = dict(context=min(a.contexts), models={n: profile_step(m, ids) for n, m in models.items() if n != 'teacher' + COMPILED})
     where = meta['gpu'] if device.type == 'cuda' else f"CPU, {a.threads} thread(s), {meta['cpu']}"
-    out = write_results(a.name, device.type, data, figure(rows, f"decode: teacher vs students ({where})"))
+    fig = (compiled_figure if a.compiled else figure)(rows, f"decode: teacher vs students{', eager and compiled' if a.compiled else ''} ({where})")
+    out = write_results(a.name, device.type, data, fig)
     for r in rows:
         if 'skipped' in r: print(f"{r['model']:>20} T={r['context']:>6}  skipped: {r['skipped']}"); continue
         print(f"{r['model']:>20} T={r['context']:>6}  decode {r['decode_ms']:7.2f} ms/token (CPU {r['decode_cpu_ms']:7.2f} ms)  "
@@ -265,6 +390,7 @@ def main(argv=None):
               f"decode peak {r['decode_peak_bytes'] / 2**20:6.1f} MiB  cache {r['cache_bytes'] / 2**10:9.1f} KiB")
     for r in rats: print(f"{r['model']:>20} T={r['context']:>6}  tokens/s x{r['tokens_per_s_vs_teacher']} (CPU time x{r['tokens_per_cpu_s_vs_teacher']})  "
                          f"prefill x{r['prefill_time_vs_teacher']} (CPU time x{r['prefill_cpu_time_vs_teacher']})")
+    for r in data.get('table', []): print(r)
     print(f'wrote {out}')
     return data
 

@@ -23,12 +23,12 @@ from .kernels_delta import channels_to_heads   # (importing it registers the del
 # %% auto #0
 __all__ = ['QK_NORMS', 'ACTIVATIONS', 'MIXERS', 'AttentionWeights', 'rotate_half', 'apply_rotary', 'rotary_cos_sin',
            'silu_inverse', 'FusedProjection', 'ShortConv', 'GatedNorm', 'MixerConfig', 'expand_kv', 'call_with',
-           'FreeMatrix', 'Mixer', 'SoftmaxAttentionConfig', 'SoftmaxAttention', 'mixer_from_attention', 'dt_bias_init',
-           'Mamba2Config', 'Mamba2', 'tiny_mixer', 'PhiMambaConfig', 'PhiMamba', 'MambaConfig', 'Mamba', 'GLAConfig',
-           'GLA', 'RetNetConfig', 'RetNet', 'HGRN2Config', 'HGRN2', 'DeltaNetConfig', 'DeltaNet', 'GatedDeltaNetConfig',
-           'GatedDeltaNet', 'MLSTMConfig', 'MLSTM', 'LinearAttentionConfig', 'LinearAttention', 'HedgehogConfig',
-           'Hedgehog', 'LowRankConfig', 'LowRank', 'ema_kernels', 'ToeplitzConfig', 'Toeplitz', 'tiny_rotary',
-           'values_path']
+           'copy_state_', 'clone_state', 'FreeMatrix', 'Mixer', 'SoftmaxAttentionConfig', 'SoftmaxAttention',
+           'mixer_from_attention', 'dt_bias_init', 'Mamba2Config', 'Mamba2', 'tiny_mixer', 'PhiMambaConfig', 'PhiMamba',
+           'MambaConfig', 'Mamba', 'GLAConfig', 'GLA', 'RetNetConfig', 'RetNet', 'HGRN2Config', 'HGRN2',
+           'DeltaNetConfig', 'DeltaNet', 'GatedDeltaNetConfig', 'GatedDeltaNet', 'MLSTMConfig', 'MLSTM',
+           'LinearAttentionConfig', 'LinearAttention', 'HedgehogConfig', 'Hedgehog', 'LowRankConfig', 'LowRank',
+           'ema_kernels', 'ToeplitzConfig', 'Toeplitz', 'tiny_rotary', 'values_path']
 
 # %% ../nbs/02_mixers.ipynb #dc8ed565
 QK_NORMS = {'rms': nn.RMSNorm, 'layer': nn.LayerNorm}  # per-head q/k norms that teachers use (Qwen3 / OLMo-2, Phi)
@@ -281,6 +281,20 @@ def _step_rotary(rotary):
     if rotary is None: return None
     return tuple(r[:, None] if r.dim() == 2 else r for r in rotary)
 
+def copy_state_(dst, src):
+    "Write the nested state `src` into the buffers of `dst` (same keys and shapes), in place: a static cache keeps its addresses."
+    if isinstance(dst, dict):
+        for k, v in dst.items(): copy_state_(v, src[k])
+    elif isinstance(dst, (tuple, list)):
+        for d, t in zip(dst, src): copy_state_(d, t)
+    elif dst is not None: dst.copy_(src)
+
+def clone_state(state):
+    "A copy of the nested state `state` (dicts, tuples, tensors): buffers of its own."
+    if isinstance(state, dict): return {k: clone_state(v) for k, v in state.items()}
+    if isinstance(state, (tuple, list)): return type(state)(clone_state(v) for v in state)
+    return state if state is None else state.clone()
+
 # %% ../nbs/02_mixers.ipynb #20d91af6
 @dataclass
 class FreeMatrix:
@@ -451,6 +465,21 @@ class Mixer(nn.Module):
             o, ssm = self.kernel.recurrent(**args, initial_state=state.get('ssm'), output_final_state=True)
         return self.output(self.scale_heads(o), extra)[:, 0], dict(conv=new_conv, ssm=ssm)
 
+    def step_(self, x_t:torch.Tensor, # [B, D] one token
+              state:dict, # fixed-size buffers (`static_state`), overwritten with the state after this token
+              rotary:tuple|None=None, # (cos, sin) of this position, [B, r] or [B, 1, r]
+              cursor:torch.Tensor|None=None, # [1] the position this token is written at (a growing cache's slot)
+             ) -> torch.Tensor: # [B, D]
+        "One token in the recurrent form, updating `state` in place (compiled and CUDA-graph decoding need fixed addresses)."
+        y, new = self.step(x_t, state, rotary)
+        copy_state_(state, new)
+        return y
+
+    def static_state(self, state:dict, # from `init_state` or `forward(..., return_state=True)`
+                     max_len:int) -> dict: # positions the buffers must hold (a recurrent state ignores it)
+        "`state` as buffers that `step_` can overwrite for up to `max_len` positions: a recurrent state is one already (a copy)."
+        return clone_state(state)
+
     def init_state(self, batch_size:int, device=None, dtype=None) -> dict:
         "The state before the first token: zero conv inputs and a zero kernel state."
         device = device or next(self.parameters()).device; dtype = dtype or next(self.parameters()).dtype
@@ -568,6 +597,24 @@ class SoftmaxAttention(Mixer):
     def step(self, x_t, state, rotary=None):
         y, state = self.forward(x_t[:, None], state, _step_rotary(rotary), return_state=True)
         return y[:, 0], state
+
+    def static_state(self, state, max_len):
+        "The KV cache padded to `max_len` positions: keys and values `[B, max_len, Hkv, Dh]`, the mask 0 where nothing is written yet."
+        pad = max_len - state['k'].shape[1]
+        require(pad >= 0, f"the prompt has {state['k'].shape[1]} positions but the static cache holds {max_len}; "
+                "give a larger max_cache_len (prompt + max_new_tokens)")
+        grow = lambda t: F.pad(t, (0, 0, 0, 0, 0, pad))                          # (B, max_len, Hkv, Dh)
+        return dict(k=grow(state['k']), v=grow(state['v']), mask=F.pad(state['mask'], (0, pad)))   # mask (B, max_len)
+
+    def step_(self, x_t, state, rotary=None, cursor=None):
+        "One token against the preallocated cache: write its key and value at `cursor`, attend to the open positions."
+        q, k, v = self.qkv(x_t[:, None], _step_rotary(rotary))                  # (B, 1, H, Dh), (B, 1, Hkv, Dh)
+        state['k'].index_copy_(1, cursor, k); state['v'].index_copy_(1, cursor, v)
+        state['mask'].index_fill_(1, cursor, 1)
+        K, V = (self.expand(state[n]).transpose(1, 2) for n in 'kv')             # (B, H, max_len, Dh)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), K, V, attn_mask=state['mask'].bool()[:, None, None],
+                                           scale=self.scale)                     # (B, H, 1, Dh)
+        return self.out_proj(o.transpose(1, 2).flatten(2))[:, 0]                # (B, D)
 
     def init_state(self, batch_size, device=None, dtype=None):
         "An empty KV cache (it grows by one entry per step)."

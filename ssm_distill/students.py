@@ -7,7 +7,7 @@ Docs: https://ssm-distill.github.io/ssm_distill/students.html.md"""
 
 # %% ../nbs/04_students.ipynb #ec1a9f4b
 from __future__ import annotations
-import dataclasses, inspect
+import copy, dataclasses, inspect
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
@@ -27,9 +27,9 @@ from .teachers import ADAPTERS, Teacher, load_teacher
 
 # %% auto #0
 __all__ = ['CACHE_ARGS', 'MIRRORED', 'REMOTE_MODULE', 'AUTO_MAP', 'REMOTE_CODE', 'STUDENT_GROUPS', 'STUDENT_INITS',
-           'CALIBRATION_BYTES', 'StudentCache', 'MixerAttention', 'head_weights', 'kept_heads_config',
-           'HeadHybridConfig', 'HeadHybrid', 'cache_arg', 'find_cache', 'output_cache_field', 'check_reached',
-           'allow_checkpointing_with_cache', 'is_local_path', 'StudentConfig', 'StudentForCausalLM',
+           'CALIBRATION_BYTES', 'StudentCache', 'StaticStudentCache', 'MixerAttention', 'head_weights',
+           'kept_heads_config', 'HeadHybridConfig', 'HeadHybrid', 'cache_arg', 'find_cache', 'output_cache_field',
+           'check_reached', 'allow_checkpointing_with_cache', 'is_local_path', 'StudentConfig', 'StudentForCausalLM',
            'check_transformers_contract', 'causal_mask', 'set_trainable_groups', 'calibration_targets',
            'fit_start_scale', 'matrix_errors', 'qkv_copy_init', 'random_init', 'fit_mixing_matrix', 'calibration_shape',
            'calibration_batch', 'mixing_init', 'build_student', 'copy_teacher_weights', 'resized_config',
@@ -54,6 +54,7 @@ class StudentCache(Cache):
         self.layers, self.n_layers, self.mixer_layers, self.store = [], n_layers, set(mixer_layers), store
         self.states, self.keys, self.values = {}, {}, {}   # {layer: mixer state}, {layer: [B, Hkv, S, Dh]}
         self.mask, self.seen, self.reached, self.new_padding = None, 0, set(), None
+        self.partial = False   # True while a prompt runs in chunks and this is not its last: it may end in (left) padding
 
     @classmethod
     def for_model(cls, model, store:bool=True) -> StudentCache:
@@ -90,7 +91,7 @@ class StudentCache(Cache):
             require(attention_mask.shape[-1] == self.seen + T, f"attention_mask covers {attention_mask.shape[-1]} positions "
                     f"but the cache has seen {self.seen} and {T} are new; pass a mask over all {self.seen + T} positions")
             attention_mask = None if self.mask is None and bool(attention_mask.all()) else attention_mask.long()
-        require(not (self.store and attention_mask is not None and not bool(attention_mask[:, -1].all())),
+        require(not (self.store and not self.partial and attention_mask is not None and not bool(attention_mask[:, -1].all())),
                 "the batch is right-padded (a row ends in padding), so generation would continue from the padding; "
                 "pad prompts on the left (tokenizer.padding_side = 'left')")
         self.mask, self.reached = attention_mask, set()
@@ -148,6 +149,82 @@ class StudentCache(Cache):
     def reset(self):
         self.states, self.keys, self.values = {}, {}, {}
         self.mask, self.seen, self.reached, self.new_padding = None, 0, set(), None
+
+class StaticStudentCache(StudentCache):
+    """A `StudentCache` whose decoding writes into fixed-size buffers in place: each mixer's state, each kept layer's keys and
+    values preallocated to `max_cache_len` positions, the write position a tensor. Nothing changes size or address from one
+    token to the next, which is what `torch.compile` (no recompiling) and CUDA graphs (replayed addresses) need. The prompt
+    runs as in `StudentCache` (the parallel form, in chunks); the first decoding step freezes what it left into the buffers."""
+    is_compileable = True
+
+    def __init__(self, n_layers:int, mixer_layers:Iterable[int],
+                 max_cache_len:int): # positions the kept layers' buffers hold: prompt + new tokens
+        super().__init__(n_layers, mixer_layers, store=True)
+        self.max_cache_len, self.frozen, self.window = max_cache_len, False, None
+        self.cursor = torch.zeros(1, dtype=torch.long)   # [1] the position the next token is written at
+        self.open = None            # [B, max_cache_len] bool: written token positions ([B, 0] without kept attention)
+
+    @classmethod
+    def for_model(cls, model, max_cache_len:int) -> StaticStudentCache:
+        "An empty static cache for `model` (a `StudentForCausalLM`) holding `max_cache_len` positions."
+        return cls(model.n_layers, model.mixer_layers, max_cache_len)
+
+    def __repr__(self): return f"Static{super().__repr__()[:-1]}, max_cache_len={self.max_cache_len}, frozen={self.frozen})"
+
+    def freeze(self, model):
+        "Move what the prompt left into the fixed-size buffers (once, before the first decoding step)."
+        L, S = self.max_cache_len, self.seen
+        require(S < L, f"the static cache holds {L} positions and the prompt has {S}: give a larger max_cache_len")
+        for i, state in self.states.items(): self.states[i] = model.mixer(i).static_state(state, L)
+        grow = lambda t: nn.functional.pad(t, (0, 0, 0, L - S))                  # (B, Hkv, L, Dh)
+        self.keys, self.values = ({i: grow(t) for i, t in d.items()} for d in (self.keys, self.values))
+        t = self.buffers()[0]
+        # positions matter only to kept attention: a pure mixer student's step has no length at all (one graph for any prompt)
+        attends = bool(model.config.attention_layers or model.config.attention_heads)
+        self.open = torch.zeros(t.shape[0], L if attends else 0, dtype=torch.bool, device=t.device)
+        if attends: self.open[:, :S] = True if self.mask is None else self.mask.bool()
+        self.cursor = torch.full((1,), S, dtype=torch.long, device=t.device)
+        self.window, self.frozen = model.window, True
+        for t in self.buffers() + [self.cursor]: torch._dynamo.mark_static_address(t)
+
+    def buffers(self) -> list[torch.Tensor]:
+        "Every tensor the cache holds per row: the mixers' states, the kept keys and values, the open positions."
+        return _leaves([self.states, self.keys, self.values]) + ([] if self.open is None else [self.open])
+
+    def step_mask(self, dtype) -> torch.Tensor: # [B, 1, 1, max_cache_len]
+        "Open the slot at `cursor` and return the additive mask of the one new query: 0 on open positions (inside the window)."
+        if self.open.shape[1]: self.open.index_fill_(1, self.cursor, True)   # (a pure mixer student keeps no positions)
+        ok = self.open
+        if self.window is not None: ok = ok & (torch.arange(self.max_cache_len, device=ok.device) > self.cursor - self.window)
+        return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill(~ok, torch.finfo(dtype).min)[:, None, None]
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        "Kept attention layer `layer_idx`: while decoding, write the token's key and value at `cursor`, return the whole buffers."
+        if not self.frozen: return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        self.reached.add(layer_idx)
+        self.keys[layer_idx].index_copy_(2, self.cursor, key_states)
+        self.values[layer_idx].index_copy_(2, self.cursor, value_states)
+        return self.keys[layer_idx], self.values[layer_idx]                     # (B, Hkv, L, Dh) each
+
+    def mix(self, layer_idx, mixer, x, rotary=None):
+        "Mixer layer `layer_idx`: while decoding, one recurrent step that overwrites its state in place."
+        if not self.frozen: return super().mix(layer_idx, mixer, x, rotary)
+        self.reached.add(layer_idx)
+        return mixer.step_(x[:, 0], self.states[layer_idx], rotary=rotary, cursor=self.cursor)[:, None]   # (B, 1, D)
+
+    def _map(self, fn):
+        if not self.frozen: return super()._map(fn)
+        for t in self.buffers(): t.copy_(fn(t))   # beams: the rows reordered in place
+
+    def reset(self):
+        super().reset()
+        self.frozen, self.open, self.cursor = False, None, torch.zeros(1, dtype=torch.long)
+
+def _leaves(tree) -> list[torch.Tensor]:
+    "The tensors of a nested state (dicts, tuples), in order."
+    if isinstance(tree, dict): return [t for v in tree.values() for t in _leaves(v)]
+    if isinstance(tree, (tuple, list)): return [t for v in tree for t in _leaves(v)]
+    return [] if tree is None else [tree]
 
 # %% ../nbs/04_students.ipynb #9e6cdae3
 class MixerAttention(nn.Module):
@@ -252,6 +329,16 @@ class HeadHybrid(nn.Module):
         om, sm = self.mixer.step(x_t, state['mixer'], rotary=self._rot(self.mixer, rotary))
         return self.project(ok, om), dict(kept=sk, mixer=sm)
 
+    def step_(self, x_t:torch.Tensor, state:dict, rotary=None, cursor=None) -> torch.Tensor:
+        "One token, each part's fixed-size state updated in place (`Mixer.step_`): `y_t [B, D]`."
+        ok = self.kept.step_(x_t, state['kept'], self._rot(self.kept, rotary), cursor)
+        om = self.mixer.step_(x_t, state['mixer'], self._rot(self.mixer, rotary), cursor)
+        return self.project(ok, om)
+
+    def static_state(self, state:dict, max_len:int) -> dict:
+        "Both parts' states as fixed-size buffers for `max_len` positions (the kept heads' keys preallocated)."
+        return dict(kept=self.kept.static_state(state['kept'], max_len), mixer=self.mixer.static_state(state['mixer'], max_len))
+
     def init_state(self, batch_size:int, device=None, dtype=None) -> dict:
         "The state before the first token: no kept keys yet, the mixer's initial state."
         return dict(kept=self.kept.init_state(batch_size, device, dtype), mixer=self.mixer.init_state(batch_size, device, dtype))
@@ -341,6 +428,7 @@ class StudentConfig(PretrainedConfig):
     init: str = 'qkv_copy'                 # how the mixers were initialised (a key of STUDENT_INITS)
     teacher: str|None = None               # the teacher's hub name or relative path (a local folder: its name), for the record
     teacher_layers: list|None = None       # students of another depth: the teacher block each layer was copied from
+    prefill_chunk: int = 1024              # a cached forward (a prompt) runs in chunks of this many positions (0: at once)
 
     def __post_init__(self, **kwargs):
         self.base_config = dict(self.base_config or {})
@@ -579,6 +667,10 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
         require(x is not None and x.dim() >= 2, "pass input_ids [B, T] (or inputs_embeds [B, T, D])")
         padded = attention_mask is not None and not bool(attention_mask.all())
         if cache is None and (use_cache or padded): cache = StudentCache.for_model(self, store=bool(use_cache))
+        if isinstance(cache, StaticStudentCache) and (cache.frozen or (cache.seen and x.shape[1] == 1)):   # after the prompt
+            return self._decode(input_ids, cache, position_ids, labels is None and inputs_embeds is None and x.shape[1] == 1)
+        if self._chunks(cache, x.shape[1], labels, logits_to_keep, kwargs):
+            return self._prefill_in_chunks(cache, input_ids, inputs_embeds, attention_mask, position_ids, logits_to_keep, **kwargs)
         kw = dict(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids, labels=labels,
                   logits_to_keep=logits_to_keep, **kwargs)
         if cache is None: return self.lm(attention_mask=attention_mask, use_cache=False, **kw)   # the skeleton's own forward
@@ -595,6 +687,61 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
         cache.end(T)
         return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, hidden_states=out.hidden_states,
                                       attentions=out.attentions, **{output_cache_field(): cache if cache.store else None})
+
+    # --- a long prompt in chunks (the prefill's peak memory is one chunk's activations)
+    def _chunks(self, cache:StudentCache|None, T:int, labels, logits_to_keep, kwargs:dict) -> bool:
+        "Whether this forward runs in chunks: a cached forward (a prompt) longer than `config.prefill_chunk`, no loss, nothing per layer asked."
+        C = self.config.prefill_chunk
+        return (cache is not None and cache.store and bool(C) and T > C and labels is None and isinstance(logits_to_keep, int)
+                and not kwargs.get('output_hidden_states') and not kwargs.get('output_attentions'))
+
+    def _prefill_in_chunks(self, cache:StudentCache, input_ids, inputs_embeds, attention_mask, position_ids,
+                           logits_to_keep:int, **kwargs) -> CausalLMOutputWithPast:
+        """The forward over `T` new positions as consecutive forwards of `config.prefill_chunk` positions, each continuing from
+        the cache (the mixers' parallel form from their state, kept layers' attention to all keys so far); the logits of the
+        last `logits_to_keep` positions (0: all). Equal to one forward up to float rounding; the peak is one chunk's."""
+        x = input_ids if input_ids is not None else inputs_embeds
+        T, C = x.shape[1], self.config.prefill_chunk
+        keep = T if logits_to_keep == 0 else min(logits_to_keep, T)
+        logits = []
+        for s in range(0, T, C):
+            e = min(s + C, T)
+            mine = max(0, keep - (T - e))                                 # of the kept last positions, those in this chunk
+            cache.partial = e < T
+            try:
+                out = self(input_ids=None if input_ids is None else input_ids[:, s:e],
+                           inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, s:e],
+                           attention_mask=None if attention_mask is None else attention_mask[:, :attention_mask.shape[1] - T + e],
+                           position_ids=None if position_ids is None else position_ids[:, s:e], cache=cache, use_cache=True,
+                           logits_to_keep=max(mine, 1), **kwargs)
+            finally: cache.partial = False
+            if mine: logits.append(out.logits[:, -mine:])
+        return CausalLMOutputWithPast(logits=torch.cat(logits, 1), **{output_cache_field(): cache})   # (B, keep, V)
+
+    # --- one token against a static cache (what `compile_decoding` compiles)
+    def decode_step(self, input_ids:torch.LongTensor, # [B, 1] the new token
+                    position_ids:torch.LongTensor, # [B, 1] its position in each row (rows of a left-padded batch differ)
+                    cache:StaticStudentCache) -> torch.Tensor: # [B, 1, V] its logits
+        "One token through the whole model against a frozen `StaticStudentCache`: tensors in, tensors out, every state written in place."
+        mask = cache.step_mask(self.lm.get_output_embeddings().weight.dtype)  # (B, 1, 1, L)
+        out = self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=True,
+                      logits_to_keep=1, **{self._cache_arg: cache})
+        cache.cursor.add_(1)
+        return out.logits
+
+    def _decode(self, input_ids, cache:StaticStudentCache, position_ids, one_token:bool) -> CausalLMOutputWithPast:
+        "A forward after the prompt on a static cache: the (compiled, if `compile_decoding` ran) `decode_step`, then the bookkeeping."
+        require(one_token, "a StaticStudentCache continues one token (input_ids [B, 1], no labels) per forward after its prompt; "
+                "start a new cache for a new prompt, or use a StudentCache to continue with several tokens at once")
+        require(cache.seen < cache.max_cache_len, f"the static cache is full ({cache.max_cache_len} positions); "
+                "give generate a larger max_new_tokens or build the cache with a larger max_cache_len")
+        if not cache.frozen: cache.freeze(self)
+        if position_ids is None: position_ids = torch.full_like(input_ids, cache.seen)
+        step = getattr(self, '_compiled_step', None) or self.decode_step
+        fresh = lambda t: t.to(input_ids.device).clone(memory_format=torch.contiguous_format)   # generate hands views of its own
+        logits = step(fresh(input_ids), fresh(position_ids), cache)
+        cache.seen += 1
+        return CausalLMOutputWithPast(logits=logits, **{output_cache_field(): cache})
 
     def _attention_mask(self, mask:torch.Tensor|None, B:int, T:int, past:int, dtype, device) -> torch.Tensor|None:
         "The 4-D mask `[B|1, 1, T, past + T]` of the kept attention layers (a free zero view when every layer is a mixer)."
@@ -626,17 +773,33 @@ class StudentForCausalLM(PreTrainedModel, GenerationMixin):
         return inputs
 
     def generate(self, inputs:torch.Tensor|None=None, generation_config=None, **kwargs):
-        "Hugging Face's `generate` (greedy, sampling, beams, streamers, ...) with a `StudentCache`: one recurrent step per token."
-        use_cache = kwargs.get('use_cache', getattr(generation_config or self.generation_config, 'use_cache', True))
+        """Hugging Face's `generate` (greedy, sampling, beams, streamers, ...) with a `StudentCache`: one recurrent step per
+        token. A `StaticStudentCache` instead (buffers written in place, the step compiled if `compile_decoding` ran) after
+        `compile_decoding()` or with `cache_implementation='static'` (in `generation_config` or as an argument)."""
+        gc = generation_config or self.generation_config
+        use_cache = kwargs.get('use_cache', getattr(gc, 'use_cache', True))
+        static = kwargs.pop('cache_implementation', gc.cache_implementation) == 'static' or hasattr(self, '_compiled_step')
+        if gc.cache_implementation is not None:   # the student builds its own cache; transformers refuses both at once
+            gc = copy.deepcopy(gc); gc.cache_implementation = None
         if use_cache is not False and all(kwargs.get(n) is None for n in CACHE_ARGS):
-            kwargs[self._cache_arg] = StudentCache.for_model(self)
-        return super().generate(inputs, generation_config, **kwargs)
+            kwargs[self._cache_arg] = (StaticStudentCache.for_model(self, self._max_cache_len(inputs, gc, kwargs)) if static
+                                       else StudentCache.for_model(self))
+        if isinstance(kwargs.get(self._cache_arg), StaticStudentCache):
+            kwargs.setdefault('disable_compile', True)   # transformers would compile the whole forward; the student compiles its step
+        return super().generate(inputs, gc, **kwargs)
 
-    def compile_decoding(self, **options) -> StudentForCausalLM: # options of torch.compile (mode, backend, ...)
-        "Compile each mixer's one-token `step` with `torch.compile` (minutes once per layer, then a faster step per token)."
-        for i in self.mixer_layers:
-            m = self.mixer(i)
-            m.step = torch.compile(type(m).step.__get__(m), dynamic=False, **options)
+    def _max_cache_len(self, inputs, gc, kwargs:dict) -> int:
+        "Positions a static cache for this `generate` call needs: the prompt plus the new tokens (transformers' rule)."
+        prompt = next(t for t in (inputs, kwargs.get('input_ids'), kwargs.get('inputs_embeds'), torch.zeros(1, 1)) if t is not None)
+        new = kwargs.get('max_new_tokens', gc.max_new_tokens)
+        return prompt.shape[1] + new if new is not None else max(kwargs.get('max_length', gc.max_length), prompt.shape[1] + 1)
+
+    def compile_decoding(self, **options) -> StudentForCausalLM: # options of torch.compile (default: no recompiles; CUDA graphs on a GPU)
+        """Compile the whole one-token `decode_step` (skeleton, mixers, kept attention, head) with `torch.compile`, and decode
+        with a `StaticStudentCache` from now on. The first token of each new batch size compiles (tens of seconds on CPU)."""
+        p = next(self.parameters())
+        options = dict(dynamic=False, fullgraph=True) | (dict(mode='reduce-overhead') if p.is_cuda else {}) | options
+        self._compiled_step = torch.compile(self.decode_step, **options)
         return self
 
     # --- saving

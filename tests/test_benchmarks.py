@@ -70,3 +70,28 @@ def test_plan_benchmark_quick_writes_finite_results(tmp_path):
         for k in ('plan_tokens_per_s', 'measured_tokens_per_s', 'time_ratio', 'plan_memory_bytes', 'measured_peak_bytes', 'memory_ratio'):
             assert math.isfinite(row[k]) and row[k] > 0, (k, row[k])
     assert (tmp_path/'plan.md').read_text().count('| llama (tiny) |') == 3
+
+
+def test_compiled_students_are_compared_with_the_compiled_teacher():
+    "--compiled: a compiled student's ratio is against the compiled teacher, the table pairs eager with compiled, targets say met or not."
+    gen = load('generation')
+    ms = {('teacher', 512): 4., ('teacher_compiled', 512): 2., ('s', 512): 4., ('s_compiled', 512): 1.,
+          ('teacher', 8192): 16., ('teacher_compiled', 8192): 8., ('s', 8192): 4., ('s_compiled', 8192): 1.}
+    rows = [dict(model=m, context=T, decode_ms=v, decode_cpu_ms=v, tokens_per_s=1e3 / v, tokens_per_cpu_s=1e3 / v, prefill_s=1.,
+                 prefill_cpu_s=1., prefill_peak_bytes=2**20, cache_bytes=0, bound_ms=0.5, times_bound_cpu=v / 0.5) for (m, T), v in ms.items()]
+    rats = {(r['model'], r['context']): r['tokens_per_cpu_s_vs_teacher'] for r in gen.ratios(rows)}
+    assert rats == {('s', 512): 1.0, ('s_compiled', 512): 2.0, ('s', 8192): 4.0, ('s_compiled', 8192): 8.0}
+    table = {(r['model'], r['context']): r for r in gen.compiled_table(rows)}
+    assert table['s', 8192]['eager_vs_teacher'] == 4.0 and table['s', 8192]['compiled_vs_teacher'] == 8.0
+    t = gen.compiled_targets(rows, gen.ratios(rows))['s']
+    assert t['speedup'][8192]['met'] and t['speedup'][512]['met'] and t['within_2x_of_bound'][512]['met']
+
+
+def test_weight_bytes_count_an_untied_input_embedding_as_one_row():
+    from ssm_distill.teachers import tiny_teacher
+    gen = load('generation')
+    m = tiny_teacher('llama').model
+    emb = m.get_input_embeddings().weight
+    every = sum(p.numel() * 4 for p in m.parameters())
+    tied = m.get_output_embeddings().weight is emb
+    assert gen.weight_bytes(m) == every - (0 if tied else (emb.shape[0] - 1) * emb.shape[1] * 4)

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, pipeline
 from ssm_distill.core import SsmDistillError
 from ssm_distill.mixers import MIXERS
 from ssm_distill.teachers import tiny_teacher
-from ssm_distill.students import (StudentCache, StudentForCausalLM, build_student, check_transformers_contract,
+from ssm_distill.students import (StaticStudentCache, StudentCache, StudentForCausalLM, build_student, check_transformers_contract,
                                   output_cache_field)
 
 FAMILIES = ['llama', 'mistral', 'qwen2', 'qwen3', 'phi', 'gpt2', 'gpt_neox']
@@ -333,10 +333,90 @@ def test_tiny_distillation_runs(tmp_path):
     assert isinstance(st, StudentForCausalLM)
     assert st.generate(ids(), max_new_tokens=3, do_sample=False).shape[1] <= 13
 
-@pytest.mark.slow
-def test_compiled_decoding_generates_the_same(teachers):
-    "torch.compile of the mixers' step (opt-in) leaves greedy generation unchanged."
-    s = no_eos(build_student(teachers['llama'], 'phi_mamba', attention_layers=[1]))
-    x = ids(B=1)
-    want = s.generate(x, max_new_tokens=6, do_sample=False)
-    assert torch.equal(s.compile_decoding().generate(x, max_new_tokens=6, do_sample=False), want)
+# --- static cache, compiled decoding, chunked prefill
+
+STATIC_CASES = {'mamba2': dict(mixer='mamba2'), 'gla_attn1': dict(mixer='gla', attention_layers=[1]),
+                'per_head': dict(mixer='mamba2', attention_heads={0: [1]}), 'mlstm': dict(mixer='mlstm')}
+
+def padded(B=2, T=10):
+    "A left-padded batch: row 1 starts with 3 pads."
+    x = ids(B=B, T=T); mask = torch.ones_like(x); mask[1, :3] = 0
+    return x, mask
+
+@pytest.mark.parametrize('case', list(STATIC_CASES))
+def test_static_cache_generates_the_same(teachers, case):
+    "cache_implementation='static' (buffers written in place, the step uncompiled) generates what the growing cache does."
+    s = no_eos(build_student(teachers['llama'], **STATIC_CASES[case]))
+    x, mask = padded()
+    want = s.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    cache = StaticStudentCache.for_model(s, max_cache_len=16)
+    got = s.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False, **{s._cache_arg: cache})
+    assert torch.equal(got, want)
+    assert cache.frozen and cache.seen == 15 and int(cache.cursor) == 15
+    if case == 'gla_attn1': assert cache.keys[1].shape[2] == 16 and cache.open[1, :3].sum() == 0   # padding stays closed
+    assert torch.equal(s.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False, cache_implementation='static'), want)
+
+def test_static_cache_keeps_its_addresses(teachers):
+    "Decoding writes every state in place: the same tensors before and after a step (what CUDA graphs replay)."
+    s = build_student(teachers['llama'], 'gla', attention_layers=[1])
+    cache = StaticStudentCache.for_model(s, max_cache_len=12)
+    x = ids(T=8)
+    with torch.no_grad():
+        s(x, use_cache=True, **{s._cache_arg: cache})
+        s(x[:, :1], **{s._cache_arg: cache})
+        before = [t.data_ptr() for t in cache.buffers()]
+        s(x[:, :1], **{s._cache_arg: cache})
+        assert [t.data_ptr() for t in cache.buffers()] == before and cache.seen == 10
+        with pytest.raises(SsmDistillError, match='one token'): s(x[:, :2], **{s._cache_arg: cache})
+        s(x[:, :1], **{s._cache_arg: cache}); s(x[:, :1], **{s._cache_arg: cache})
+        with pytest.raises(SsmDistillError, match='full'): s(x[:, :1], **{s._cache_arg: cache})
+
+@pytest.mark.parametrize('case', ['mamba2', 'gla_attn1'])
+def test_compiled_decoding_generates_the_same(teachers, case):
+    "compile_decoding() (the whole one-token step through torch.compile, a static cache) leaves greedy generation unchanged."
+    s = no_eos(build_student(teachers['llama'], **STATIC_CASES[case]))
+    x, mask = padded()
+    want = s.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    s.compile_decoding()
+    assert torch.equal(s.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False), want)
+    assert torch.equal(s.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False), want)   # the compiled graph reused
+
+class LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    "The largest tensor (bytes) any op produced inside the block: what a forward's peak memory grows with."
+    largest = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor): self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+@pytest.mark.parametrize('case', ['mamba2', 'gla_attn1'])
+def test_prefill_in_chunks(teachers, case):
+    "A prompt longer than prefill_chunk runs in chunks: the same logits and tokens, its largest intermediate a chunk's, not the prompt's."
+    s = no_eos(build_student(teachers['llama'], **STATIC_CASES[case]))
+    x, mask = padded(T=300)
+    runs = {}
+    for C in (0, 64):
+        s.config.prefill_chunk = C
+        with torch.no_grad(), LargestTensor() as big:
+            logits = s(x, attention_mask=mask, use_cache=True).logits
+        last = s(x, attention_mask=mask, use_cache=True, logits_to_keep=5).logits
+        runs[C] = logits, last, big.largest, s.generate(x, attention_mask=mask, max_new_tokens=4, do_sample=False)
+    (whole, _, big0, gen0), (chunked, last1, big1, gen1) = runs[0], runs[64]
+    assert torch.equal(s.generate(x, attention_mask=mask, max_new_tokens=4, do_sample=False, cache_implementation='static'), gen0)
+    tokens = mask.bool()
+    torch.testing.assert_close(chunked[tokens], whole[tokens], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(last1, whole[:, -5:], atol=1e-4, rtol=1e-4)
+    assert last1.shape[1] == 5 and torch.equal(gen1, gen0)
+    assert big1 * 2 < big0, (big1, big0)
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('case', ['mamba2', 'gla_attn1'])
+def test_compiled_decoding_on_cuda_graphs(teachers, case):
+    "On a GPU, compile_decoding() replays CUDA graphs (mode='reduce-overhead', the static cache's buffers at fixed addresses): greedy unchanged."
+    s = no_eos(build_student(teachers['llama'], **STATIC_CASES[case])).cuda()
+    x, mask = (t.cuda() for t in padded())
+    want = s.generate(x, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    s.compile_decoding()
+    for _ in range(3): assert torch.equal(s.generate(x, attention_mask=mask, max_new_tokens=8, do_sample=False), want)

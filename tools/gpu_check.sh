@@ -8,7 +8,9 @@
 # There (the device tool, carrying .whl):  bash tools/gpu_check.sh PART   with PART one of
 #   tests   the fast kernels (fla, mamba-ssm) against the PyTorch references (pytest -m cuda)  -> gpu-tests.log
 #   bench   benchmarks/generation.py and benchmarks/kernels.py --device cuda                 -> *-cuda.json
-#   all     both (the default)
+#   decode  compiled decoding on CUDA graphs: greedy equals eager (pytest -m cuda -k cuda_graphs), then the eager and
+#           compiled decode benchmark (generation.py --compiled --device cuda)               -> generation-compiled-cuda.json
+#   all     tests and bench (the default; decode is its own call)
 # mamba-ssm's selective-scan extension is built for the visible GPU only (tools/build_selective_scan.py, build.log).
 #
 # Seen on an H200 (2026-11-30, torch 2.11, Triton 3.6.0, fla 0.6.0): the build took 127 s on 14 jobs; each fla test
@@ -57,5 +59,14 @@ if [[ $PART == bench || $PART == all ]]; then
     stamp "kernel benchmark"
     timeout ${KERNELS_S:-240} python3 benchmarks/kernels.py --device cuda --lengths 1024 4096 --repeats 2 2>&1 | grep -v "it/s\]" | tail -30
     cp benchmarks/results/kernels-cuda.json "$OUT/" 2>/dev/null
+fi
+if [[ $PART == decode ]]; then
+    stamp "compiled decoding with CUDA graphs against eager"
+    timeout ${DECODE_TEST_S:-240} python3 -m pytest tests/test_hf.py -m cuda -k cuda_graphs -p no:cacheprovider --tb=short -rA 2>&1 \
+        | tee "$OUT/gpu-decode-tests.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed"
+    stamp "eager and compiled decode benchmark"
+    timeout ${DECODE_BENCH_S:-300} python3 benchmarks/generation.py --device cuda --compiled --contexts 512 8192 32768 --new 32 \
+        --repeats 3 --long-repeats 2 --max-gib 60 2>&1 | grep -v "it/s\]" | tail -30
+    cp benchmarks/results/generation-compiled-cuda.json "$OUT/" 2>/dev/null
 fi
 stamp done
