@@ -21,10 +21,11 @@ from .teachers import load_teacher
 from .callbacks import Callback
 
 # %% auto #0
-__all__ = ['COLOUR_SCALES', 'HEADLINE', 'ColourScale', 'log_scale', 'quantile_scale', 'linear_scale', 'diverging_scale',
-           'token_strings', 'matrix_heatmap', 'compare_matrices', 'layer_matrices', 'head_errors', 'sharpest_heads',
-           'sharpest_head', 'head_error_grid', 'matrix_gallery', 'head_across_run', 'HeadSnapshots',
-           'class_error_curves', 'read_metrics', 'loss_curves', 'write_report', 'run_report']
+__all__ = ['COLOUR_SCALES', 'HEADLINE', 'ColourScale', 'log_scale', 'symlog_scale', 'quantile_scale', 'linear_scale',
+           'diverging_scale', 'token_strings', 'matrix_heatmap', 'compare_matrices', 'layer_matrices', 'head_errors',
+           'sharpest_heads', 'sharpest_head', 'head_error_grids', 'head_error_grid', 'matrix_gallery',
+           'head_across_run', 'HeadSnapshots', 'class_error_curves', 'read_metrics', 'loss_curves', 'write_report',
+           'run_report']
 
 # %% ../nbs/07a_viz.ipynb #c0005
 class ColourScale:
@@ -51,13 +52,27 @@ def _finite(values:Iterable[torch.Tensor]) -> torch.Tensor:
 
 @COLOUR_SCALES.register('log')
 def log_scale(values, floor:float=1e-3) -> ColourScale:
-    "log₁₀ of the values, clipped below at `floor`; colour-bar ticks at powers of ten, labelled in values."
-    top = max(float(_finite(values).max()), floor * 10)
+    "log₁₀ of the values, clipped below at `floor`; ticks at powers of ten, labelled in values. Signed values (any below −`floor`) get `symlog_scale`."
+    v = _finite(values)
+    if v.min().item() < -floor: return symlog_scale(values, floor)   # a negative entry must not take a tiny positive's colour
+    top = max(float(v.max()), floor * 10)
     lo, hi = math.log10(floor), math.log10(top)
     powers = list(range(math.ceil(lo), math.floor(hi) + 1))
     ticks = dict(tickvals=powers, ticktext=[f'{10.0 ** p:g}' for p in powers])
     return ColourScale(lambda M: M.clamp(min=floor).log10(), lo, hi, ticks, title='value (log)',
                        hover=f'log₁₀ value %{{z:.3g}} (clipped below at {lo:g})')
+
+@COLOUR_SCALES.register('symlog')
+def symlog_scale(values, floor:float=1e-3) -> ColourScale:
+    "Signed log, sign(v)·log₁₀(1 + |v|/`floor`), symmetric about 0 on a diverging map (purple < 0 < orange); ticks labelled in values."
+    top = max(float(_finite(values).abs().max()), floor * 10)
+    to_z = lambda M: M.sign() * torch.log10(1 + M.abs() / floor)
+    hi = math.log10(1 + top / floor)
+    powers = [10.0 ** p for p in range(math.ceil(math.log10(floor)) + 1, math.floor(math.log10(top)) + 1)]   # ±10ᵖ above the floor
+    shown = [-p for p in reversed(powers)] + [0.0] + powers
+    ticks = dict(tickvals=to_z(torch.tensor(shown, dtype=torch.float64)).tolist(), ticktext=[f'{p:g}' for p in shown])
+    return ColourScale(to_z, -hi, hi, ticks, colorscale='PuOr_r', title='value (signed log)',
+                       hover=f'sign · log₁₀(1 + |value| / {floor:g}) %{{z:.3g}}')
 
 @COLOUR_SCALES.register('quantile')
 def quantile_scale(values, q:float=0.02) -> ColourScale:
@@ -129,14 +144,14 @@ def _token_axes(fig:go.Figure, labels:list[str], row=None, col=None, x_ticks:boo
 def matrix_heatmap(M, # [T, T] mixing matrix (one batch element, one head)
                    tokens:Sequence[str]|None=None, # tick labels, one per position
                    title:str='', # figure title
-                   scale:str|None=None, # 'log', 'quantile', 'linear' (COLOUR_SCALES); None: log, or a diverging scale if M is signed
+                   scale:str='log', # a key of COLOUR_SCALES: 'log' (symlog when M is signed), 'symlog', 'quantile', 'linear'
                    causal:bool=True, # blank out the upper triangle
                   ) -> go.Figure:
     "A plotly heatmap of one mixing matrix, positions as coordinates and tokens as labels."
     M = _as_matrix(M)
     labels = _labels(tokens, M.shape[0])
     values = [M.tril() if causal else M]
-    sc = COLOUR_SCALES[scale](values) if scale else (diverging_scale(values) if bool((M < 0).any()) else log_scale(values))
+    sc = COLOUR_SCALES[scale](values)
     fig = go.Figure(_matrix_trace(M, sc, 'coloraxis', causal=causal))
     _token_axes(fig, labels)
     return fig.update_layout(title=title, coloraxis=sc.axis(), width=480, height=440, margin=dict(l=60, r=10, t=50, b=60))
@@ -144,20 +159,21 @@ def matrix_heatmap(M, # [T, T] mixing matrix (one batch element, one head)
 # %% ../nbs/07a_viz.ipynb #c0015
 def _axis_name(i:int) -> str: return 'coloraxis' if i == 1 else f'coloraxis{i}'
 
-def _colourbar_beside(fig:go.Figure, axis:str, row:int, col:int):
-    "Put colour axis `axis`'s bar just right of subplot (row, col), as tall as the row."
-    sp = fig.get_subplot(row, col)
-    (_, x1), (y0, y1) = sp.xaxis.domain, sp.yaxis.domain
+def _colourbar_beside(fig:go.Figure, axis:str, row:int, col:int, last_row:int|None=None):
+    "Put colour axis `axis`'s bar just right of subplot (row, col), as tall as the rows from `row` to `last_row` (default: that row)."
+    sp, bottom = fig.get_subplot(row, col), fig.get_subplot(last_row or row, col)
+    (_, x1), y1, y0 = sp.xaxis.domain, sp.yaxis.domain[1], bottom.yaxis.domain[0]
     fig.layout[axis].colorbar.update(x=x1 + 0.005, xanchor='left', y=(y0 + y1) / 2, yanchor='middle', len=y1 - y0, lenmode='fraction')
 
 def compare_matrices(mats:Mapping[str, torch.Tensor], # model name -> [H, T, T] (one batch element, one layer); the reference first
                      heads:Sequence[int]|None=None, # which heads to show (default: up to the first 4)
                      tokens:Sequence[str]|None=None, # tick labels, one per position
                      title:str='',
-                     scale:str='log', # the models' colour scale: 'log', 'quantile' or 'linear' (COLOUR_SCALES)
+                     scale:str='log', # the models' colour scale (COLOUR_SCALES): 'log' (symlog when signed), 'symlog', 'quantile', 'linear'
                      diff:bool=True, # with two models, add their difference (second - first) on a diverging scale
                      causal:bool=True, # blank the future (above the diagonal); False for a bidirectional encoder
-                     panel:int=250, # pixels per panel
+                     panel:int=250, # pixels per panel (smaller when the row would pass `max_width`)
+                     max_width:int=1000, # the figure's largest width in pixels (a notebook or docs column)
                     ) -> go.Figure:
     "One row per head: each model's mixing matrix on the head's shared colour scale, then their signed difference."
     require(len(mats) > 0, "compare_matrices needs at least one matrix, e.g. {'teacher': A, 'student': M}")
@@ -171,6 +187,7 @@ def compare_matrices(mats:Mapping[str, torch.Tensor], # model name -> [H, T, T] 
     labels, names = _labels(tokens, T), list(mats)
     with_diff = diff and len(mats) == 2
     cols = names + ([f'{names[1]} − {names[0]}'] if with_diff else [])
+    panel = min(panel, (max_width - 80) // len(cols) - 90)
     width, height = (panel + 90) * len(cols) + 80, (panel + 40) * len(heads) + 150
     fig = make_subplots(rows=len(heads), cols=len(cols), horizontal_spacing=90 / width, vertical_spacing=40 / height,
                         subplot_titles=[f'{c} · head {h}' for h in heads for c in cols])
@@ -231,41 +248,69 @@ def sharpest_head(mats:Mapping[int, Mapping[str, torch.Tensor]], # `layer_matric
     i = int(ent.argmin())
     return list(mats)[i // ent.shape[1]], i % ent.shape[1]
 
+def head_error_grids(errors:Mapping[str, torch.Tensor], # label -> [L, H] per-head errors (`head_errors`), drawn in this order
+                     layers:Sequence[int]|None=None, # the layer of each row (default 0..L-1)
+                     title:str='stage-1 error per head<br><sub>‖M_student − A_teacher‖_F</sub>',
+                     cols:int=2, # grids per row
+                     zmax:float|None=None, # the top of the shared colour range (default: the largest error of all grids)
+                    ) -> go.Figure:
+    "Layers × heads grids of per-head errors on one colour range from 0, so one colour is one error in every grid; values written in the cells."
+    Es = {label: torch.as_tensor(E).detach().float().cpu() for label, E in errors.items()}
+    shapes = {tuple(E.shape) for E in Es.values()}
+    require(len(Es) > 0 and len(shapes) == 1 and len(next(iter(shapes))) == 2,
+            f"errors must be one or more [L, H] grids of one shape, got shapes {sorted(shapes)}")
+    L, H = next(iter(shapes))
+    layers = list(layers) if layers is not None else list(range(L))
+    top = zmax if zmax is not None else max(float(E.max()) for E in Es.values()) or 1.0
+    cols = min(cols, len(Es)); rows = math.ceil(len(Es) / cols)
+    width, height = (44 * H + 60) * cols + 100, (40 * L + 80) * rows + 90
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(Es), horizontal_spacing=60 / width, vertical_spacing=80 / height)
+    for i, (label, E) in enumerate(Es.items()):
+        r, c = i // cols + 1, i % cols + 1
+        fig.add_trace(go.Heatmap(z=E.tolist(), x=list(range(H)), y=list(range(L)), coloraxis='coloraxis', texttemplate='%{z:.2f}',
+                                 customdata=[[l] * H for l in layers], name=label,
+                                 hovertemplate=f'layer %{{customdata}} · head %{{x}}<br>error %{{z:.3g}}<extra>{html.escape(label)}</extra>'),
+                      row=r, col=c)
+        fig.update_xaxes(title='head' if r == rows else None, tickmode='array', tickvals=list(range(H)), row=r, col=c)
+        fig.update_yaxes(title='layer' if c == 1 else None, tickmode='array', tickvals=list(range(L)), ticktext=[str(l) for l in layers],
+                         autorange='reversed', row=r, col=c)
+    fig.update_layout(coloraxis=dict(cmin=0, cmax=top, colorscale='Reds', colorbar=dict(title=dict(text='error', side='right'), thickness=10)))
+    return fig.update_layout(title=title, width=max(360, width), height=max(240, height), margin=dict(l=60, r=10, t=80, b=50))
+
 def head_error_grid(errors, # [L, H] per-head errors (`head_errors`)
                     layers:Sequence[int]|None=None, # the layer of each row (default 0..L-1)
-                    title:str='stage-1 error per head<br><sub>‖M_student − A_teacher‖_F</sub>') -> go.Figure:
-    "A layers × heads heatmap of per-head errors, each cell labelled with its value."
-    E = torch.as_tensor(errors).detach().float().cpu()
-    require(E.dim() == 2, f"errors must be [L, H], got shape {tuple(E.shape)}")
-    L, H = E.shape
-    layers = list(layers) if layers is not None else list(range(L))
-    fig = go.Figure(go.Heatmap(z=E.tolist(), x=list(range(H)), y=list(range(L)), colorscale='Reds', texttemplate='%{z:.2f}',
-                               customdata=[[l] * H for l in layers], colorbar=dict(title=dict(text='error', side='right'), thickness=10),
-                               hovertemplate='layer %{customdata} · head %{x}<br>error %{z:.3g}<extra></extra>'))
-    fig.update_xaxes(title='head', tickmode='array', tickvals=list(range(H)))
-    fig.update_yaxes(title='layer', tickmode='array', tickvals=list(range(L)), ticktext=[str(l) for l in layers], autorange='reversed')
-    return fig.update_layout(title=title, width=max(360, 44 * H + 160), height=max(240, 40 * L + 150), margin=dict(l=60, r=10, t=80, b=50))
+                    title:str='stage-1 error per head<br><sub>‖M_student − A_teacher‖_F</sub>',
+                    zmax:float|None=None, # the top of the colour range (default: the largest error); share one across figures to compare them
+                   ) -> go.Figure:
+    "A layers × heads heatmap of per-head errors, each cell labelled with its value (one grid of `head_error_grids`)."
+    return head_error_grids({'': errors}, layers, title, cols=1, zmax=zmax)
+
 
 # %% ../nbs/07a_viz.ipynb #c0023
 def matrix_gallery(mats:Mapping[str, torch.Tensor], # name -> [T, T], in the order drawn
                    tokens:Sequence[str]|None=None, # tick labels, one per position
-                   title:str='', scale:str='log', # the shared colour scale: 'log', 'quantile' or 'linear'
-                   panel:int=240) -> go.Figure:
-    "One row of [T, T] heatmaps on one shared colour scale, so equal colours are equal values across the row."
+                   title:str='', scale:str='log', # the shared colour scale (COLOUR_SCALES): 'log' (symlog when signed), 'symlog', 'quantile', 'linear'
+                   panel:int=240, # pixels per panel
+                   max_width:int=1000, # the figure's largest width: panels that do not fit wrap onto further rows
+                  ) -> go.Figure:
+    "[T, T] heatmaps in a row (wrapped into rows at `max_width`) on one shared colour scale, so equal colours are equal values."
     require(len(mats) > 0, "matrix_gallery needs at least one matrix")
     mats = {k: _as_matrix(v) for k, v in mats.items()}
     T = next(iter(mats.values())).shape[0]
     require(all(m.shape[0] == T for m in mats.values()), f"every matrix must be [{T}, {T}]: {[tuple(m.shape) for m in mats.values()]}")
     labels = _labels(tokens, T)
     sc = COLOUR_SCALES[scale]([m.tril() for m in mats.values()])
-    width = (panel + 20) * len(mats) + 160
-    fig = make_subplots(rows=1, cols=len(mats), subplot_titles=list(mats), horizontal_spacing=20 / width)
-    for c, (name, m) in enumerate(mats.items(), start=1):
-        fig.add_trace(_matrix_trace(m, sc, 'coloraxis', name), row=1, col=c)
-        _token_axes(fig, labels, 1, c, y_ticks=c == 1)
+    cols = max(1, min(len(mats), (max_width - 160) // (panel + 20)))
+    rows = math.ceil(len(mats) / cols)
+    width, height = (panel + 20) * cols + 160, (panel + 100) * rows + 70
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(mats), horizontal_spacing=20 / width, vertical_spacing=100 / height)
+    for i, (name, m) in enumerate(mats.items()):
+        r, c = i // cols + 1, i % cols + 1
+        fig.add_trace(_matrix_trace(m, sc, 'coloraxis', name), row=r, col=c)
+        _token_axes(fig, labels, r, c, y_ticks=c == 1)
     fig.update_layout(coloraxis=sc.axis())
-    _colourbar_beside(fig, 'coloraxis', 1, len(mats))
-    return fig.update_layout(title=title, width=width, height=panel + 170, margin=dict(l=70, r=90, t=70, b=80))
+    _colourbar_beside(fig, 'coloraxis', 1, cols, rows)
+    return fig.update_layout(title=title, width=width, height=height, margin=dict(l=70, r=90, t=70, b=80))
 
 def head_across_run(snapshots:Mapping[str, torch.Tensor], # label -> [T, T] the head's matrix at that point, in run order
                     teacher:torch.Tensor|None=None, # [T, T] the teacher's head, drawn last
@@ -301,6 +346,9 @@ class HeadSnapshots(Callback):
         if not self.snapshots: return None
         return head_across_run(self.snapshots, self.teacher, self.tokens,
                                title=title or f'layer {self.layer}, head {self.head} across the run')
+    def error_figure(self, title:str='‖M − A‖_F per head at each snapshot (one colour range)') -> go.Figure|None:
+        "The per-head error grids of every snapshot on one shared colour range (`head_error_grids`; None before the run starts)."
+        return head_error_grids(self.errors, title=title) if self.errors else None
 
 # %% ../nbs/07a_viz.ipynb #c0029
 def class_error_curves(errors:Mapping[str, Mapping[int, float]], # class name -> {state size N: error}
@@ -324,7 +372,9 @@ def read_metrics(path:str|Path) -> list[dict]:
 def loss_curves(records:Iterable[dict], # metric records with 'stage' and the metric key
                 metric:str='loss', # which value to plot
                 x:str='step', # the x axis: 'step' or 'tokens'
-                title:str='') -> go.Figure:
+                title:str='',
+                max_width:int=1000, # the figure's largest width in pixels
+               ) -> go.Figure:
     "One subplot per stage, the metric against steps or tokens."
     by_stage: dict[str, list[dict]] = {}
     for r in records:
@@ -336,7 +386,7 @@ def loss_curves(records:Iterable[dict], # metric records with 'stage' and the me
                                  mode='lines', showlegend=False), row=1, col=c)
         fig.update_xaxes(title=x, row=1, col=c)
     fig.update_yaxes(title=metric, col=1)
-    return fig.update_layout(title=title, width=340 * len(by_stage) + 60, height=320, margin=dict(l=50, r=10, t=60, b=40))
+    return fig.update_layout(title=title, width=min(340 * len(by_stage) + 60, max_width), height=320, margin=dict(l=50, r=10, t=60, b=40))
 
 # %% ../nbs/07a_viz.ipynb #c0035
 HEADLINE = (('teacher_perplexity', 'teacher perplexity', '{:.2f}'), ('student_perplexity', 'student perplexity', '{:.2f}'),
