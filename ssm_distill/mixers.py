@@ -517,7 +517,7 @@ class Mixer(nn.Module):
 
     @torch.no_grad()
     def init_from_attention(self, w:AttentionWeights) -> None:
-        "QKV copy (MOHAWK §4): Q, K, V into the parts named by `qkv_parts`, O into `out_proj`; GQA K/V expanded."
+        "QKV copy (Mamba-in-the-Llama, Wang et al. 2024; Haller et al. 2025): Q, K, V into the parts named by `qkv_parts`, O into `out_proj`; GQA K/V expanded."
         self.check_teacher(w)
         g = w.groups
         src = dict(q=(w.wq, w.bq), k=(expand_kv(w.wk, g, w.head_dim), expand_kv(w.bk, g, w.head_dim)),
@@ -1155,7 +1155,7 @@ class ToeplitzConfig(MixerConfig):
 
 @MIXERS.register('toeplitz')
 class Toeplitz(Mixer):
-    "A long convolution per head, `M[t, s] = κ_h[t − s]`, the same for every input (MOHAWK's Toeplitz class); values `V x`."
+    "A long convolution per head, `M[t, s] = κ_h[t − s]`, the same for every input (a data-independent, LTI Toeplitz matrix; MOHAWK's Toeplitz class was input-dependent); values `V x`."
     config_cls, family, pad_zero = ToeplitzConfig, 'toeplitz', ('v',)
     qkv_parts, qkv_args = dict(v='v'), ()
 

@@ -365,7 +365,7 @@ class HeadHybrid(nn.Module):
         if self.o_proj.bias is not None: self.o_proj.bias.copy_(w.bo)
 
     def init_from_attention(self, w:AttentionWeights):
-        "QKV copy: the kept heads as they are, the mixer's heads into the mixer (MOHAWK §4)."
+        "QKV copy: the kept heads as they are, the mixer's heads into the mixer (the Mamba-in-the-Llama initialisation)."
         self.keep_from_attention(w)
         self.mixer.init_from_attention(head_weights(w, self.mixer_heads))
 
@@ -961,7 +961,7 @@ def matrix_errors(student, teacher, # a student at the teacher's size, and its t
 def qkv_copy_init(student, teacher, weights:dict,
                   calibration:torch.Tensor|None=None, # [B, T] ids of real text: each head's matrix is scaled to the teacher's on it
                   **_):
-    "Copy each teacher attention layer's Q, K, V, O into its mixer (MOHAWK §4); with `calibration`, start each head at the teacher's scale."
+    "Copy each teacher attention layer's Q, K, V, O into its mixer (Mamba-in-the-Llama's initialisation, Wang et al. 2024, as Haller et al. 2025 study it); with `calibration`, start each head at the teacher's scale."
     _copy_at_scale(student, teacher, weights, calibration)
 
 def _copy_at_scale(student, teacher, weights:dict, calibration:torch.Tensor|None) -> dict:
