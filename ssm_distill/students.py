@@ -160,9 +160,14 @@ class StaticStudentCache(StudentCache):
     def __init__(self, n_layers:int, mixer_layers:Iterable[int],
                  max_cache_len:int): # positions the kept layers' buffers hold: prompt + new tokens
         super().__init__(n_layers, mixer_layers, store=True)
-        self.max_cache_len, self.frozen, self.window = max_cache_len, False, None
+        self._capacity, self.frozen, self.window = max_cache_len, False, None
         self.cursor = torch.zeros(1, dtype=torch.long)   # [1] the position the next token is written at
         self.open = None            # [B, max_cache_len] bool: written token positions ([B, 0] without kept attention)
+
+    @property
+    def max_cache_len(self) -> int: # a read-only property of some transformers releases' `Cache`: kept under its own name
+        "Positions the kept layers' buffers hold."
+        return self._capacity
 
     @classmethod
     def for_model(cls, model, max_cache_len:int) -> StaticStudentCache:
