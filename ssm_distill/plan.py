@@ -15,11 +15,11 @@ from .core import Registry, SsmDistillError, builtin_teacher_path, require
 
 # %% auto #0
 __all__ = ['CUDA_CONTEXT', 'GPUS', 'DEVICES', 'PRECISIONS', 'KNOWN_TEACHERS', 'STAGE_COSTS', 'PROFILE_T', 'PROFILE_BYTES',
-           'COPY_BYTES', 'PARALLEL', 'Device', 'calibrate_cpu', 'calibration_path', 'cpu_calibration', 'cpu_device',
-           'device_spec', 'Precision', 'plan_precision', 'teacher_config', 'meta_teacher', 'meta_student', 'n_params',
-           'StageCost', 'ActivationModel', 'build_bytes', 'LayerShape', 'student_layer_shapes', 'layer_activations',
-           'mixing_flops', 'MixerProfile', 'mixer_profile', 'StagePlan', 'Plan', 'load_plan_config', 'PlanContext',
-           'stage_plan', 'plan_run', 'plan_table']
+           'PARALLEL', 'Device', 'calibrate_cpu', 'calibration_path', 'cpu_calibration', 'cpu_device', 'device_spec',
+           'Precision', 'plan_precision', 'teacher_config', 'meta_teacher', 'meta_student', 'n_params', 'StageCost',
+           'ActivationModel', 'build_bytes', 'LayerShape', 'student_layer_shapes', 'layer_activations', 'mixing_flops',
+           'MixerProfile', 'mixer_profile', 'StagePlan', 'Plan', 'load_plan_config', 'PlanContext', 'stage_plan',
+           'plan_run', 'plan_table']
 
 # %% ../nbs/07c_plan.ipynb #c5f5acc9
 @dataclass(frozen=True)
@@ -92,16 +92,25 @@ def _runtime_bytes() -> float:
     try: return float(json.loads(r.stdout.strip().splitlines()[-1]))
     except (ValueError, IndexError): return 0.
 
+def _matmul_rate(seconds:float, n:int=1024) -> float:
+    "This CPU's fp32 FLOP/s on an [n, n] @ [n, n] matmul (best over about `seconds`)."
+    import torch
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return _best_rate(lambda: torch.mm(a, b), 2 * n**3, seconds)
+
+def _copy_rate(seconds:float, mib:int=128) -> float:
+    "This CPU's copy bandwidth, bytes read + written per second, through a buffer of `mib` MiB (best over about `seconds`)."
+    import torch
+    x = torch.empty(mib * 2**20 // 4); y = torch.empty_like(x)
+    return _best_rate(lambda: y.copy_(x), 2 * x.numel() * 4, seconds)
+
 def calibrate_cpu(seconds:float=0.5, # time each measure takes, about
                   n:int=1024, # the matmul is [n, n] @ [n, n] in fp32
                   mib:int=128, # the copied buffer, MiB (well past the caches)
                  ) -> dict:
     "Measure this CPU with torch's current thread count: fp32 matmul FLOP/s, copy bandwidth (bytes read + written per second) and the runtime's bytes."
     import torch
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    x = torch.empty(mib * 2**20 // 4); y = torch.empty_like(x)
-    return dict(fp32_flops=_best_rate(lambda: torch.mm(a, b), 2 * n**3, seconds),
-                bandwidth=_best_rate(lambda: y.copy_(x), 2 * x.numel() * 4, seconds), runtime=_runtime_bytes(),
+    return dict(fp32_flops=_matmul_rate(seconds, n), bandwidth=_copy_rate(seconds, mib), runtime=_runtime_bytes(),
                 threads=torch.get_num_threads(), cpu=_cpu_name(), torch=torch.__version__, time=time.strftime('%Y-%m-%d %H:%M:%S'))
 
 def calibration_path() -> Path:
@@ -345,12 +354,11 @@ class MixerProfile:
     "One mixer layer measured on this CPU (a real copy with random weights, fp32): what its training step keeps, what stage 1 costs."
     saved:float # activation elements autograd keeps per token for the mixer's parallel form (forward and backward)
     matrix_saved:float # elements kept per [H, T, T] matrix element while stage 1 materialises the matrix and takes its loss
-    matrix_bytes:float # stage 1's time per matrix element (materialise, loss, backward) as the bytes a copy of the same size moves in it
+    matrix_bytes:float # stage 1's time per matrix element (materialise, loss, backward) as the bytes a 128 MiB copy moves in it
     T:int # the length it was measured at
 
 PROFILE_T = 256   # the probe's length: long enough for several chunks, short enough to take a fraction of a second
 PROFILE_BYTES = 2**23   # the probe's matrix [b, H, T, T] holds at least this many bytes (past the CPU's L2 cache, as a run's)
-COPY_BYTES = 128 * 2**20   # the copy its time is expressed in: as large as `calibrate_cpu`'s, so bytes / the calibrated bandwidth gives the time back
 
 def _saved_elements(fn) -> int:
     "Elements of the tensors autograd saves while `fn()` runs (each storage once)."
@@ -362,12 +370,9 @@ def _saved_elements(fn) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t): fn()
     return sum(seen.values())
 
-def _best_seconds(fn, n:int=3) -> float:
-    "The least CPU time of `n` calls of `fn` (after one warm-up): this process's own time, whatever else the machine runs."
-    fn(); best = float('inf')
-    for _ in range(n):
-        t0 = time.process_time(); fn(); best = min(best, time.process_time() - t0)
-    return best
+def _best_seconds(fn) -> float:
+    "The least CPU time of a call of `fn` (three, after a warm-up): this process's own time, whatever else the machine runs."
+    return 1 / _best_rate(fn, 1., 0.)
 
 @functools.lru_cache(maxsize=None)
 def mixer_profile(probe:tuple, # `LayerShape.probe`: (mixer class, its config's fields as sorted pairs)
@@ -396,12 +401,10 @@ def mixer_profile(probe:tuple, # `LayerShape.probe`: (mixer class, its config's 
         fwd = lambda: matrix_orientation_loss(m.materialize(x, rotary=rot), target)[0]
         def step(): m.zero_grad(set_to_none=True); fwd().backward()
         matrix_saved = _saved_elements(fwd) / target.numel()
-        n = 1024; w = torch.randn(n, n)
-        projections = 6 * b * T * n_params(m) * _best_seconds(lambda: w @ w) / (2 * n**3)   # their matmuls' time
+        projections = 6 * b * T * n_params(m) / _matmul_rate(0.)   # their matmuls' time
         elementwise = max(_best_seconds(step) - projections, 0.)
-        a = torch.empty(COPY_BYTES // 4); a2 = torch.empty_like(a)   # the reference copy as `calibrate_cpu` times it (past every cache)
-        per_byte = _best_seconds(lambda: a2.copy_(a)) / (2 * COPY_BYTES)   # seconds per byte read or written
-    return MixerProfile(saved, matrix_saved, elementwise / target.numel() / per_byte, T)
+    # in bytes of the copy `calibrate_cpu` times (128 MiB, past every cache): / the calibrated bandwidth gives the time back
+    return MixerProfile(saved, matrix_saved, elementwise / target.numel() * _copy_rate(0.), T)
 
 
 # %% ../nbs/07c_plan.ipynb #93f2b4f7
