@@ -23,12 +23,12 @@ from .kernels_delta import channels_to_heads   # (importing it registers the del
 # %% auto #0
 __all__ = ['QK_NORMS', 'ACTIVATIONS', 'MIXERS', 'AttentionWeights', 'rotate_half', 'apply_rotary', 'rotary_cos_sin',
            'silu_inverse', 'FusedProjection', 'ShortConv', 'GatedNorm', 'MixerConfig', 'expand_kv', 'call_with',
-           'copy_state_', 'clone_state', 'FreeMatrix', 'Mixer', 'SoftmaxAttentionConfig', 'SoftmaxAttention',
-           'mixer_from_attention', 'dt_bias_init', 'Mamba2Config', 'Mamba2', 'tiny_mixer', 'PhiMambaConfig', 'PhiMamba',
-           'MambaConfig', 'Mamba', 'GLAConfig', 'GLA', 'RetNetConfig', 'RetNet', 'HGRN2Config', 'HGRN2',
-           'DeltaNetConfig', 'DeltaNet', 'GatedDeltaNetConfig', 'GatedDeltaNet', 'MLSTMConfig', 'MLSTM',
-           'LinearAttentionConfig', 'LinearAttention', 'HedgehogConfig', 'Hedgehog', 'LowRankConfig', 'LowRank',
-           'ema_kernels', 'ToeplitzConfig', 'Toeplitz', 'tiny_rotary', 'values_path']
+           'copy_state_', 'map_state', 'clone_state', 'FreeMatrix', 'Mixer', 'SoftmaxAttentionConfig',
+           'SoftmaxAttention', 'mixer_from_attention', 'dt_bias_init', 'Mamba2Config', 'Mamba2', 'tiny_mixer',
+           'PhiMambaConfig', 'PhiMamba', 'MambaConfig', 'Mamba', 'GLAConfig', 'GLA', 'RetNetConfig', 'RetNet',
+           'HGRN2Config', 'HGRN2', 'DeltaNetConfig', 'DeltaNet', 'GatedDeltaNetConfig', 'GatedDeltaNet', 'MLSTMConfig',
+           'MLSTM', 'LinearAttentionConfig', 'LinearAttention', 'HedgehogConfig', 'Hedgehog', 'LowRankConfig',
+           'LowRank', 'ema_kernels', 'ToeplitzConfig', 'Toeplitz', 'tiny_rotary', 'values_path']
 
 # %% ../nbs/02_mixers.ipynb #dc8ed565
 QK_NORMS = {'rms': nn.RMSNorm, 'layer': nn.LayerNorm}  # per-head q/k norms that teachers use (Qwen3 / OLMo-2, Phi)
@@ -289,11 +289,15 @@ def copy_state_(dst, src):
         for d, t in zip(dst, src): copy_state_(d, t)
     elif dst is not None: dst.copy_(src)
 
+def map_state(fn, state):
+    "`fn` applied to every tensor of a nested state (dicts, tuples, lists; anything else, such as None, kept as it is)."
+    if isinstance(state, dict): return {k: map_state(fn, v) for k, v in state.items()}
+    if isinstance(state, (tuple, list)): return type(state)(map_state(fn, v) for v in state)
+    return fn(state) if isinstance(state, torch.Tensor) else state
+
 def clone_state(state):
     "A copy of the nested state `state` (dicts, tuples, tensors): buffers of its own."
-    if isinstance(state, dict): return {k: clone_state(v) for k, v in state.items()}
-    if isinstance(state, (tuple, list)): return type(state)(clone_state(v) for v in state)
-    return state if state is None else state.clone()
+    return map_state(torch.Tensor.clone, state)
 
 # %% ../nbs/02_mixers.ipynb #20d91af6
 @dataclass

@@ -22,7 +22,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .core import STUDENT_MODEL_TYPE, Registry, SsmDistillError, deprecated_names, follow_umask, require, log
 from .matrices import Descent, FitConfig, descend, frobenius_errors, mixing_error as _mixing_error   # students.mixing_error: the old name
-from .mixers import MIXERS, AttentionWeights, Mixer, SoftmaxAttention, mixer_from_attention
+from .mixers import MIXERS, AttentionWeights, Mixer, SoftmaxAttention, map_state, mixer_from_attention
 from .teachers import ADAPTERS, Teacher, load_teacher
 
 # %% auto #0
@@ -36,11 +36,6 @@ __all__ = ['CACHE_ARGS', 'MIRRORED', 'REMOTE_MODULE', 'AUTO_MAP', 'REMOTE_CODE',
            'uniform_teacher_layers', 'build_student_from_config']
 
 # %% ../nbs/04_students.ipynb #f8defdaf
-def _tensors_map(fn, tree):
-    "Apply `fn` to every tensor of a nested dict (a mixer's state)."
-    if isinstance(tree, dict): return {k: _tensors_map(fn, v) for k, v in tree.items()}
-    return fn(tree) if isinstance(tree, torch.Tensor) else tree
-
 class StudentCache(Cache):
     "The student's cache: each mixer's recurrent state, the kept attention layers' keys and values, the padding mask."
     is_compileable = False  # kept layers' keys grow and mixer states are replaced each step: no static addresses
@@ -128,12 +123,12 @@ class StudentCache(Cache):
     def state_bytes(self) -> int:
         "Bytes held by the mixers' recurrent states (constant in the sequence length)."
         total = []
-        _tensors_map(lambda t: total.append(t.numel() * t.element_size()), self.states)
+        map_state(lambda t: total.append(t.numel() * t.element_size()), self.states)
         return sum(total)
 
     def _map(self, fn):
-        self.states = _tensors_map(fn, self.states)
-        self.keys, self.values = _tensors_map(fn, self.keys), _tensors_map(fn, self.values)
+        self.states = map_state(fn, self.states)
+        self.keys, self.values = map_state(fn, self.keys), map_state(fn, self.values)
         if self.mask is not None: self.mask = fn(self.mask)
 
     def reorder_cache(self, beam_idx:torch.LongTensor):

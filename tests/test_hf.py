@@ -356,6 +356,26 @@ def test_static_cache_generates_the_same(teachers, case):
     if case == 'gla_attn1': assert cache.keys[1].shape[2] == 16 and cache.open[1, :3].sum() == 0   # padding stays closed
     assert torch.equal(s.generate(x, attention_mask=mask, max_new_tokens=6, do_sample=False, cache_implementation='static'), want)
 
+def test_cache_maps_tuple_states(teachers):
+    "mLSTM keeps a tuple in its state: the cache counts its bytes and beam search reorders its rows like any other state."
+    from ssm_distill.students import StudentCache
+    s = build_student(teachers['llama'], 'mlstm')
+    cache = StudentCache.for_model(s)
+    with torch.no_grad(): s(ids(), use_cache=True, **{s._cache_arg: cache})
+    tensors = []
+    def walk(t):
+        if isinstance(t, dict): [walk(v) for v in t.values()]
+        elif isinstance(t, (tuple, list)): [walk(v) for v in t]
+        elif isinstance(t, torch.Tensor): tensors.append(t)
+    walk(cache.states)
+    assert any(isinstance(v, tuple) for st in cache.states.values() for v in st.values())   # the case this covers
+    assert cache.state_bytes() == sum(t.numel() * t.element_size() for t in tensors)
+    before = [t.clone() for t in tensors]
+    cache.reorder_cache(torch.tensor([1, 0]))
+    tensors.clear(); walk(cache.states)
+    assert all(torch.equal(a, b.flip(0)) for a, b in zip(tensors, before))
+
+
 def test_static_cache_keeps_its_addresses(teachers):
     "Decoding writes every state in place: the same tensors before and after a step (what CUDA graphs replay)."
     s = build_student(teachers['llama'], 'gla', attention_layers=[1])
